@@ -1,0 +1,99 @@
+//! The command line: `raregen <command>`; every command reads the same configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{LogFormat, Mode, Settings};
+use crate::{serve, status, store, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "raregen",
+    version,
+    about = "High-volume Bitcoin transaction publisher"
+)]
+pub struct Cli {
+    /// Configuration file layered over the defaults (also RAREGEN_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format: text or json (overrides log.format).
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = parse_log_format)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the embedded database migrations (idempotent).
+    Migrate,
+    /// Run the HTTP API and the pipeline until SIGINT/SIGTERM; applies migrations first.
+    Serve {
+        /// batch or single (overrides `mode`).
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+    },
+    /// Queue depth by status, the last batches, the UTXO pool.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".into()),
+    }
+}
+
+/// Parses the arguments, runs the command, and turns errors into one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raregen: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `outer: cause: root cause`, on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(format) = cli.log_format {
+        settings.log.format = format;
+    }
+    telemetry::init(settings.log.format, &settings.log.level);
+    let system = actix::System::new();
+    system.block_on(async move {
+        match cli.command {
+            Command::Migrate => {
+                let pool = store::connect(&settings.database).await?;
+                store::migrate(&pool).await?;
+                println!("migrations applied to {}", settings.database.redacted_url());
+                Ok(())
+            }
+            Command::Serve { mode } => {
+                if let Some(mode) = mode {
+                    settings.mode = mode;
+                }
+                serve::run(settings).await
+            }
+            Command::Status { json } => status::run(&settings, json).await,
+        }
+    })
+}

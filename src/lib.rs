@@ -1,0 +1,12 @@
+//! raregen: publishes one Bitcoin transaction per publish job, at high volume.
+//!
+//! See `docs/ARCHITECTURE.md` for a map of the code.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod serve;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,450 @@
+//! `publish_jobs`: submission, lookup, the claim and the batched state changes.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use raregen_actors::{
+    ClaimedBatch, ClaimedJob, JobId, JobStore, Retry, Sending, Sent, StoreError, StoredTx,
+};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use super::{store_error, PgStore};
+
+/// A validated job, ready to insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub payload: Vec<u8>,
+    pub idempotency_key: Option<String>,
+    pub priority: i16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// A new job.
+    Created(JobId),
+    /// The idempotency key names a job with the same payload: that job.
+    Existing(JobId),
+    /// The idempotency key names a job with another payload.
+    Conflict(JobId),
+}
+
+impl InsertOutcome {
+    pub fn id(self) -> JobId {
+        match self {
+            InsertOutcome::Created(id)
+            | InsertOutcome::Existing(id)
+            | InsertOutcome::Conflict(id) => id,
+        }
+    }
+}
+
+/// A job as `GET /v1/jobs/{id}` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JobView {
+    pub id: JobId,
+    pub status: String,
+    pub payload_hex: String,
+    pub idempotency_key: Option<String>,
+    pub priority: i16,
+    pub txid: Option<String>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub processing_batch_id: Option<i64>,
+    pub batch_seq: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub sending_started_at: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub block_height: Option<i32>,
+}
+
+/// Jobs per state.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub queued: i64,
+    pub processing_batch: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+}
+
+impl PgStore {
+    /// Inserts one job, honouring its idempotency key.
+    pub async fn insert_job(&self, job: &NewJob) -> Result<InsertOutcome, StoreError> {
+        let mut outcomes = self.insert_jobs(std::slice::from_ref(job)).await?;
+        Ok(outcomes.pop().expect("one outcome per job"))
+    }
+
+    /// Inserts jobs all or nothing, in one transaction: the outcomes are in the order of
+    /// `jobs`. When any outcome is a [`InsertOutcome::Conflict`] nothing is inserted and
+    /// the outcomes say which jobs conflicted.
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<InsertOutcome>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Within the request, a repeated key must carry the same payload; later copies
+        // become the first one's job.
+        let mut first_with_key: HashMap<&str, usize> = HashMap::new();
+        let mut alias: Vec<Option<usize>> = vec![None; jobs.len()];
+        let mut conflict_in_request = vec![false; jobs.len()];
+        for (i, job) in jobs.iter().enumerate() {
+            if let Some(key) = job.idempotency_key.as_deref() {
+                match first_with_key.get(key) {
+                    Some(&first) if jobs[first].payload == job.payload => alias[i] = Some(first),
+                    Some(&first) => {
+                        alias[i] = Some(first);
+                        conflict_in_request[i] = true;
+                    }
+                    None => {
+                        first_with_key.insert(key, i);
+                    }
+                }
+            }
+        }
+        let unique: Vec<usize> = (0..jobs.len()).filter(|&i| alias[i].is_none()).collect();
+
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        // Ids are taken first so that each job's id is known by its position; the
+        // insert then names them explicitly.
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('publish_jobs', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(unique.len() as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let payloads: Vec<&[u8]> = unique.iter().map(|&i| jobs[i].payload.as_slice()).collect();
+        let keys: Vec<Option<&str>> = unique
+            .iter()
+            .map(|&i| jobs[i].idempotency_key.as_deref())
+            .collect();
+        let priorities: Vec<i16> = unique.iter().map(|&i| jobs[i].priority).collect();
+        let inserted: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO publish_jobs (id, payload, idempotency_key, priority)
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::smallint[])
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(&ids)
+        .bind(&payloads)
+        .bind(&keys)
+        .bind(&priorities)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
+
+        let mut outcome: Vec<Option<InsertOutcome>> = vec![None; jobs.len()];
+        let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
+        let mut taken_keys: Vec<&str> = Vec::new();
+        for (slot, &i) in unique.iter().enumerate() {
+            if inserted.contains(&ids[slot]) {
+                outcome[i] = Some(InsertOutcome::Created(ids[slot]));
+            } else {
+                taken_keys.push(
+                    jobs[i]
+                        .idempotency_key
+                        .as_deref()
+                        .expect("only keyed jobs conflict"),
+                );
+            }
+        }
+        if !taken_keys.is_empty() {
+            let rows = sqlx::query(
+                "SELECT id, idempotency_key, payload FROM publish_jobs WHERE idempotency_key = ANY($1)",
+            )
+            .bind(&taken_keys)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            let existing: HashMap<String, (i64, Vec<u8>)> = rows
+                .into_iter()
+                .map(|r| (r.get("idempotency_key"), (r.get("id"), r.get("payload"))))
+                .collect();
+            for &i in &unique {
+                if outcome[i].is_some() {
+                    continue;
+                }
+                let key = jobs[i].idempotency_key.as_deref().expect("keyed");
+                let (id, payload) = existing.get(key).ok_or_else(|| {
+                    StoreError::Other(format!(
+                        "job with idempotency key {key:?} vanished during insert"
+                    ))
+                })?;
+                outcome[i] = Some(if *payload == jobs[i].payload {
+                    InsertOutcome::Existing(*id)
+                } else {
+                    InsertOutcome::Conflict(*id)
+                });
+            }
+        }
+        for i in 0..jobs.len() {
+            if let Some(first) = alias[i] {
+                let id = outcome[first].expect("first copy decided").id();
+                outcome[i] = Some(if conflict_in_request[i] {
+                    InsertOutcome::Conflict(id)
+                } else {
+                    InsertOutcome::Existing(id)
+                });
+            }
+        }
+        let outcome: Vec<InsertOutcome> =
+            outcome.into_iter().map(|o| o.expect("decided")).collect();
+        if outcome
+            .iter()
+            .any(|o| matches!(o, InsertOutcome::Conflict(_)))
+        {
+            tx.rollback().await.map_err(store_error)?;
+        } else {
+            tx.commit().await.map_err(store_error)?;
+        }
+        Ok(outcome)
+    }
+
+    pub async fn get_job(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, status, payload, idempotency_key, priority, txid, attempts, last_error,
+                    processing_batch_id, batch_seq, created_at, next_attempt_at,
+                    sending_started_at, sent_at, confirmed_at, block_height
+             FROM publish_jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(row.map(|r| JobView {
+            id: r.get("id"),
+            status: r.get("status"),
+            payload_hex: hex::encode(r.get::<Vec<u8>, _>("payload")),
+            idempotency_key: r.get("idempotency_key"),
+            priority: r.get("priority"),
+            txid: r.get("txid"),
+            attempts: r.get("attempts"),
+            last_error: r.get("last_error"),
+            processing_batch_id: r.get("processing_batch_id"),
+            batch_seq: r.get("batch_seq"),
+            created_at: r.get("created_at"),
+            next_attempt_at: r.get("next_attempt_at"),
+            sending_started_at: r.get("sending_started_at"),
+            sent_at: r.get("sent_at"),
+            confirmed_at: r.get("confirmed_at"),
+            block_height: r.get("block_height"),
+        }))
+    }
+
+    pub async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
+        queue_counts(&self.pool).await
+    }
+}
+
+/// Jobs per state, from the table itself (never from counters that drift).
+pub async fn queue_counts(pool: &PgPool) -> Result<QueueCounts, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM publish_jobs GROUP BY status")
+            .fetch_all(pool)
+            .await
+            .map_err(store_error)?;
+    let mut counts = QueueCounts::default();
+    for (status, n) in rows {
+        match status.as_str() {
+            "queued" => counts.queued = n,
+            "processing_batch" => counts.processing_batch = n,
+            "sending" => counts.sending = n,
+            "sent" => counts.sent = n,
+            "failed" => counts.failed = n,
+            _ => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// The claim: one statement picks the oldest due jobs of the highest priority with
+/// `SKIP LOCKED` (so concurrent claimers never wait for or share a job), creates the
+/// batch row, numbers the jobs 1..n and moves them to `processing_batch`.
+const CLAIM_SQL: &str = "
+WITH picked AS MATERIALIZED (
+    SELECT id, priority
+    FROM publish_jobs
+    WHERE status = 'queued' AND next_attempt_at <= now()
+    ORDER BY priority DESC, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), batch AS (
+    INSERT INTO batches (owner, size)
+    SELECT $2, count(*) FROM picked HAVING count(*) > 0
+    RETURNING id, created_at
+), numbered AS (
+    SELECT id, (row_number() OVER (ORDER BY priority DESC, id))::int AS seq FROM picked
+)
+UPDATE publish_jobs j
+SET status = 'processing_batch',
+    processing_batch_id = batch.id,
+    batch_seq = numbered.seq,
+    owner = $2,
+    attempts = j.attempts + 1,
+    claimed_at = now(),
+    sending_started_at = NULL,
+    updated_at = now()
+FROM numbered, batch
+WHERE j.id = numbered.id
+RETURNING j.id, j.batch_seq, j.payload, j.attempts, j.txid, j.raw_tx, j.utxo_id,
+          batch.id AS batch_id, batch.created_at AS batch_created_at";
+
+#[async_trait]
+impl JobStore for PgStore {
+    async fn claim_batch(&self, max: u32) -> Result<Option<ClaimedBatch>, StoreError> {
+        let rows = sqlx::query(CLAIM_SQL)
+            .bind(i64::from(max))
+            .bind(&self.owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let id: i64 = first.get("batch_id");
+        let created_at: DateTime<Utc> = first.get("batch_created_at");
+        let mut jobs: Vec<ClaimedJob> = rows
+            .iter()
+            .map(|r| {
+                let txid: Option<String> = r.get("txid");
+                let raw_tx: Option<Vec<u8>> = r.get("raw_tx");
+                ClaimedJob {
+                    id: r.get("id"),
+                    batch_seq: r.get("batch_seq"),
+                    payload: r.get("payload"),
+                    attempts: r.get("attempts"),
+                    stored_tx: txid.zip(raw_tx).map(|(txid, raw_tx)| StoredTx {
+                        txid,
+                        raw_tx,
+                        utxo_id: r.get("utxo_id"),
+                    }),
+                }
+            })
+            .collect();
+        jobs.sort_by_key(|j| j.batch_seq);
+        Ok(Some(ClaimedBatch {
+            id,
+            created_at,
+            jobs,
+        }))
+    }
+
+    async fn record_sending(&self, jobs: &[Sending]) -> Result<Vec<JobId>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
+        let utxos: Vec<i64> = jobs.iter().map(|j| j.utxo_id).collect();
+        let txids: Vec<&str> = jobs.iter().map(|j| j.txid.as_str()).collect();
+        let raws: Vec<&[u8]> = jobs.iter().map(|j| j.raw_tx.as_slice()).collect();
+        sqlx::query_scalar(
+            "UPDATE publish_jobs j
+             SET status = 'sending', utxo_id = u.utxo_id, txid = u.txid, raw_tx = u.raw_tx,
+                 sending_started_at = now(), updated_at = now()
+             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bytea[])
+                  AS u(id, attempts, utxo_id, txid, raw_tx)
+             WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $6
+               AND j.status = 'processing_batch'
+             RETURNING j.id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&utxos)
+        .bind(&txids)
+        .bind(&raws)
+        .bind(&self.owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
+    }
+
+    async fn record_sent(&self, jobs: &[Sent]) -> Result<Vec<JobId>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
+        let sent_at: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.sent_at).collect();
+        sqlx::query_scalar(
+            "WITH done AS (
+                 UPDATE publish_jobs j
+                 SET status = 'sent', sent_at = u.sent_at, last_error = NULL, updated_at = now()
+                 FROM unnest($1::bigint[], $2::int[], $3::timestamptz[]) AS u(id, attempts, sent_at)
+                 WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $4
+                   AND j.status = 'sending'
+                 RETURNING j.id, j.processing_batch_id
+             ), per_batch AS (
+                 SELECT processing_batch_id AS id, count(*)::int AS n FROM done GROUP BY 1
+             ), counted AS (
+                 UPDATE batches b
+                 SET sent = b.sent + p.n,
+                     completed_at = CASE WHEN b.sent + p.n + b.failed + b.retried >= b.size
+                                         THEN now() ELSE b.completed_at END
+                 FROM per_batch p WHERE b.id = p.id
+             )
+             SELECT id FROM done",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&sent_at)
+        .bind(&self.owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
+    }
+
+    async fn record_retry(
+        &self,
+        jobs: &[Retry],
+        max_attempts: u32,
+    ) -> Result<Vec<JobId>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
+        let errors: Vec<&str> = jobs.iter().map(|j| j.error.as_str()).collect();
+        let not_before: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.not_before).collect();
+        sqlx::query_scalar(
+            "WITH done AS (
+                 UPDATE publish_jobs j
+                 SET status = CASE WHEN j.attempts >= $5 THEN 'failed' ELSE 'queued' END,
+                     next_attempt_at = CASE WHEN j.attempts >= $5 THEN j.next_attempt_at
+                                            ELSE u.not_before END,
+                     last_error = u.error,
+                     owner = NULL, utxo_id = NULL, txid = NULL, raw_tx = NULL,
+                     sending_started_at = NULL, updated_at = now()
+                 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[])
+                      AS u(id, attempts, error, not_before)
+                 WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $6
+                   AND j.status IN ('processing_batch', 'sending')
+                 RETURNING j.id, j.processing_batch_id, j.status
+             ), per_batch AS (
+                 SELECT processing_batch_id AS id,
+                        (count(*) FILTER (WHERE status = 'failed'))::int AS failed,
+                        (count(*) FILTER (WHERE status = 'queued'))::int AS retried
+                 FROM done GROUP BY 1
+             ), counted AS (
+                 UPDATE batches b
+                 SET failed = b.failed + p.failed, retried = b.retried + p.retried,
+                     completed_at = CASE WHEN b.sent + b.failed + b.retried + p.failed + p.retried >= b.size
+                                         THEN now() ELSE b.completed_at END
+                 FROM per_batch p WHERE b.id = p.id
+             )
+             SELECT id FROM done",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&errors)
+        .bind(&not_before)
+        .bind(i64::from(max_attempts))
+        .bind(&self.owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
+    }
+}

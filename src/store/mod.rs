@@ -1,0 +1,112 @@
+//! Postgres: the source of truth. Every state change is one statement for a whole
+//! slice of jobs (`unnest` of arrays), never one query per job.
+
+mod jobs;
+mod report;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+use crate::config::DatabaseSettings;
+pub use jobs::{InsertOutcome, JobView, NewJob, QueueCounts};
+pub use raregen_actors::StoreError;
+pub use report::{BatchSummary, PoolSummary, StatusReport, StatusRow, StuckJob};
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connection options from the settings (statement logging off: it would log payloads).
+pub fn connect_options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
+    let options: PgConnectOptions = db.url.expose_secret().parse().with_context(|| {
+        format!(
+            "database.url {} is not a valid Postgres URL",
+            db.redacted_url()
+        )
+    })?;
+    Ok(options
+        .application_name("raregen")
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
+        .disable_statement_logging())
+}
+
+/// A pool that connects on first use (the API answers `/readyz` 503 until it can).
+pub fn lazy_pool(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    Ok(pool_options(db).connect_lazy_with(connect_options(db)?))
+}
+
+/// A pool with one connection made now, so a bad URL or a down server is reported at once.
+pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    pool_options(db)
+        .connect_with(connect_options(db)?)
+        .await
+        .with_context(|| format!("cannot connect to Postgres at {}", db.redacted_url()))
+}
+
+fn pool_options(db: &DatabaseSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(db.max_connections)
+        .acquire_timeout(db.acquire_timeout)
+}
+
+/// Applies the embedded migrations; idempotent.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// True when every embedded migration is applied (for `/readyz`).
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?;
+    Ok(MIGRATOR
+        .iter()
+        .all(|m| applied.binary_search(&m.version).is_ok()))
+}
+
+/// The store the actors use, bound to one process's identity (the owner of its claims).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    owner: String,
+}
+
+impl PgStore {
+    pub fn new(pool: PgPool, owner: impl Into<String>) -> Self {
+        PgStore {
+            pool,
+            owner: owner.into(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(ref db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+        {
+            // admin_shutdown, crash_shutdown, cannot_connect_now; connection exceptions.
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Other(other.to_string()),
+    }
+}

@@ -1,0 +1,155 @@
+//! The operator's view: the seed's runbook queries, as data for `raregen status`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use super::{store_error, StoreError};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatusRow {
+    pub status: String,
+    pub count: i64,
+    pub batches: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BatchSummary {
+    pub processing_batch_id: i64,
+    pub jobs: i64,
+    pub first_seq: Option<i32>,
+    pub last_seq: Option<i32>,
+    pub created: DateTime<Utc>,
+    pub sent: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PoolSummary {
+    pub available: i64,
+    pub available_sats: i64,
+    pub reserved: i64,
+    pub reserved_sats: i64,
+    pub dirty: i64,
+    pub dirty_sats: i64,
+    pub spent: i64,
+    pub retired: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StuckJob {
+    pub id: i64,
+    pub txid: Option<String>,
+    pub sending_started_at: Option<DateTime<Utc>>,
+    pub age_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub queue: Vec<StatusRow>,
+    pub batches: Vec<BatchSummary>,
+    pub pool: PoolSummary,
+    pub oldest_sending: Option<StuckJob>,
+}
+
+impl StatusReport {
+    pub async fn load(pool: &PgPool) -> Result<StatusReport, StoreError> {
+        // The seed's "Check Queue Status".
+        let queue = sqlx::query(
+            "SELECT status, COUNT(*) as count, COUNT(DISTINCT processing_batch_id) as batches
+             FROM publish_jobs GROUP BY status ORDER BY status",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|r| StatusRow {
+            status: r.get("status"),
+            count: r.get("count"),
+            batches: r.get("batches"),
+        })
+        .collect();
+
+        // The seed's "Check Batch Details".
+        let batches = sqlx::query(
+            "SELECT processing_batch_id, COUNT(*) as jobs, MIN(batch_seq) as first_seq,
+                    MAX(batch_seq) as last_seq, MIN(created_at) as created,
+                    COUNT(CASE WHEN status = 'sent' THEN 1 END) as sent,
+                    COUNT(CASE WHEN status = 'failed' THEN 1 END) as failed
+             FROM publish_jobs
+             WHERE processing_batch_id IS NOT NULL
+             GROUP BY processing_batch_id
+             ORDER BY created DESC
+             LIMIT 10",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|r| BatchSummary {
+            processing_batch_id: r.get("processing_batch_id"),
+            jobs: r.get("jobs"),
+            first_seq: r.get("first_seq"),
+            last_seq: r.get("last_seq"),
+            created: r.get("created"),
+            sent: r.get("sent"),
+            failed: r.get("failed"),
+        })
+        .collect();
+
+        let pool_summary = PoolSummary::load(pool).await?;
+
+        let oldest_sending = sqlx::query(
+            "SELECT id, txid, sending_started_at,
+                    EXTRACT(EPOCH FROM now() - sending_started_at)::float8 AS age
+             FROM publish_jobs WHERE status = 'sending'
+             ORDER BY sending_started_at NULLS FIRST LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await
+        .map_err(store_error)?
+        .map(|r| StuckJob {
+            id: r.get("id"),
+            txid: r.get("txid"),
+            sending_started_at: r.get("sending_started_at"),
+            age_seconds: r.get::<Option<f64>, _>("age").unwrap_or(0.0),
+        });
+
+        Ok(StatusReport {
+            queue,
+            batches,
+            pool: pool_summary,
+            oldest_sending,
+        })
+    }
+}
+
+impl PoolSummary {
+    pub async fn load(pool: &PgPool) -> Result<PoolSummary, StoreError> {
+        let r = sqlx::query(
+            "SELECT
+                count(*) FILTER (WHERE state = 'available' AND NOT dirty) AS available,
+                COALESCE(sum(satoshis) FILTER (WHERE state = 'available' AND NOT dirty), 0)::bigint AS available_sats,
+                count(*) FILTER (WHERE state = 'reserved' AND NOT dirty) AS reserved,
+                COALESCE(sum(satoshis) FILTER (WHERE state = 'reserved' AND NOT dirty), 0)::bigint AS reserved_sats,
+                count(*) FILTER (WHERE dirty AND state IN ('available', 'reserved')) AS dirty,
+                COALESCE(sum(satoshis) FILTER (WHERE dirty AND state IN ('available', 'reserved')), 0)::bigint AS dirty_sats,
+                count(*) FILTER (WHERE state = 'spent') AS spent,
+                count(*) FILTER (WHERE state = 'retired') AS retired
+             FROM utxos",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(store_error)?;
+        Ok(PoolSummary {
+            available: r.get("available"),
+            available_sats: r.get("available_sats"),
+            reserved: r.get("reserved"),
+            reserved_sats: r.get("reserved_sats"),
+            dirty: r.get("dirty"),
+            dirty_sats: r.get("dirty_sats"),
+            spent: r.get("spent"),
+            retired: r.get("retired"),
+        })
+    }
+}

@@ -1,0 +1,513 @@
+//! The HTTP API against a real Postgres: submission, lookup, bulk, idempotency, auth,
+//! and every kind of bad input (a 4xx with the JSON error shape, and nothing stored).
+
+mod common;
+
+use common::{spawn_app, spawn_app_with};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("error bodies are JSON");
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned();
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("error.message")
+        .to_owned();
+    (status, code, message)
+}
+
+#[sqlx::test]
+async fn submit_text_and_hex_then_get(pool: PgPool) {
+    let app = spawn_app(pool).await;
+
+    let resp = app
+        .post_json("/v1/jobs", &json!({"payload": "hello world"}))
+        .await;
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["status"], "queued");
+    let id = created["id"].as_i64().unwrap();
+
+    let job: Value = app
+        .get(&format!("/v1/jobs/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["id"], id);
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["payload_hex"], hex::encode("hello world"));
+    for field in [
+        "txid",
+        "last_error",
+        "processing_batch_id",
+        "batch_seq",
+        "sent_at",
+        "confirmed_at",
+    ] {
+        assert!(job[field].is_null(), "{field} should be null: {job}");
+    }
+    assert_eq!(job["attempts"], 0);
+    assert!(job["created_at"].as_str().unwrap().contains('T'));
+
+    let resp = app
+        .post_json("/v1/jobs", &json!({"payload_hex": "00FF10", "priority": 7}))
+        .await;
+    assert_eq!(resp.status(), 201);
+    let id2 = resp.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let job: Value = app
+        .get(&format!("/v1/jobs/{id2}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["payload_hex"], "00ff10");
+    assert_eq!(job["priority"], 7);
+
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT payload FROM publish_jobs WHERE id = $1")
+        .bind(id2)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![0x00, 0xff, 0x10]);
+}
+
+#[sqlx::test]
+async fn queue_counts_every_state(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let body: Value = app.get("/v1/queue").await.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"queued": 0, "processing_batch": 0, "sending": 0, "sent": 0, "failed": 0})
+    );
+    common::insert_queued(&app.pool, 3).await;
+    sqlx::query("UPDATE publish_jobs SET status = 'failed', last_error = 'x' WHERE id = (SELECT min(id) FROM publish_jobs)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let body: Value = app.get("/v1/queue").await.json().await.unwrap();
+    assert_eq!(body["queued"], 2);
+    assert_eq!(body["failed"], 1);
+}
+
+#[sqlx::test]
+async fn bulk_returns_ids_in_order_all_stored(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let jobs: Vec<Value> = (0..250)
+        .map(|i| json!({"payload": format!("bulk-{i}")}))
+        .collect();
+    let resp = app
+        .post_json("/v1/jobs/bulk", &json!({ "jobs": jobs }))
+        .await;
+    assert_eq!(resp.status(), 201);
+    let ids: Vec<i64> =
+        serde_json::from_value(resp.json::<Value>().await.unwrap()["ids"].clone()).unwrap();
+    assert_eq!(ids.len(), 250);
+    let stored: std::collections::HashMap<i64, Vec<u8>> = sqlx::query_as::<_, (i64, Vec<u8>)>(
+        "SELECT id, payload FROM publish_jobs WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            stored[id],
+            format!("bulk-{i}").into_bytes(),
+            "id {id} at position {i}"
+        );
+    }
+    assert_eq!(app.job_count().await, 250);
+}
+
+#[sqlx::test]
+async fn the_largest_bulk_is_accepted(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let jobs: Vec<Value> = (0..10_000)
+        .map(|i| json!({"payload_hex": format!("{:0160x}", i)}))
+        .collect();
+    let resp = app
+        .post_json("/v1/jobs/bulk", &json!({ "jobs": jobs }))
+        .await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(app.job_count().await, 10_000);
+}
+
+#[sqlx::test]
+async fn idempotency_same_payload_same_job_other_payload_conflict(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let first = app
+        .post_json(
+            "/v1/jobs",
+            &json!({"payload": "once", "idempotency_key": "order-1"}),
+        )
+        .await;
+    assert_eq!(first.status(), 201);
+    let id = first.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+
+    let again = app
+        .post_json(
+            "/v1/jobs",
+            &json!({"payload_hex": hex::encode("once"), "idempotency_key": "order-1"}),
+        )
+        .await;
+    assert_eq!(again.status(), 200);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["id"], id);
+    assert_eq!(body["status"], "queued");
+
+    let other = app
+        .post_json(
+            "/v1/jobs",
+            &json!({"payload": "twice", "idempotency_key": "order-1"}),
+        )
+        .await;
+    let (status, code, _) = error_of(other).await;
+    assert_eq!((status, code.as_str()), (409, "idempotency_conflict"));
+    assert_eq!(app.job_count().await, 1);
+
+    // Bulk: a key already stored with the same payload maps to that job ...
+    let resp = app
+        .post_json(
+            "/v1/jobs/bulk",
+            &json!({"jobs": [
+                {"payload": "new-a"},
+                {"payload": "once", "idempotency_key": "order-1"},
+                {"payload": "new-b", "idempotency_key": "order-2"},
+                {"payload": "new-b", "idempotency_key": "order-2"}
+            ]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    let ids: Vec<i64> =
+        serde_json::from_value(resp.json::<Value>().await.unwrap()["ids"].clone()).unwrap();
+    assert_eq!(ids[1], id);
+    assert_eq!(ids[2], ids[3], "a key repeated in one request is one job");
+    assert_ne!(ids[0], ids[2]);
+    assert_eq!(app.job_count().await, 3);
+
+    // ... and one with another payload stops the whole bulk.
+    let resp = app
+        .post_json(
+            "/v1/jobs/bulk",
+            &json!({"jobs": [
+                {"payload": "would-be-new"},
+                {"payload": "changed", "idempotency_key": "order-2"}
+            ]}),
+        )
+        .await;
+    let (status, code, message) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (409, "idempotency_conflict"));
+    assert!(message.contains("jobs[1]"), "{message}");
+    assert_eq!(app.job_count().await, 3, "all or nothing");
+
+    // A key repeated inside one request with two payloads conflicts too.
+    let resp = app
+        .post_json(
+            "/v1/jobs/bulk",
+            &json!({"jobs": [
+                {"payload": "p1", "idempotency_key": "order-3"},
+                {"payload": "p2", "idempotency_key": "order-3"}
+            ]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(app.job_count().await, 3);
+}
+
+#[sqlx::test]
+async fn concurrent_submissions_with_one_key_make_one_job(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        let client = app.client.clone();
+        let url = app.url("/v1/jobs");
+        handles.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .json(&json!({"payload": "race", "idempotency_key": "same"}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let id = resp.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+            (status, id)
+        }));
+    }
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(h.await.unwrap());
+    }
+    assert_eq!(
+        results.iter().filter(|(s, _)| *s == 201).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(results.iter().all(|(s, _)| *s == 201 || *s == 200));
+    assert!(results.windows(2).all(|w| w[0].1 == w[1].1), "{results:?}");
+    assert_eq!(app.job_count().await, 1);
+}
+
+#[sqlx::test]
+async fn api_key_is_required_when_set(pool: PgPool) {
+    let app = spawn_app_with(pool, &[("RAREGEN__API__API_KEY", "s3cret-key")]).await;
+
+    let resp = app.post_json("/v1/jobs", &json!({"payload": "x"})).await;
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let (status, code, message) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    assert!(!message.contains("s3cret"));
+
+    for bad in [
+        "Bearer wrong",
+        "Bearer s3cret-ke",
+        "Bearer s3cret-key2",
+        "Basic s3cret-key",
+        "s3cret-key",
+    ] {
+        let resp = app
+            .client
+            .get(app.url("/v1/queue"))
+            .header("authorization", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{bad}");
+    }
+    let resp = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .bearer_auth("s3cret-key")
+        .json(&json!({"payload": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(app.job_count().await, 1);
+
+    // Health endpoints stay open for orchestrators.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+}
+
+#[sqlx::test]
+async fn bad_input_gets_a_4xx_and_stores_nothing(pool: PgPool) {
+    let app = spawn_app_with(pool, &[("RAREGEN__API__MAX_BODY_BYTES", "4096")]).await;
+    let too_long_key = "k".repeat(256);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/v1/jobs", r#"{"payload": "#.into(), 400, "malformed_json"),
+        ("/v1/jobs", "not json at all".into(), 400, "malformed_json"),
+        ("/v1/jobs", "".into(), 400, "malformed_json"),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a"} trailing"#.into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "payload_hex": "61"}"#.into(),
+            422,
+            "payload_conflict",
+        ),
+        ("/v1/jobs", r#"{}"#.into(), 422, "payload_required"),
+        (
+            "/v1/jobs",
+            r#"{"payload": null}"#.into(),
+            422,
+            "payload_required",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload_hex": "zz"}"#.into(),
+            422,
+            "invalid_hex",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload_hex": "abc"}"#.into(),
+            422,
+            "invalid_hex",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": ""}"#.into(),
+            422,
+            "empty_payload",
+        ),
+        (
+            "/v1/jobs",
+            format!(r#"{{"payload": "{}"}}"#, "x".repeat(81)),
+            422,
+            "payload_too_large",
+        ),
+        (
+            "/v1/jobs",
+            format!(r#"{{"payload_hex": "{}"}}"#, "ab".repeat(81)),
+            422,
+            "payload_too_large",
+        ),
+        (
+            "/v1/jobs",
+            format!(r#"{{"payload": "{}"}}"#, "x".repeat(5000)),
+            413,
+            "body_too_large",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "colour": "red"}"#.into(),
+            422,
+            "invalid_field",
+        ),
+        ("/v1/jobs", r#"{"payload": 5}"#.into(), 422, "invalid_field"),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "priority": "high"}"#.into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "priority": 99999}"#.into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "idempotency_key": 12}"#.into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "/v1/jobs",
+            r#"["payload", "a"]"#.into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "/v1/jobs",
+            format!(r#"{{"payload": "a", "idempotency_key": "{too_long_key}"}}"#),
+            422,
+            "invalid_idempotency_key",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "idempotency_key": ""}"#.into(),
+            422,
+            "invalid_idempotency_key",
+        ),
+        ("/v1/jobs/bulk", r#"{"jobs": []}"#.into(), 422, "empty_bulk"),
+        ("/v1/jobs/bulk", r#"{}"#.into(), 422, "invalid_field"),
+        (
+            "/v1/jobs/bulk",
+            r#"{"jobs": {"payload": "a"}}"#.into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "/v1/jobs/bulk",
+            r#"{"jobs": [{"payload": "a"}], "extra": 1}"#.into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "/v1/jobs/bulk",
+            r#"{"jobs": [{"payload": "a"}, {"payload": "b"}, {"payload_hex": "xyz"}]}"#.into(),
+            422,
+            "invalid_hex",
+        ),
+        (
+            "/v1/jobs/bulk",
+            r#"{"jobs": [{"payload": "a"}, {"payload": "b", "oops": true}]}"#.into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "/v1/jobs/bulk",
+            r#"{"jobs": [{"payload": "a"}"#.into(),
+            400,
+            "malformed_json",
+        ),
+    ];
+    for (path, body, want_status, want_code) in &cases {
+        let resp = app.post_raw(path, body.clone()).await;
+        let (status, code, message) = error_of(resp).await;
+        let shown = &body[..body.len().min(80)];
+        assert_eq!(
+            (status, code.as_str()),
+            (*want_status, *want_code),
+            "{path} {shown}: {message}"
+        );
+        assert!(!message.is_empty());
+        assert_eq!(app.job_count().await, 0, "{path} {shown} stored something");
+    }
+
+    // Messages name the offending field or job.
+    let resp = app
+        .post_raw(
+            "/v1/jobs/bulk",
+            r#"{"jobs": [{"payload": "a"}, {"payload": "b"}, {"payload_hex": "xyz"}]}"#,
+        )
+        .await;
+    assert!(error_of(resp).await.2.contains("jobs[2]"));
+    let resp = app
+        .post_raw("/v1/jobs", r#"{"payload": "a", "priority": "high"}"#)
+        .await;
+    assert!(error_of(resp).await.2.contains("priority"));
+    let resp = app
+        .post_raw("/v1/jobs", r#"{"payload": "a", "colour": "red"}"#)
+        .await;
+    assert!(error_of(resp).await.2.contains("colour"));
+}
+
+#[sqlx::test]
+async fn a_bulk_over_ten_thousand_is_refused_whole(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let jobs: Vec<Value> = (0..10_001)
+        .map(|i| json!({"payload": format!("{i}")}))
+        .collect();
+    let resp = app
+        .post_json("/v1/jobs/bulk", &json!({ "jobs": jobs }))
+        .await;
+    let (status, code, message) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (413, "too_many_jobs"), "{message}");
+    assert_eq!(app.job_count().await, 0);
+}
+
+#[sqlx::test]
+async fn unknown_jobs_and_routes_are_404(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for path in [
+        "/v1/jobs/424242",
+        "/v1/jobs/abc",
+        "/v1/nothing",
+        "/elsewhere",
+    ] {
+        let (status, code, _) = error_of(app.get(path).await).await;
+        assert_eq!((status, code.as_str()), (404, "not_found"), "{path}");
+    }
+}
+
+#[sqlx::test]
+async fn readyz_is_503_until_migrations_are_applied(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    // Pretend a newer binary runs against an older schema.
+    sqlx::query("DELETE FROM _sqlx_migrations")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let resp = app.get("/readyz").await;
+    let (status, code, message) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (503, "not_ready"));
+    assert!(message.contains("raregen migrate"), "{message}");
+}

@@ -1,0 +1,103 @@
+//! Helpers shared by the integration tests: each test gets a fresh database from
+//! `#[sqlx::test]` (DATABASE_URL names the server) and, when it needs one, the API
+//! spawned on port 0 against it.
+#![allow(dead_code)]
+
+use raregen::api::ApiServer;
+use raregen::config::Settings;
+use raregen::store::PgStore;
+use sqlx::PgPool;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub store: PgStore,
+}
+
+/// Settings for tests: the defaults, port 0, and the overrides given as
+/// `RAREGEN__…` pairs.
+pub fn settings(overrides: &[(&str, &str)]) -> Settings {
+    let mut env = vec![("RAREGEN__API__LISTEN".to_owned(), "127.0.0.1:0".to_owned())];
+    env.extend(
+        overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    Settings::load_from(None, env).expect("test settings are valid")
+}
+
+/// Spawns the API against `pool` with the given overrides.
+pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
+    let settings = settings(overrides);
+    let store = PgStore::new(pool.clone(), "test-api");
+    let server = ApiServer::build(&settings, store.clone()).expect("the API binds");
+    let base = format!("http://{}", server.addr());
+    tokio::spawn(server.run());
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        pool,
+        store,
+    }
+}
+
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, &[]).await
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn job_count(&self) -> i64 {
+        job_count(&self.pool).await
+    }
+}
+
+pub async fn job_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM publish_jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Inserts `n` queued jobs with payloads `job-<i>`, in one statement.
+pub async fn insert_queued(pool: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO publish_jobs (payload)
+         SELECT convert_to('job-' || g, 'UTF8') FROM generate_series(1, $1) AS g",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}

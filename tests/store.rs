@@ -1,0 +1,457 @@
+//! The Postgres store: the claim, the batched state changes and their fencing, and the
+//! seed's runbook queries verbatim against our schema.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use raregen::store::{PgStore, StatusReport};
+use raregen_actors::{Fence, JobStore, Retry, Sending, Sent};
+use sqlx::PgPool;
+
+type Time = chrono::DateTime<Utc>;
+/// A row of the seed's "Check Batch Details".
+type BatchDetail = (i64, i64, i32, i32, Time, i64, i64);
+/// A row of the seed's "View Dirty UTXOs".
+type DirtyUtxo = (i64, String, i32, i64, bool, Option<Time>);
+
+fn fake_txid(id: i64) -> String {
+    format!("{id:064x}")
+}
+
+async fn statuses(pool: &PgPool) -> HashMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT status, count(*) FROM publish_jobs GROUP BY status")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[sqlx::test]
+async fn claim_numbers_a_batch_in_priority_then_age_order(pool: PgPool) {
+    common::insert_queued(&pool, 10).await;
+    // Job 3 is urgent; job 5 is not due yet.
+    sqlx::query("UPDATE publish_jobs SET priority = 5 WHERE payload = 'job-3'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE publish_jobs SET next_attempt_at = now() + interval '1 hour' WHERE payload = 'job-5'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = PgStore::new(pool.clone(), "w1");
+
+    let batch = store
+        .claim_batch(4)
+        .await
+        .unwrap()
+        .expect("jobs are queued");
+    let payloads: Vec<String> = batch
+        .jobs
+        .iter()
+        .map(|j| String::from_utf8(j.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(payloads, ["job-3", "job-1", "job-2", "job-4"]);
+    assert_eq!(
+        batch.jobs.iter().map(|j| j.batch_seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(batch
+        .jobs
+        .iter()
+        .all(|j| j.attempts == 1 && j.stored_tx.is_none()));
+
+    let (size, owner): (i32, String) =
+        sqlx::query_as("SELECT size, owner FROM batches WHERE id = $1")
+            .bind(batch.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((size, owner.as_str()), (4, "w1"));
+    let rows: Vec<(String, i64, i32, String)> = sqlx::query_as(
+        "SELECT status, processing_batch_id, batch_seq, owner FROM publish_jobs
+         WHERE processing_batch_id IS NOT NULL ORDER BY batch_seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(rows
+        .iter()
+        .all(|(s, b, _, o)| s == "processing_batch" && *b == batch.id && o == "w1"));
+
+    // The rest, without the job that is not due.
+    let rest = store.claim_batch(500).await.unwrap().unwrap();
+    assert_eq!(rest.jobs.len(), 5);
+    assert!(rest.jobs.iter().all(|j| j.payload != b"job-5"));
+    assert!(
+        store.claim_batch(500).await.unwrap().is_none(),
+        "nothing due: no empty batch"
+    );
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(batches, 2);
+}
+
+#[sqlx::test]
+async fn two_concurrent_claimers_never_share_a_job(pool: PgPool) {
+    const JOBS: i64 = 20_000;
+    common::insert_queued(&pool, JOBS).await;
+    let claimer = |owner: &'static str| {
+        let store = PgStore::new(pool.clone(), owner);
+        tokio::spawn(async move {
+            let mut claimed: Vec<(i64, i64, i32)> = Vec::new();
+            while let Some(batch) = store.claim_batch(97).await.unwrap() {
+                let seqs: Vec<i32> = batch.jobs.iter().map(|j| j.batch_seq).collect();
+                assert_eq!(seqs, (1..=batch.jobs.len() as i32).collect::<Vec<_>>());
+                claimed.extend(batch.jobs.iter().map(|j| (j.id, batch.id, j.batch_seq)));
+            }
+            claimed
+        })
+    };
+    let (a, b) = tokio::join!(claimer("alpha"), claimer("beta"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both claimers got work: {} / {}",
+        a.len(),
+        b.len()
+    );
+    let ids_a: HashSet<i64> = a.iter().map(|c| c.0).collect();
+    let ids_b: HashSet<i64> = b.iter().map(|c| c.0).collect();
+    assert_eq!(ids_a.len(), a.len(), "alpha got a job twice");
+    assert_eq!(ids_b.len(), b.len(), "beta got a job twice");
+    assert!(
+        ids_a.is_disjoint(&ids_b),
+        "a job was handed to both claimers"
+    );
+    assert_eq!((ids_a.len() + ids_b.len()) as i64, JOBS);
+
+    // The rows agree with what each claimer was told.
+    let rows: Vec<(i64, String, i64, i32)> =
+        sqlx::query_as("SELECT id, owner, processing_batch_id, batch_seq FROM publish_jobs")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let told: HashMap<i64, (&str, i64, i32)> = a
+        .iter()
+        .map(|&(id, batch, seq)| (id, ("alpha", batch, seq)))
+        .chain(b.iter().map(|&(id, batch, seq)| (id, ("beta", batch, seq))))
+        .collect();
+    for (id, owner, batch, seq) in rows {
+        assert_eq!(told[&id], (owner.as_str(), batch, seq));
+    }
+}
+
+#[sqlx::test]
+async fn state_changes_are_batched_and_fenced(pool: PgPool) {
+    common::insert_queued(&pool, 6).await;
+    let store = PgStore::new(pool.clone(), "owner-a");
+    let batch = store.claim_batch(6).await.unwrap().unwrap();
+    let fences: Vec<Fence> = batch
+        .jobs
+        .iter()
+        .map(|j| Fence {
+            id: j.id,
+            attempts: j.attempts,
+        })
+        .collect();
+
+    // Write-ahead: jobs 1-4 get their signed transactions stored.
+    let sending: Vec<Sending> = fences[..4]
+        .iter()
+        .map(|f| Sending {
+            fence: *f,
+            utxo_id: 1000 + f.id,
+            txid: fake_txid(f.id),
+            raw_tx: vec![0xde, 0xad, f.id as u8],
+        })
+        .collect();
+    let done = store.record_sending(&sending).await.unwrap();
+    assert_eq!(done.len(), 4);
+
+    // Another process (or this one after losing its claim) changes nothing.
+    let intruder = PgStore::new(pool.clone(), "owner-b");
+    let sent_at = Utc::now();
+    let forged: Vec<Sent> = fences.iter().map(|f| Sent { fence: *f, sent_at }).collect();
+    assert!(intruder.record_sent(&forged).await.unwrap().is_empty());
+    let stale: Vec<Sent> = fences
+        .iter()
+        .map(|f| Sent {
+            fence: Fence {
+                id: f.id,
+                attempts: f.attempts + 1,
+            },
+            sent_at,
+        })
+        .collect();
+    assert!(
+        store.record_sent(&stale).await.unwrap().is_empty(),
+        "a stale attempt is fenced off"
+    );
+    assert_eq!(statuses(&pool).await["sending"], 4);
+
+    // Jobs 1-3 sent, in one statement; job 5 (never stored) cannot become sent.
+    let sent: Vec<Sent> = [0, 1, 2, 4]
+        .iter()
+        .map(|&i| Sent {
+            fence: fences[i],
+            sent_at,
+        })
+        .collect();
+    let mut done = store.record_sent(&sent).await.unwrap();
+    done.sort();
+    assert_eq!(done, vec![fences[0].id, fences[1].id, fences[2].id]);
+
+    // Job 4 (sending) and job 6 (processing_batch) rejected: back to the queue with a
+    // backoff, their stored transaction discarded.
+    let later = Utc::now() + chrono::Duration::seconds(60);
+    let retry: Vec<Retry> = [3, 5]
+        .iter()
+        .map(|&i| Retry {
+            fence: fences[i],
+            error: "rejected: mempool full".into(),
+            not_before: later,
+        })
+        .collect();
+    assert_eq!(store.record_retry(&retry, 5).await.unwrap().len(), 2);
+    let s = statuses(&pool).await;
+    assert_eq!((s["sent"], s["queued"], s["processing_batch"]), (3, 2, 1));
+    let requeued: Vec<(Option<String>, Option<Vec<u8>>, String)> =
+        sqlx::query_as("SELECT txid, raw_tx, last_error FROM publish_jobs WHERE status = 'queued'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(requeued
+        .iter()
+        .all(|(t, r, e)| t.is_none() && r.is_none() && e == "rejected: mempool full"));
+    assert!(
+        store.claim_batch(10).await.unwrap().is_none(),
+        "backoff holds them back"
+    );
+
+    let (sent_n, failed_n, retried_n, completed): (i32, i32, i32, bool) = sqlx::query_as(
+        "SELECT sent, failed, retried, completed_at IS NOT NULL FROM batches WHERE id = $1",
+    )
+    .bind(batch.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((sent_n, failed_n, retried_n, completed), (3, 0, 2, false));
+
+    // The last job fails for good once its attempts are used up (max_attempts = 1).
+    let last = Retry {
+        fence: fences[4],
+        error: "bad".into(),
+        not_before: later,
+    };
+    assert_eq!(store.record_retry(&[last], 1).await.unwrap().len(), 1);
+    let (failed_n, completed): (i32, bool) =
+        sqlx::query_as("SELECT failed, completed_at IS NOT NULL FROM batches WHERE id = $1")
+            .bind(batch.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (failed_n, completed),
+        (1, true),
+        "every job accounted for closes the batch"
+    );
+    assert_eq!(statuses(&pool).await["failed"], 1);
+}
+
+#[sqlx::test]
+async fn the_seeds_runbook_queries_run_verbatim(pool: PgPool) {
+    common::insert_queued(&pool, 30).await;
+    let store = PgStore::new(pool.clone(), "w");
+    let batch = store.claim_batch(10).await.unwrap().unwrap();
+    let sending: Vec<Sending> = batch.jobs[..4]
+        .iter()
+        .map(|j| Sending {
+            fence: Fence {
+                id: j.id,
+                attempts: j.attempts,
+            },
+            utxo_id: j.id,
+            txid: fake_txid(j.id),
+            raw_tx: vec![1, 2, 3],
+        })
+        .collect();
+    store.record_sending(&sending).await.unwrap();
+    let sent = [Sent {
+        fence: sending[0].fence,
+        sent_at: Utc::now(),
+    }];
+    store.record_sent(&sent).await.unwrap();
+    // Two of the jobs in `sending` have been stuck for 5 minutes.
+    sqlx::query(
+        "UPDATE publish_jobs SET sending_started_at = now() - interval '5 minutes'
+         WHERE id IN (SELECT id FROM publish_jobs WHERE status = 'sending' ORDER BY id LIMIT 2)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey, dirty)
+         VALUES ($1, 0, 5000, '\\x0014'::bytea, TRUE), ($1, 1, 7000, '\\x0014'::bytea, FALSE)",
+    )
+    .bind(fake_txid(77))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // Check Queue Status
+    let queue: Vec<(String, i64, i64)> = sqlx::query_as(
+        "
+  SELECT 
+    status,
+    COUNT(*) as count,
+    COUNT(DISTINCT processing_batch_id) as batches
+  FROM publish_jobs
+  GROUP BY status
+  ORDER BY status;",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        queue,
+        vec![
+            ("processing_batch".to_owned(), 6, 1),
+            ("queued".to_owned(), 20, 0),
+            ("sending".to_owned(), 3, 1),
+            ("sent".to_owned(), 1, 1),
+        ]
+    );
+
+    // Check Batch Details
+    let details: Vec<BatchDetail> = sqlx::query_as(
+        "
+  SELECT 
+    processing_batch_id,
+    COUNT(*) as jobs,
+    MIN(batch_seq) as first_seq,
+    MAX(batch_seq) as last_seq,
+    MIN(created_at) as created,
+    COUNT(CASE WHEN status = 'sent' THEN 1 END) as sent,
+    COUNT(CASE WHEN status = 'failed' THEN 1 END) as failed
+  FROM publish_jobs
+  WHERE processing_batch_id IS NOT NULL
+  GROUP BY processing_batch_id
+  ORDER BY created DESC
+  LIMIT 10;",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(details.len(), 1);
+    let (id, jobs, first, last, _, sent, failed) = details[0];
+    assert_eq!(
+        (id, jobs, first, last, sent, failed),
+        (batch.id, 10, 1, 10, 1, 0)
+    );
+
+    // The seed's "Rate Limiting Verification" count.
+    let recent: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM publish_jobs WHERE status = 'sent' AND sent_at > NOW() - INTERVAL '10 seconds';",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recent, 1);
+
+    // Jobs Stuck in 'sending': the manual unstick.
+    let unstuck = sqlx::query(
+        "
+  UPDATE publish_jobs
+  SET status = 'processing_batch', sending_started_at = NULL
+  WHERE status = 'sending'
+    AND sending_started_at < NOW() - INTERVAL '2 minutes';",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unstuck.rows_affected(), 2);
+    // The stored transactions survive it: a later broadcast re-sends the same bytes.
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM publish_jobs WHERE status = 'processing_batch' AND raw_tx IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 2);
+
+    // View Dirty UTXOs
+    let dirty: Vec<DirtyUtxo> = sqlx::query_as(
+        "
+  SELECT id, txid, vout, satoshis, dirty, reserved_at
+  FROM utxos
+  WHERE dirty = TRUE
+  ORDER BY created_at DESC
+  LIMIT 20;",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(dirty.len(), 1);
+    assert_eq!((dirty[0].2, dirty[0].3, dirty[0].4), (0, 5000, true));
+
+    // Monitoring: queue depth.
+    let queued: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM publish_jobs WHERE status = 'queued'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(queued, 20);
+
+    // `raregen status` reads the same numbers.
+    let report = StatusReport::load(&pool).await.unwrap();
+    let by_status: HashMap<&str, (i64, i64)> = report
+        .queue
+        .iter()
+        .map(|r| (r.status.as_str(), (r.count, r.batches)))
+        .collect();
+    assert_eq!(by_status["queued"], (20, 0));
+    assert_eq!(by_status["processing_batch"], (8, 1));
+    assert_eq!(report.batches[0].jobs, 10);
+    assert_eq!(
+        (
+            report.pool.available,
+            report.pool.dirty,
+            report.pool.dirty_sats
+        ),
+        (1, 1, 5000)
+    );
+    assert_eq!(
+        report.oldest_sending.as_ref().map(|j| j.id),
+        Some(batch.jobs[3].id)
+    );
+}
+
+#[sqlx::test]
+async fn claim_of_500_from_a_million_queued_rows(pool: PgPool) {
+    // Correctness at scale; the time it takes is measured by `cargo bench --bench claim`.
+    common::insert_queued(&pool, 1_000_000).await;
+    sqlx::query("VACUUM ANALYZE publish_jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = PgStore::new(pool.clone(), "w");
+    for round in 0..3 {
+        let batch = store.claim_batch(500).await.unwrap().unwrap();
+        assert_eq!(batch.jobs.len(), 500);
+        let first: i64 = sqlx::query_scalar("SELECT min(id) FROM publish_jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let ids: Vec<i64> = batch.jobs.iter().map(|j| j.id).collect();
+        let expected: Vec<i64> = (first + round * 500..first + (round + 1) * 500).collect();
+        assert_eq!(ids, expected, "round {round}: the oldest 500, in order");
+    }
+    let counts = store.queue_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.processing_batch), (998_500, 1_500));
+}
