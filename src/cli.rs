@@ -82,7 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     system.block_on(async move {
         match cli.command {
             Command::Migrate => {
-                let pool = store::connect(&settings.database).await?;
+                let pool = store::connect_or_create(&settings.database).await?;
                 store::migrate(&pool).await?;
                 println!("migrations applied to {}", settings.database.redacted_url());
                 Ok(())

@@ -9,7 +9,7 @@ use crate::store::{self, PgStore};
 use crate::worker;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let pool = store::connect(&settings.database).await?;
+    let pool = store::connect_or_create(&settings.database).await?;
     store::migrate(&pool).await?;
     let worker_id = worker::new_worker_id();
     let store = PgStore::new(pool.clone(), worker_id.clone());

@@ -59,6 +59,9 @@ pub fn render(report: &StatusReport) -> String {
             b.failed.to_string(),
         ]);
     }
+    if report.batches.is_empty() {
+        batches.add_row(vec!["(none yet)"]);
+    }
     out.push_str(&format!("Last batches\n{batches}\n\n"));
 
     let p = &report.pool;

@@ -263,8 +263,16 @@ pub async fn queue_counts(pool: &PgPool) -> Result<QueueCounts, StoreError> {
 /// The claim: one statement picks the oldest due jobs of the highest priority with
 /// `SKIP LOCKED` (so concurrent claimers never wait for or share a job), creates the
 /// batch row, numbers the jobs 1..n and moves them to `processing_batch`.
+///
+/// Its commit does not wait for the WAL flush (`synchronous_commit = off` for this
+/// transaction only). That is safe: if a crash loses the claim, its jobs are simply
+/// `queued` again, and nothing can have been broadcast under it, because a broadcast
+/// waits for the write-ahead `record_sending`, a synchronous commit, and flushing that
+/// commit flushes every WAL record before it, the claim's included.
 const CLAIM_SQL: &str = "
-WITH picked AS MATERIALIZED (
+WITH no_flush_wait AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), picked AS MATERIALIZED (
     SELECT id, priority
     FROM publish_jobs
     WHERE status = 'queued' AND next_attempt_at <= now()
@@ -287,7 +295,7 @@ SET status = 'processing_batch',
     claimed_at = now(),
     sending_started_at = NULL,
     updated_at = now()
-FROM numbered, batch
+FROM numbered, batch, no_flush_wait
 WHERE j.id = numbered.id
 RETURNING j.id, j.batch_seq, j.payload, j.attempts, j.txid, j.raw_tx, j.utxo_id,
           batch.id AS batch_id, batch.created_at AS batch_created_at";

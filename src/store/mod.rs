@@ -46,6 +46,22 @@ pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .with_context(|| format!("cannot connect to Postgres at {}", db.redacted_url()))
 }
 
+/// Like [`connect`], but creates the database first when the server says it does not
+/// exist (for `migrate` and `serve` on a fresh server).
+pub async fn connect_or_create(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    use sqlx::migrate::MigrateDatabase;
+    match pool_options(db).connect_with(connect_options(db)?).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+            sqlx::Postgres::create_database(db.url.expose_secret())
+                .await
+                .with_context(|| format!("creating the database of {}", db.redacted_url()))?;
+            tracing::info!(database = %db.redacted_url(), "created the database");
+            connect(db).await
+        }
+        other => other.with_context(|| format!("cannot connect to Postgres at {}", db.redacted_url())),
+    }
+}
+
 fn pool_options(db: &DatabaseSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(db.max_connections)

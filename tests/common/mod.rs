@@ -101,3 +101,14 @@ pub async fn insert_queued(pool: &PgPool, n: i64) {
     .await
     .unwrap();
 }
+
+/// A URL for the database behind `pool` (the test's own database), for child processes.
+pub async fn database_url(pool: &PgPool) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+    let (base, _) = server.rsplit_once('/').expect("DATABASE_URL ends in a database name");
+    format!("{base}/{name}")
+}
