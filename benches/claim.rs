@@ -22,7 +22,9 @@ fn server_url() -> String {
 }
 
 fn with_database(url: &str, db: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("DATABASE_URL has a database name");
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database name");
     format!("{base}/{db}")
 }
 
@@ -75,7 +77,11 @@ fn claim(c: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..iters {
                     let batch = store.claim_batch(BATCH).await.unwrap().unwrap();
-                    assert_eq!(batch.jobs.len(), BATCH as usize, "the bench ran out of jobs");
+                    assert_eq!(
+                        batch.jobs.len(),
+                        BATCH as usize,
+                        "the bench ran out of jobs"
+                    );
                 }
                 started.elapsed()
             }

@@ -66,7 +66,11 @@ async fn migrate_is_idempotent(pool: PgPool) {
     let url = common::database_url(&pool).await;
     for _ in 0..2 {
         let out = raregen(&url).arg("migrate").output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables
@@ -91,7 +95,15 @@ async fn serve_accepts_jobs_and_stops_cleanly_on_sigterm_and_sigint(pool: PgPool
             .await
             .unwrap();
         assert_eq!(resp.status(), 201);
-        assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
 
         let killed = Command::new("kill")
             .args([signal, &child.id().to_string()])
@@ -101,7 +113,11 @@ async fn serve_accepts_jobs_and_stops_cleanly_on_sigterm_and_sigint(pool: PgPool
         let status = wait_exit(&mut child, Duration::from_secs(15));
         assert!(status.success(), "{signal}: exit status {status:?}");
     }
-    assert_eq!(common::job_count(&pool).await, 2, "serve applied the migrations and stored the jobs");
+    assert_eq!(
+        common::job_count(&pool).await,
+        2,
+        "serve applied the migrations and stored the jobs"
+    );
 }
 
 #[test]
@@ -109,7 +125,11 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     let cases: &[(&str, &str, &str)] = &[
         ("RAREGEN__RATE_LIMIT__MAX", "many", "rate_limit.max"),
         ("RAREGEN__COLLECTOR__INTERVALL", "5s", "collector.intervall"),
-        ("RAREGEN__JANITOR__STUCK_AFTER", "soon", "janitor.stuck_after"),
+        (
+            "RAREGEN__JANITOR__STUCK_AFTER",
+            "soon",
+            "janitor.stuck_after",
+        ),
     ];
     for (var, value, key) in cases {
         let out = raregen("postgres://postgres@127.0.0.1:5432/postgres")
@@ -141,7 +161,11 @@ fn an_unreachable_database_is_one_clear_line_without_the_password() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("cannot connect to Postgres at postgres://postgres:***@127.0.0.1:1/raregen"), "{stderr}");
+    assert!(
+        stderr
+            .contains("cannot connect to Postgres at postgres://postgres:***@127.0.0.1:1/raregen"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
@@ -153,7 +177,11 @@ async fn status_json_matches_the_database(pool: PgPool) {
     store.claim_batch(5).await.unwrap().unwrap();
     let url = common::database_url(&pool).await;
     let out = raregen(&url).args(["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let queue: Vec<(String, i64, i64)> = report["queue"]
         .as_array()
@@ -169,7 +197,10 @@ async fn status_json_matches_the_database(pool: PgPool) {
         .collect();
     assert_eq!(
         queue,
-        vec![("processing_batch".to_owned(), 5, 1), ("queued".to_owned(), 7, 0)]
+        vec![
+            ("processing_batch".to_owned(), 5, 1),
+            ("queued".to_owned(), 7, 0)
+        ]
     );
     assert_eq!(report["batches"][0]["jobs"], 5);
     assert_eq!(report["batches"][0]["first_seq"], 1);
@@ -178,5 +209,8 @@ async fn status_json_matches_the_database(pool: PgPool) {
 
     let text = raregen(&url).arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("processing_batch") && text.contains("UTXO pool"), "{text}");
+    assert!(
+        text.contains("processing_batch") && text.contains("UTXO pool"),
+        "{text}"
+    );
 }

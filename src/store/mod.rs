@@ -58,7 +58,9 @@ pub async fn connect_or_create(db: &DatabaseSettings) -> anyhow::Result<PgPool> 
             tracing::info!(database = %db.redacted_url(), "created the database");
             connect(db).await
         }
-        other => other.with_context(|| format!("cannot connect to Postgres at {}", db.redacted_url())),
+        other => {
+            other.with_context(|| format!("cannot connect to Postgres at {}", db.redacted_url()))
+        }
     }
 }
 

@@ -109,6 +109,8 @@ pub async fn database_url(pool: &PgPool) -> String {
         .await
         .unwrap();
     let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
-    let (base, _) = server.rsplit_once('/').expect("DATABASE_URL ends in a database name");
+    let (base, _) = server
+        .rsplit_once('/')
+        .expect("DATABASE_URL ends in a database name");
     format!("{base}/{name}")
 }
