@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for a map of the code.
 
 pub mod api;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod serve;

@@ -6,8 +6,13 @@
 //! `raregen` crate implements those traits (sqlx, rust-bitcoin, reqwest), so nothing
 //! in this crate names a database or HTTP library.
 
+pub mod chain;
 pub mod ports;
 
+pub use chain::{
+    BroadcastOutcome, Node, NodeError, OutpointState, SignError, SignedTx, Signer, SpendableUtxo,
+    TxPresence,
+};
 pub use ports::{
     BatchId, ClaimedBatch, ClaimedJob, Fence, JobId, JobStore, Retry, Sending, Sent, StoreError,
     StoredTx,

@@ -1,0 +1,390 @@
+//! Builds and signs raregen's two kinds of transaction with rust-bitcoin:
+//!
+//! - publish: one pool UTXO in; out: `OP_RETURN <payload>` and change to the pool;
+//! - split: one pool UTXO in; out: N equal pool outputs and change.
+//!
+//! The fee is the transaction's real virtual size × `chain.fee_rate` (rounded up).
+//! Change under the dust limit is left to the fee. Signing follows BIP143 for P2WPKH
+//! (the sighash commits to the value of the output being spent) and the legacy
+//! algorithm for P2PKH, with low-R signatures (71 bytes with the sighash flag, at most).
+
+use std::str::FromStr;
+
+use bitcoin::absolute::LockTime;
+use bitcoin::ecdsa::Signature;
+use bitcoin::hashes::Hash;
+use bitcoin::script::{Builder, PushBytesBuf};
+use bitcoin::secp256k1::{All, Message, Secp256k1};
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::transaction::Version;
+use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
+use raregen_actors::{SignError, SignedTx, Signer, SpendableUtxo};
+
+use super::wallet::WalletKey;
+use crate::config::AddressType;
+
+/// Longest DER signature with the sighash flag that low-R signing produces.
+const MAX_SIG_LEN: usize = 71;
+/// Most outputs in one split transaction.
+pub const MAX_SPLIT_OUTPUTS: u32 = 2_000;
+
+pub struct TxBuilder {
+    wallet: WalletKey,
+    secp: Secp256k1<All>,
+    fee_rate: f64,
+    max_payload: usize,
+    dust: u64,
+}
+
+impl TxBuilder {
+    pub fn new(wallet: WalletKey, fee_rate: f64, max_payload: usize) -> TxBuilder {
+        let dust = wallet.script_pubkey().minimal_non_dust().to_sat();
+        TxBuilder {
+            wallet,
+            secp: WalletKey::secp(),
+            fee_rate,
+            max_payload,
+            dust,
+        }
+    }
+
+    pub fn wallet(&self) -> &WalletKey {
+        &self.wallet
+    }
+
+    /// The smallest pool output the node relays (the dust limit of the pool script).
+    pub fn dust_limit(&self) -> u64 {
+        self.dust
+    }
+
+    /// A publish transaction: `OP_RETURN <payload>` and change.
+    pub fn build_publish(
+        &self,
+        utxo: &SpendableUtxo,
+        payload: &[u8],
+    ) -> Result<SignedTx, SignError> {
+        if payload.len() > self.max_payload {
+            return Err(SignError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.max_payload,
+            });
+        }
+        let data =
+            PushBytesBuf::try_from(payload.to_vec()).map_err(|_| SignError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.max_payload,
+            })?;
+        let outputs = vec![TxOut {
+            value: Amount::ZERO,
+            script_pubkey: ScriptBuf::new_op_return(data),
+        }];
+        self.build(utxo, outputs)
+    }
+
+    /// A split transaction: `outputs` pool outputs of `amount` sats each, and change.
+    pub fn build_split(
+        &self,
+        utxo: &SpendableUtxo,
+        outputs: u32,
+        amount: u64,
+    ) -> Result<SignedTx, SignError> {
+        if outputs == 0 || outputs > MAX_SPLIT_OUTPUTS {
+            return Err(SignError::Invalid(format!(
+                "a split makes 1 to {MAX_SPLIT_OUTPUTS} outputs, not {outputs}"
+            )));
+        }
+        if amount < self.dust {
+            return Err(SignError::Invalid(format!(
+                "{amount} sats per output is under the dust limit ({} sats)",
+                self.dust
+            )));
+        }
+        let out = TxOut {
+            value: Amount::from_sat(amount),
+            script_pubkey: self.wallet.script_pubkey().clone(),
+        };
+        self.build(utxo, vec![out; outputs as usize])
+    }
+
+    /// Adds the change output, works out the fee from the signed size, and signs.
+    fn build(&self, utxo: &SpendableUtxo, fixed: Vec<TxOut>) -> Result<SignedTx, SignError> {
+        let txid = Txid::from_str(&utxo.txid)
+            .map_err(|_| SignError::Invalid(format!("{:?} is not a txid", utxo.txid)))?;
+        let spent = fixed.iter().map(|o| o.value.to_sat()).sum::<u64>();
+        let mut tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint {
+                    txid,
+                    vout: utxo.vout,
+                },
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            }],
+            output: fixed,
+        };
+        tx.output.push(TxOut {
+            value: Amount::ZERO,
+            script_pubkey: self.wallet.script_pubkey().clone(),
+        });
+        let change_vout = tx.output.len() - 1;
+
+        // Size with the largest signature; the real one is the same or a byte shorter.
+        self.fill_unlock(&mut tx, &[0u8; MAX_SIG_LEN]);
+        let mut vsize = tx.vsize() as u64;
+        let mut with_change = true;
+        for _ in 0..3 {
+            let fee = self.fee_for(vsize);
+            let need = spent + fee;
+            if utxo.satoshis < need {
+                return Err(SignError::InsufficientFunds {
+                    have: utxo.satoshis,
+                    need,
+                });
+            }
+            let change = utxo.satoshis - need;
+            if with_change && change < self.dust {
+                // Dust change would not relay: leave it to the fee.
+                tx.output.pop();
+                with_change = false;
+                self.fill_unlock(&mut tx, &[0u8; MAX_SIG_LEN]);
+                vsize = tx.vsize() as u64;
+                continue;
+            }
+            if with_change {
+                tx.output[change_vout].value = Amount::from_sat(change);
+            }
+            self.sign(&mut tx, utxo.satoshis)?;
+            let real = tx.vsize() as u64;
+            if real == vsize || (!with_change && self.fee_for(real) <= utxo.satoshis - spent) {
+                let fee = utxo.satoshis - spent - if with_change { change } else { 0 };
+                return Ok(SignedTx {
+                    txid: tx.compute_txid().to_string(),
+                    raw_tx: bitcoin::consensus::encode::serialize(&tx),
+                    fee,
+                    vsize: real,
+                    change: with_change.then_some((change_vout as u32, change)),
+                });
+            }
+            // A shorter signature changed the size: price it again and re-sign.
+            vsize = real;
+        }
+        Err(SignError::Invalid("the fee did not settle".into()))
+    }
+
+    fn fee_for(&self, vsize: u64) -> u64 {
+        (vsize as f64 * self.fee_rate).ceil() as u64
+    }
+
+    /// Puts an unlocking script (or witness) with `sig` of the right shape in place.
+    fn fill_unlock(&self, tx: &mut Transaction, sig: &[u8]) {
+        let pk = self.wallet.public_key();
+        match self.wallet.address_type() {
+            AddressType::P2wpkh => {
+                let mut w = Witness::new();
+                w.push(sig);
+                w.push(pk.to_bytes());
+                tx.input[0].witness = w;
+                tx.input[0].script_sig = ScriptBuf::new();
+            }
+            AddressType::P2pkh => {
+                let sig = PushBytesBuf::try_from(sig.to_vec()).expect("a signature fits a push");
+                tx.input[0].script_sig = Builder::new()
+                    .push_slice(sig)
+                    .push_slice(pk.to_bytes())
+                    .into_script();
+                tx.input[0].witness = Witness::new();
+            }
+        }
+    }
+
+    fn sign(&self, tx: &mut Transaction, input_value: u64) -> Result<(), SignError> {
+        let script = self.wallet.script_pubkey();
+        let sighash_type = EcdsaSighashType::All;
+        let digest: [u8; 32] = {
+            let mut cache = SighashCache::new(&*tx);
+            match self.wallet.address_type() {
+                AddressType::P2wpkh => cache
+                    .p2wpkh_signature_hash(0, script, Amount::from_sat(input_value), sighash_type)
+                    .map_err(|e| SignError::Invalid(e.to_string()))?
+                    .to_byte_array(),
+                AddressType::P2pkh => cache
+                    .legacy_signature_hash(0, script, sighash_type.to_u32())
+                    .map_err(|e| SignError::Invalid(e.to_string()))?
+                    .to_byte_array(),
+            }
+        };
+        let signature = self
+            .secp
+            .sign_ecdsa_low_r(&Message::from_digest(digest), self.wallet.secret_key());
+        let sig = Signature {
+            signature,
+            sighash_type,
+        };
+        self.fill_unlock(tx, &sig.to_vec());
+        Ok(())
+    }
+}
+
+impl Signer for TxBuilder {
+    fn publish(&self, utxo: &SpendableUtxo, payload: &[u8]) -> Result<SignedTx, SignError> {
+        self.build_publish(utxo, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Network;
+    use bitcoin::consensus::encode::deserialize;
+    use bitcoin::secp256k1::ecdsa;
+
+    fn builder(address_type: AddressType, fee_rate: f64) -> TxBuilder {
+        let (wallet, _) = WalletKey::generate(Network::Regtest, address_type);
+        TxBuilder::new(wallet, fee_rate, 80)
+    }
+
+    fn utxo(sats: u64) -> SpendableUtxo {
+        SpendableUtxo {
+            id: 1,
+            txid: "a".repeat(64),
+            vout: 3,
+            satoshis: sats,
+            unconfirmed_depth: 0,
+        }
+    }
+
+    /// Checks the signature against the sighash, as a node would.
+    fn verify(b: &TxBuilder, raw: &[u8], value: u64) {
+        let tx: Transaction = deserialize(raw).unwrap();
+        let script = b.wallet.script_pubkey();
+        let mut cache = SighashCache::new(&tx);
+        let (sig_bytes, digest) = match b.wallet.address_type() {
+            AddressType::P2wpkh => {
+                let sig = tx.input[0].witness.nth(0).unwrap().to_vec();
+                let h = cache
+                    .p2wpkh_signature_hash(
+                        0,
+                        script,
+                        Amount::from_sat(value),
+                        EcdsaSighashType::All,
+                    )
+                    .unwrap();
+                (sig, h.to_byte_array())
+            }
+            AddressType::P2pkh => {
+                let push = tx.input[0]
+                    .script_sig
+                    .instructions()
+                    .next()
+                    .unwrap()
+                    .unwrap();
+                let sig = push.push_bytes().unwrap().as_bytes().to_vec();
+                let h = cache.legacy_signature_hash(0, script, 1).unwrap();
+                (sig, h.to_byte_array())
+            }
+        };
+        assert_eq!(*sig_bytes.last().unwrap(), 0x01, "SIGHASH_ALL");
+        let sig = ecdsa::Signature::from_der(&sig_bytes[..sig_bytes.len() - 1]).unwrap();
+        b.secp
+            .verify_ecdsa(
+                &Message::from_digest(digest),
+                &sig,
+                &b.wallet.public_key().0,
+            )
+            .expect("the signature verifies");
+    }
+
+    #[test]
+    fn publish_has_op_return_and_change_and_pays_the_real_vsize() {
+        for address_type in [AddressType::P2wpkh, AddressType::P2pkh] {
+            for fee_rate in [1.0, 2.0, 3.7] {
+                let b = builder(address_type, fee_rate);
+                let payload = b"raregen publishes this";
+                let signed = b.build_publish(&utxo(100_000), payload).unwrap();
+                let tx: Transaction = deserialize(&signed.raw_tx).unwrap();
+                assert_eq!(tx.compute_txid().to_string(), signed.txid);
+                assert_eq!(tx.input.len(), 1);
+                assert_eq!(tx.output.len(), 2);
+                assert!(tx.output[0].script_pubkey.is_op_return());
+                assert_eq!(tx.output[0].value, Amount::ZERO);
+                let pushed: Vec<u8> = tx.output[0]
+                    .script_pubkey
+                    .instructions()
+                    .nth(1)
+                    .unwrap()
+                    .unwrap()
+                    .push_bytes()
+                    .unwrap()
+                    .as_bytes()
+                    .to_vec();
+                assert_eq!(pushed, payload);
+                assert_eq!(&tx.output[1].script_pubkey, b.wallet.script_pubkey());
+                assert_eq!(signed.change, Some((1, tx.output[1].value.to_sat())));
+                assert_eq!(signed.vsize, tx.vsize() as u64);
+                assert_eq!(signed.fee, (tx.vsize() as f64 * fee_rate).ceil() as u64);
+                assert_eq!(100_000 - tx.output[1].value.to_sat(), signed.fee);
+                verify(&b, &signed.raw_tx, 100_000);
+            }
+        }
+    }
+
+    #[test]
+    fn payload_limits_and_dust_change() {
+        let b = builder(AddressType::P2wpkh, 2.0);
+        let err = b.build_publish(&utxo(100_000), &[7u8; 81]).unwrap_err();
+        assert_eq!(err, SignError::PayloadTooLarge { len: 81, max: 80 });
+        let ok = b.build_publish(&utxo(100_000), &[7u8; 80]).unwrap();
+        assert_eq!(ok.change.map(|c| c.0), Some(1));
+
+        // A UTXO just over the fee: change would be dust, so it all goes to the fee.
+        let small = b.build_publish(&utxo(500), b"x").unwrap();
+        let tx: Transaction = deserialize(&small.raw_tx).unwrap();
+        assert_eq!(tx.output.len(), 1, "no dust change output");
+        assert_eq!(small.change, None);
+        assert_eq!(small.fee, 500);
+        verify(&b, &small.raw_tx, 500);
+
+        let err = b.build_publish(&utxo(100), b"x").unwrap_err();
+        assert!(
+            matches!(err, SignError::InsufficientFunds { have: 100, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn split_makes_equal_outputs_and_change() {
+        for address_type in [AddressType::P2wpkh, AddressType::P2pkh] {
+            let b = builder(address_type, 2.0);
+            let signed = b.build_split(&utxo(5_000_000_000), 100, 2_000).unwrap();
+            let tx: Transaction = deserialize(&signed.raw_tx).unwrap();
+            assert_eq!(tx.output.len(), 101);
+            assert!(
+                tx.output[..100]
+                    .iter()
+                    .all(|o| o.value.to_sat() == 2_000
+                        && &o.script_pubkey == b.wallet.script_pubkey())
+            );
+            let change = tx.output[100].value.to_sat();
+            assert_eq!(signed.change, Some((100, change)));
+            assert_eq!(5_000_000_000 - 200_000 - change, signed.fee);
+            assert_eq!(signed.fee, (tx.vsize() as f64 * 2.0).ceil() as u64);
+            verify(&b, &signed.raw_tx, 5_000_000_000);
+        }
+        let b = builder(AddressType::P2wpkh, 2.0);
+        assert!(matches!(
+            b.build_split(&utxo(100_000), 100, 2_000).unwrap_err(),
+            SignError::InsufficientFunds { .. }
+        ));
+        assert!(matches!(
+            b.build_split(&utxo(100_000), 2, 10).unwrap_err(),
+            SignError::Invalid(_)
+        ));
+        assert!(matches!(
+            b.build_split(&utxo(100_000), 0, 1000).unwrap_err(),
+            SignError::Invalid(_)
+        ));
+    }
+}

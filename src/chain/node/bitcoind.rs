@@ -1,0 +1,227 @@
+//! JSON-RPC as Bitcoin Core speaks it. bcoin answers the same calls, with one quirk:
+//! its `sendrawtransaction` answers the txid at once and verifies afterwards, so a
+//! transaction it drops is only seen by asking again ([`BitcoindClient::tx_presence`]).
+
+use async_trait::async_trait;
+use raregen_actors::{BroadcastOutcome, Node, NodeError, OutpointState, TxPresence};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+use super::{classify_rejection, http_client, retry_after, split_credentials, transport_error};
+use crate::config::NodeSettings;
+
+pub struct BitcoindClient {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    user: String,
+    password: SecretString,
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum RpcFailure {
+    /// No answer (timeout, connection refused or reset, broken body).
+    Transport(String),
+    /// HTTP 429.
+    RateLimited(Option<std::time::Duration>),
+    /// An HTTP status without a JSON-RPC error inside.
+    Http(StatusCode, String),
+    /// The node's JSON-RPC error.
+    Rpc { code: i64, message: String },
+}
+
+impl From<RpcFailure> for NodeError {
+    fn from(f: RpcFailure) -> Self {
+        match f {
+            RpcFailure::Transport(e) => NodeError::Unavailable(e),
+            RpcFailure::RateLimited(retry_after) => NodeError::RateLimited { retry_after },
+            RpcFailure::Http(status, body) if status.is_server_error() => {
+                NodeError::Unavailable(format!("HTTP {status}: {body}"))
+            }
+            RpcFailure::Http(status, body) => NodeError::Protocol(format!("HTTP {status}: {body}")),
+            RpcFailure::Rpc { code, message } => {
+                NodeError::Protocol(format!("RPC error {code}: {message}"))
+            }
+        }
+    }
+}
+
+impl BitcoindClient {
+    pub fn new(settings: &NodeSettings) -> anyhow::Result<BitcoindClient> {
+        let (url, user, password) =
+            split_credentials(&settings.url, &settings.user, &settings.password)?;
+        Ok(BitcoindClient {
+            http: http_client(settings.timeout)?,
+            url,
+            user,
+            password,
+        })
+    }
+
+    /// One JSON-RPC call; `Ok` holds the `result`.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, RpcFailure> {
+        let mut request = self
+            .http
+            .post(self.url.clone())
+            .json(&json!({"jsonrpc": "1.0", "id": "raregen", "method": method, "params": params}));
+        if !self.user.is_empty() || !self.password.expose_secret().is_empty() {
+            request = request.basic_auth(&self.user, Some(self.password.expose_secret()));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| RpcFailure::Transport(transport_error(e)))?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(RpcFailure::RateLimited(retry_after(response.headers())));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| RpcFailure::Transport(transport_error(e)))?;
+        // Core answers RPC errors with HTTP 500 (or 404) and a JSON body; bcoin with 200.
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) if v.get("error").is_some_and(|e| !e.is_null()) => {
+                let e = &v["error"];
+                Err(RpcFailure::Rpc {
+                    code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
+                    message: e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("(no message)")
+                        .to_owned(),
+                })
+            }
+            Ok(mut v) if status.is_success() => Ok(v["result"].take()),
+            _ => {
+                let text = String::from_utf8_lossy(&body);
+                let text: String = text.chars().take(200).collect();
+                Err(RpcFailure::Http(status, text))
+            }
+        }
+    }
+
+    /// The chain's height.
+    pub async fn block_count(&self) -> Result<u64, NodeError> {
+        let v = self.call("getblockcount", json!([])).await?;
+        v.as_u64()
+            .ok_or_else(|| NodeError::Protocol(format!("getblockcount answered {v}")))
+    }
+}
+
+fn is_not_found(code: i64, message: &str) -> bool {
+    // Core: -5 "No such mempool or blockchain transaction", "Transaction not in mempool";
+    // bcoin: -1 "Transaction not found.", "Transaction not in mempool."
+    let m = message.to_ascii_lowercase();
+    code == -5 || m.contains("not found") || m.contains("not in mempool") || m.contains("no such")
+}
+
+/// BTC amounts come as JSON numbers; satoshis are exact after rounding (< 2^53).
+fn btc_to_sats(v: &Value) -> Option<u64> {
+    let btc = v.as_f64()?;
+    (btc >= 0.0).then(|| (btc * 100_000_000.0).round() as u64)
+}
+
+#[async_trait]
+impl Node for BitcoindClient {
+    async fn broadcast(&self, raw_tx: &[u8]) -> BroadcastOutcome {
+        match self
+            .call("sendrawtransaction", json!([hex::encode(raw_tx)]))
+            .await
+        {
+            Ok(_) => BroadcastOutcome::Accepted,
+            Err(RpcFailure::Rpc { code, message }) => classify_rejection(Some(code), &message),
+            Err(RpcFailure::RateLimited(retry_after)) => {
+                BroadcastOutcome::RateLimited { retry_after }
+            }
+            Err(RpcFailure::Transport(reason)) => BroadcastOutcome::Unknown { reason },
+            Err(RpcFailure::Http(status, body)) => BroadcastOutcome::Unknown {
+                reason: format!("HTTP {status}: {body}"),
+            },
+        }
+    }
+
+    async fn tx_presence(&self, txid: &str) -> Result<TxPresence, NodeError> {
+        match self.call("getmempoolentry", json!([txid])).await {
+            Ok(_) => return Ok(TxPresence::InMempool),
+            Err(RpcFailure::Rpc { code, message }) if is_not_found(code, &message) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let tx = match self.call("getrawtransaction", json!([txid, true])).await {
+            Ok(tx) => tx,
+            Err(RpcFailure::Rpc { code, message }) if is_not_found(code, &message) => {
+                return Ok(TxPresence::Unknown)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let confirmations = tx.get("confirmations").and_then(Value::as_u64).unwrap_or(0);
+        if confirmations == 0 {
+            // Left the mempool between the two calls, or known only unconfirmed.
+            return Ok(TxPresence::InMempool);
+        }
+        let block_hash = tx
+            .get("blockhash")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let block_height = match tx.get("height").and_then(Value::as_u64) {
+            Some(h) => Some(h),
+            None => self
+                .block_count()
+                .await
+                .ok()
+                .map(|tip| tip + 1 - confirmations.min(tip + 1)),
+        };
+        Ok(TxPresence::Confirmed {
+            confirmations: confirmations as u32,
+            block_height: block_height.map(|h| h as u32),
+            block_hash,
+        })
+    }
+
+    async fn outpoint(&self, txid: &str, vout: u32) -> Result<OutpointState, NodeError> {
+        let v = self.call("gettxout", json!([txid, vout, true])).await?;
+        if v.is_null() {
+            return Ok(OutpointState::Gone { spent_by: None });
+        }
+        let value = btc_to_sats(&v["value"])
+            .ok_or_else(|| NodeError::Protocol(format!("gettxout value {}", v["value"])))?;
+        let script_hex = v["scriptPubKey"]["hex"]
+            .as_str()
+            .ok_or_else(|| NodeError::Protocol("gettxout without scriptPubKey.hex".into()))?;
+        let script_pubkey = hex::decode(script_hex)
+            .map_err(|e| NodeError::Protocol(format!("scriptPubKey.hex: {e}")))?;
+        Ok(OutpointState::Unspent {
+            value,
+            script_pubkey,
+            confirmations: v["confirmations"].as_u64().unwrap_or(0) as u32,
+            coinbase: v["coinbase"].as_bool().unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn btc_amounts_become_exact_satoshis() {
+        assert_eq!(btc_to_sats(&json!(50.0)), Some(5_000_000_000));
+        assert_eq!(btc_to_sats(&json!(0.00000546)), Some(546));
+        assert_eq!(
+            btc_to_sats(&json!(20999999.97690000)),
+            Some(2_099_999_997_690_000)
+        );
+        assert_eq!(btc_to_sats(&json!(0.1)), Some(10_000_000));
+        assert_eq!(btc_to_sats(&json!(-1)), None);
+    }
+
+    #[test]
+    fn not_found_answers_of_both_nodes() {
+        assert!(is_not_found(-5, "No such mempool or blockchain transaction. Use gettransaction for wallet transactions."));
+        assert!(is_not_found(-5, "Transaction not in mempool"));
+        assert!(is_not_found(-1, "Transaction not found."));
+        assert!(is_not_found(-1, "Transaction not in mempool."));
+        assert!(!is_not_found(-28, "Loading block index..."));
+    }
+}
