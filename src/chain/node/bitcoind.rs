@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(btc_to_sats(&json!(50.0)), Some(5_000_000_000));
         assert_eq!(btc_to_sats(&json!(0.00000546)), Some(546));
         assert_eq!(
-            btc_to_sats(&json!(20999999.97690000)),
+            btc_to_sats(&serde_json::from_str("20999999.97690000").unwrap()),
             Some(2_099_999_997_690_000)
         );
         assert_eq!(btc_to_sats(&json!(0.1)), Some(10_000_000));
