@@ -98,31 +98,58 @@ CREATE TABLE utxos (
     vout               INTEGER NOT NULL CHECK (vout >= 0),
     satoshis           BIGINT NOT NULL CHECK (satoshis > 0),
     script_pubkey      BYTEA NOT NULL,
-    -- available: may be reserved (unless dirty); reserved: held by reserved_by;
-    -- spent: a transaction of ours spending it was accepted; retired: gone for good
-    -- (spent by something else, or dust).
+    -- pending:   an output of a transaction of ours that is stored but not yet accepted;
+    -- available: may be reserved (unless dirty);
+    -- reserved:  held by job reserved_by, no transaction signed yet;
+    -- spending:  a stored transaction of ours (spent_by_txid) spends it, outcome pending;
+    -- spent:     that transaction was accepted;
+    -- retired:   gone for good (spent by something else, or never ours to spend).
     state              TEXT NOT NULL DEFAULT 'available'
-                       CHECK (state IN ('available', 'reserved', 'spent', 'retired')),
+                       CHECK (state IN ('pending', 'available', 'reserved', 'spending', 'spent', 'retired')),
     -- The outcome of a broadcast spending this UTXO is not known: never reserve it until
     -- the Janitor has asked the node.
     dirty              BOOLEAN NOT NULL DEFAULT FALSE,
     reserved_at        TIMESTAMPTZ,
     reserved_by        BIGINT,
     spent_by_txid      TEXT CHECK (spent_by_txid ~ '^[0-9a-f]{64}$'),
-    -- Unconfirmed ancestors of the transaction that created this output (0: confirmed).
+    -- Unconfirmed ancestors of this output, itself included (0: confirmed).
     unconfirmed_depth  INTEGER NOT NULL DEFAULT 0 CHECK (unconfirmed_depth >= 0),
+    coinbase           BOOLEAN NOT NULL DEFAULT FALSE,
     created_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
     UNIQUE (txid, vout),
-    CHECK ((state = 'reserved') = (reserved_by IS NOT NULL)),
-    CHECK (state <> 'reserved' OR reserved_at IS NOT NULL)
+    CHECK (state <> 'reserved' OR (reserved_by IS NOT NULL AND reserved_at IS NOT NULL)),
+    CHECK (state NOT IN ('spending', 'spent') OR spent_by_txid IS NOT NULL)
 );
 
--- One spender: a job holds at most one reserved UTXO, and a UTXO one job.
-CREATE UNIQUE INDEX utxos_reserved_by_idx ON utxos (reserved_by) WHERE state = 'reserved';
+-- One spender: a job holds at most one UTXO at a time.
+CREATE UNIQUE INDEX utxos_reserved_by_idx ON utxos (reserved_by)
+    WHERE state IN ('reserved', 'spending') AND reserved_by IS NOT NULL;
 CREATE INDEX utxos_available_idx ON utxos (unconfirmed_depth, satoshis DESC)
     WHERE state = 'available' AND NOT dirty;
 CREATE INDEX utxos_dirty_idx ON utxos (created_at) WHERE dirty;
+CREATE INDEX utxos_unconfirmed_idx ON utxos (txid) WHERE unconfirmed_depth > 0;
+
+-- Transactions of the pool itself (splits), stored before they are broadcast, like
+-- the jobs' transactions: a retry re-sends these bytes.
+CREATE TABLE pool_transactions (
+    id                  BIGSERIAL PRIMARY KEY,
+    kind                TEXT NOT NULL CHECK (kind IN ('split')),
+    status              TEXT NOT NULL DEFAULT 'sending' CHECK (status IN ('sending', 'sent', 'failed')),
+    txid                TEXT NOT NULL CHECK (txid ~ '^[0-9a-f]{64}$'),
+    raw_tx              BYTEA NOT NULL,
+    input_utxo_id       BIGINT NOT NULL REFERENCES utxos (id),
+    outputs             INTEGER NOT NULL CHECK (outputs > 0),
+    amount              BIGINT NOT NULL CHECK (amount > 0),
+    fee                 BIGINT NOT NULL CHECK (fee >= 0),
+    last_error          TEXT,
+    created_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    sent_at             TIMESTAMPTZ,
+    confirmed_at        TIMESTAMPTZ
+);
+-- Signing is deterministic: a split refused once and made again has the same txid.
+CREATE UNIQUE INDEX pool_transactions_txid_idx ON pool_transactions (txid) WHERE status <> 'failed';
+CREATE INDEX pool_transactions_sending_idx ON pool_transactions (created_at) WHERE status = 'sending';
 
 -- A queue table churns: every claim leaves dead versions at the head of the claim
 -- index. Vacuum it after 1% of its rows change instead of the default 20%.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{LogFormat, Mode, Settings};
-use crate::{serve, status, store, telemetry};
+use crate::{serve, status, store, telemetry, wallet};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,9 +35,37 @@ pub enum Command {
         #[arg(long, value_enum)]
         mode: Option<Mode>,
     },
+    /// The pool's wallet: address, import, split, balance.
+    #[command(subcommand)]
+    Wallet(WalletCommand),
     /// Queue depth by status, the last batches, the UTXO pool.
     Status {
         /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Print the pool's receive address (one line, nothing else).
+    Address,
+    /// Add outpoints paying the pool's address to the pool (asks the node about each).
+    Import {
+        /// Outpoints as TXID:VOUT.
+        #[arg(required = true, value_name = "TXID:VOUT")]
+        outpoints: Vec<String>,
+    },
+    /// Split the largest pool UTXO into N outputs of SATS each (plus change).
+    Split {
+        #[arg(long, value_name = "N")]
+        outputs: u32,
+        #[arg(long, value_name = "SATS")]
+        amount: u64,
+    },
+    /// Pool summary: available, reserved, dirty counts and sats.
+    Balance {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -94,6 +122,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 serve::run(settings).await
             }
             Command::Status { json } => status::run(&settings, json).await,
+            Command::Wallet(command) => run_wallet(settings, command).await,
         }
     })
+}
+
+async fn run_wallet(settings: Settings, command: WalletCommand) -> anyhow::Result<()> {
+    match command {
+        WalletCommand::Address => {
+            println!("{}", wallet::address(&settings)?);
+        }
+        WalletCommand::Balance { json } => wallet::balance(&settings, json).await?,
+        WalletCommand::Import { outpoints } => {
+            let w = wallet::Wallet::open(settings).await?;
+            let (imported, known, sats) = w.import(&outpoints).await?;
+            println!("imported {imported} UTXO(s), {sats} sats; {known} already in the pool");
+        }
+        WalletCommand::Split { outputs, amount } => {
+            let w = wallet::Wallet::open(settings).await?;
+            let done = w.split(outputs, amount).await?;
+            println!(
+                "split {}: {} outputs of {} sats, change {}, fee {} sats; unconfirmed depth {}",
+                done.txid,
+                done.outputs,
+                done.amount,
+                done.change.map_or("none".into(), |c| format!("{c} sats")),
+                done.fee,
+                done.depth
+            );
+        }
+    }
+    Ok(())
 }

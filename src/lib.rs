@@ -10,4 +10,5 @@ pub mod serve;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod wallet;
 pub mod worker;

@@ -3,7 +3,7 @@
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 
 use crate::config::Settings;
-use crate::store::{self, StatusReport};
+use crate::store::{self, PoolSummary, StatusReport};
 
 pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let pool = store::connect(&settings.database).await?;
@@ -64,7 +64,23 @@ pub fn render(report: &StatusReport) -> String {
     }
     out.push_str(&format!("Last batches\n{batches}\n\n"));
 
-    let p = &report.pool;
+    out.push_str(&render_pool(&report.pool));
+    out.push('\n');
+
+    match &report.oldest_sending {
+        Some(j) => out.push_str(&format!(
+            "Oldest job in sending: {} for {:.0}s (txid {})\n",
+            j.id,
+            j.age_seconds,
+            j.txid.as_deref().unwrap_or("-")
+        )),
+        None => out.push_str("No job in sending.\n"),
+    }
+    out
+}
+
+/// The UTXO pool as a table.
+pub fn render_pool(p: &PoolSummary) -> String {
     let mut pool = table(&["utxos", "count", "sats"]);
     pool.add_row(vec![
         "available".to_owned(),
@@ -81,22 +97,16 @@ pub fn render(report: &StatusReport) -> String {
         p.dirty.to_string(),
         p.dirty_sats.to_string(),
     ]);
+    pool.add_row(vec![
+        "pending".to_owned(),
+        p.pending.to_string(),
+        "-".into(),
+    ]);
     pool.add_row(vec!["spent".to_owned(), p.spent.to_string(), "-".into()]);
     pool.add_row(vec![
         "retired".to_owned(),
         p.retired.to_string(),
         "-".into(),
     ]);
-    out.push_str(&format!("UTXO pool\n{pool}\n\n"));
-
-    match &report.oldest_sending {
-        Some(j) => out.push_str(&format!(
-            "Oldest job in sending: {} for {:.0}s (txid {})\n",
-            j.id,
-            j.age_seconds,
-            j.txid.as_deref().unwrap_or("-")
-        )),
-        None => out.push_str("No job in sending.\n"),
-    }
-    out
+    format!("UTXO pool\n{pool}\n")
 }

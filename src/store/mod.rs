@@ -3,6 +3,7 @@
 
 mod jobs;
 mod report;
+pub mod utxos;
 
 use std::time::Duration;
 

@@ -32,6 +32,8 @@ pub struct PoolSummary {
     pub reserved_sats: i64,
     pub dirty: i64,
     pub dirty_sats: i64,
+    /// Outputs of stored transactions not yet accepted (a split in flight).
+    pub pending: i64,
     pub spent: i64,
     pub retired: i64,
 }
@@ -130,10 +132,11 @@ impl PoolSummary {
             "SELECT
                 count(*) FILTER (WHERE state = 'available' AND NOT dirty) AS available,
                 COALESCE(sum(satoshis) FILTER (WHERE state = 'available' AND NOT dirty), 0)::bigint AS available_sats,
-                count(*) FILTER (WHERE state = 'reserved' AND NOT dirty) AS reserved,
-                COALESCE(sum(satoshis) FILTER (WHERE state = 'reserved' AND NOT dirty), 0)::bigint AS reserved_sats,
-                count(*) FILTER (WHERE dirty AND state IN ('available', 'reserved')) AS dirty,
-                COALESCE(sum(satoshis) FILTER (WHERE dirty AND state IN ('available', 'reserved')), 0)::bigint AS dirty_sats,
+                count(*) FILTER (WHERE state IN ('reserved', 'spending') AND NOT dirty) AS reserved,
+                COALESCE(sum(satoshis) FILTER (WHERE state IN ('reserved', 'spending') AND NOT dirty), 0)::bigint AS reserved_sats,
+                count(*) FILTER (WHERE dirty AND state IN ('available', 'reserved', 'spending')) AS dirty,
+                COALESCE(sum(satoshis) FILTER (WHERE dirty AND state IN ('available', 'reserved', 'spending')), 0)::bigint AS dirty_sats,
+                count(*) FILTER (WHERE state = 'pending') AS pending,
                 count(*) FILTER (WHERE state = 'spent') AS spent,
                 count(*) FILTER (WHERE state = 'retired') AS retired
              FROM utxos",
@@ -148,6 +151,7 @@ impl PoolSummary {
             reserved_sats: r.get("reserved_sats"),
             dirty: r.get("dirty"),
             dirty_sats: r.get("dirty_sats"),
+            pending: r.get("pending"),
             spent: r.get("spent"),
             retired: r.get("retired"),
         })

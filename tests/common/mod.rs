@@ -3,6 +3,8 @@
 //! spawned on port 0 against it.
 #![allow(dead_code)]
 
+pub mod regtest;
+
 use raregen::api::ApiServer;
 use raregen::config::Settings;
 use raregen::store::PgStore;

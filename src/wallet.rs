@@ -1,0 +1,304 @@
+//! `raregen wallet …`: the pool's address, importing funds, splitting, the balance.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use raregen_actors::{BroadcastOutcome, Node, OutpointState, SignError, TxPresence};
+use sqlx::PgPool;
+
+use crate::chain::{node, TxBuilder, WalletKey};
+use crate::config::Settings;
+use crate::store::utxos::{self, NewUtxo, PoolTx};
+use crate::store::{self, PoolSummary};
+
+/// Confirmations a coinbase output needs before it may be spent.
+pub const COINBASE_MATURITY: u32 = 100;
+/// How long to wait for a node that answered "ok" to show the transaction.
+const PRESENCE_WAIT: Duration = Duration::from_secs(5);
+
+/// What the wallet commands need.
+pub struct Wallet {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub builder: TxBuilder,
+    pub node: Arc<dyn Node>,
+}
+
+impl Wallet {
+    pub async fn open(settings: Settings) -> anyhow::Result<Wallet> {
+        let key = WalletKey::from_settings(&settings)?;
+        let builder = TxBuilder::new(
+            key,
+            settings.chain.fee_rate,
+            settings.chain.max_payload_bytes,
+        );
+        let node = node::from_settings(&settings.node)?;
+        let pool = store::connect_or_create(&settings.database).await?;
+        store::migrate(&pool).await?;
+        Ok(Wallet {
+            settings,
+            pool,
+            builder,
+            node,
+        })
+    }
+
+    fn script(&self) -> &bitcoin::ScriptBuf {
+        self.builder.wallet().script_pubkey()
+    }
+
+    /// Asks the node about each outpoint and adds the spendable ones to the pool, all
+    /// or nothing. Returns (imported, already in the pool, sats imported).
+    pub async fn import(&self, outpoints: &[String]) -> anyhow::Result<(usize, usize, u64)> {
+        if outpoints.is_empty() {
+            bail!("name at least one outpoint as TXID:VOUT");
+        }
+        let mut refusals = Vec::new();
+        let mut found = Vec::new();
+        for text in outpoints {
+            let (txid, vout) = match parse_outpoint(text) {
+                Ok(o) => o,
+                Err(e) => {
+                    refusals.push(e);
+                    continue;
+                }
+            };
+            let state = self
+                .node
+                .outpoint(&txid, vout)
+                .await
+                .with_context(|| format!("asking the node about {txid}:{vout}"))?;
+            match state {
+                OutpointState::Gone { spent_by: Some(by) } => {
+                    refusals.push(format!("{txid}:{vout} is already spent (by {by})"))
+                }
+                OutpointState::Gone { spent_by: None } => {
+                    refusals.push(format!("{txid}:{vout} is spent or unknown to the node"))
+                }
+                OutpointState::Unspent { script_pubkey, .. }
+                    if script_pubkey != self.script().as_bytes() =>
+                {
+                    refusals.push(format!(
+                        "{txid}:{vout} does not pay this wallet ({}); it is not ours to spend",
+                        self.builder.wallet().address()
+                    ))
+                }
+                OutpointState::Unspent {
+                    coinbase: true,
+                    confirmations,
+                    ..
+                } if confirmations < COINBASE_MATURITY => refusals.push(format!(
+                    "{txid}:{vout} is an immature coinbase output ({confirmations} confirmations; \
+                     spendable after {COINBASE_MATURITY})"
+                )),
+                OutpointState::Unspent {
+                    value,
+                    script_pubkey,
+                    confirmations,
+                    coinbase,
+                } => found.push(NewUtxo {
+                    txid,
+                    vout,
+                    satoshis: value,
+                    script_pubkey,
+                    unconfirmed_depth: u32::from(confirmations == 0),
+                    coinbase,
+                }),
+            }
+        }
+        if !refusals.is_empty() {
+            bail!("nothing imported: {}", refusals.join("; "));
+        }
+        let new = utxos::insert_utxos(&self.pool, &found).await?;
+        let imported = new.iter().filter(|n| **n).count();
+        let sats = found
+            .iter()
+            .zip(&new)
+            .filter(|(_, n)| **n)
+            .map(|(u, _)| u.satoshis)
+            .sum();
+        Ok((imported, found.len() - imported, sats))
+    }
+
+    /// Splits the largest available UTXO into `outputs` outputs of `amount` sats
+    /// (write-ahead: stored before it is broadcast). Splits left unfinished by an
+    /// earlier run are re-broadcast from their stored bytes first.
+    pub async fn split(&self, outputs: u32, amount: u64) -> anyhow::Result<SplitDone> {
+        for unfinished in utxos::unfinished_splits(&self.pool).await? {
+            tracing::info!(txid = %unfinished.txid, "re-broadcasting an unfinished split");
+            self.publish_split(&unfinished).await?;
+        }
+        let mut tx = self.pool.begin().await?;
+        let input = utxos::lock_largest_available(&mut tx, self.settings.utxo_pool.max_chain_depth)
+            .await?
+            .context("no available UTXO in the pool: fund `raregen wallet address` and run `raregen wallet import`")?;
+        let signed = self
+            .builder
+            .build_split(&input, outputs, amount)
+            .map_err(|e| match e {
+                SignError::InsufficientFunds { have, need } => anyhow::anyhow!(
+                    "the largest available UTXO ({}:{}, {have} sats) cannot pay {outputs} × {amount} sats \
+                     plus the fee ({need} sats in all)",
+                    input.txid,
+                    input.vout
+                ),
+                other => anyhow::anyhow!(other),
+            })?;
+        let id = utxos::store_split(
+            &mut tx,
+            &input,
+            &signed,
+            outputs,
+            amount,
+            self.script().as_bytes(),
+        )
+        .await?;
+        tx.commit().await?;
+        let split = PoolTx {
+            id,
+            txid: signed.txid.clone(),
+            raw_tx: signed.raw_tx,
+            input_utxo_id: input.id,
+        };
+        self.publish_split(&split).await?;
+        Ok(SplitDone {
+            txid: signed.txid,
+            outputs,
+            amount,
+            fee: signed.fee,
+            change: signed.change.map(|c| c.1),
+            depth: input.unconfirmed_depth + 1,
+        })
+    }
+
+    /// Broadcasts a stored split and records what became of it.
+    async fn publish_split(&self, split: &PoolTx) -> anyhow::Result<()> {
+        match self.node.broadcast(&split.raw_tx).await {
+            BroadcastOutcome::Accepted => {}
+            BroadcastOutcome::Rejected {
+                reason,
+                input_problem,
+            } => {
+                utxos::split_rejected(&self.pool, split, &reason, input_problem).await?;
+                bail!("the node refused split {}: {reason}", split.txid);
+            }
+            BroadcastOutcome::Unknown { reason } => {
+                utxos::split_unknown(&self.pool, split, &reason).await?;
+                bail!(
+                    "the outcome of split {} is unknown ({reason}); it is stored and will be \
+                     re-broadcast by the next `raregen wallet split` or by the daemon",
+                    split.txid
+                );
+            }
+            BroadcastOutcome::RateLimited { retry_after } => {
+                bail!(
+                    "the node is rate-limiting (retry after {}); split {} is stored, run again to re-broadcast it",
+                    retry_after.map_or("a while".into(), |d| humantime::format_duration(d).to_string()),
+                    split.txid
+                );
+            }
+        }
+        // Some nodes (bcoin, explorers) answer "ok" and verify afterwards: look.
+        let started = Instant::now();
+        loop {
+            match self.node.tx_presence(&split.txid).await {
+                Ok(TxPresence::InMempool | TxPresence::Confirmed { .. }) => {
+                    utxos::split_accepted(&self.pool, split).await?;
+                    return Ok(());
+                }
+                Ok(TxPresence::Unknown) if started.elapsed() < PRESENCE_WAIT => {}
+                Ok(TxPresence::Unknown) => break,
+                Err(e) => {
+                    utxos::split_unknown(&self.pool, split, &e.to_string()).await?;
+                    bail!("cannot check split {} on the node: {e}", split.txid);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Accepted, then dropped. If our input is still unspent, the split is dead.
+        let input: (String, i32) = sqlx::query_as("SELECT txid, vout FROM utxos WHERE id = $1")
+            .bind(split.input_utxo_id)
+            .fetch_one(&self.pool)
+            .await?;
+        match self.node.outpoint(&input.0, input.1 as u32).await? {
+            OutpointState::Unspent { .. } => {
+                let reason =
+                    "the node accepted the transaction, then dropped it (see the node's log)";
+                utxos::split_rejected(&self.pool, split, reason, false).await?;
+                bail!("split {}: {reason}", split.txid);
+            }
+            OutpointState::Gone { .. } => {
+                let reason = "the node dropped the transaction and its input is spent elsewhere";
+                utxos::split_unknown(&self.pool, split, reason).await?;
+                bail!("split {}: {reason}", split.txid);
+            }
+        }
+    }
+}
+
+/// What a split made.
+#[derive(Debug, Clone)]
+pub struct SplitDone {
+    pub txid: String,
+    pub outputs: u32,
+    pub amount: u64,
+    pub fee: u64,
+    pub change: Option<u64>,
+    pub depth: u32,
+}
+
+/// `TXID:VOUT` → (lowercase txid, vout).
+pub fn parse_outpoint(text: &str) -> Result<(String, u32), String> {
+    let bad = || {
+        format!("{text:?} is not an outpoint: write TXID:VOUT (64 hex digits, a colon, an output index)")
+    };
+    let (txid, vout) = text.trim().split_once(':').ok_or_else(bad)?;
+    if txid.len() != 64 || !txid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let vout: u32 = vout.parse().map_err(|_| bad())?;
+    Ok((txid.to_ascii_lowercase(), vout))
+}
+
+/// `raregen wallet address`: the address alone, no database or node needed.
+pub fn address(settings: &Settings) -> anyhow::Result<String> {
+    Ok(WalletKey::from_settings(settings)?.address().to_string())
+}
+
+/// `raregen wallet balance`.
+pub async fn balance(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let pool = store::connect(&settings.database).await?;
+    let summary = PoolSummary::load(&pool).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", crate::status::render_pool(&summary));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outpoints_parse_strictly() {
+        let txid = "AB".repeat(32);
+        assert_eq!(
+            parse_outpoint(&format!("{txid}:7")),
+            Ok(("ab".repeat(32), 7))
+        );
+        for bad in [
+            "xyz".to_owned(),
+            txid.clone(),
+            format!("{txid}:"),
+            format!("{txid}:-1"),
+            format!("{txid}:x"),
+            format!("{}:0", "ab".repeat(31)),
+            format!("{}:0", "zz".repeat(32)),
+        ] {
+            assert!(parse_outpoint(&bad).is_err(), "{bad}");
+        }
+    }
+}

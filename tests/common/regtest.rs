@@ -1,0 +1,219 @@
+//! A real bcoin regtest node per test, started with the project's own
+//! `scripts/regtest-node run` on a free loopback port and killed when the test ends
+//! (also if the test process dies: the node gets SIGKILL with its parent).
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bitcoin::Script;
+use raregen::chain::node::BitcoindClient;
+use raregen::config::Settings;
+use serde_json::{json, Value};
+
+pub struct RegtestNode {
+    child: Child,
+    pub url: String,
+    pub password: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    persistent: bool,
+    client: BitcoindClient,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/regtest-node run`, which execs bcoin, so the child is the node itself.
+fn spawn(dir: &std::path::Path, port: u16, persistent: bool, password: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .unwrap();
+    let mut cmd = Command::new(repo_root().join("scripts/regtest-node"));
+    cmd.arg("run")
+        .args(["--port", &port.to_string(), "--api-key", password])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if persistent {
+        cmd.arg("--persistent");
+    }
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the node when
+    // the test process goes away.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("scripts/regtest-node runs")
+}
+
+impl RegtestNode {
+    /// A node whose chain lives in memory.
+    pub async fn start() -> RegtestNode {
+        let dir = std::env::temp_dir().join(format!(
+            "raregen-regtest-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        Self::start_with(dir, free_port(), false).await
+    }
+
+    /// A node keeping its chain and mempool in `dir` (survives a restart).
+    pub async fn start_with(dir: PathBuf, port: u16, persistent: bool) -> RegtestNode {
+        let password = format!("{:032x}", rand::random::<u128>());
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = spawn(&dir, port, persistent, &password);
+        let url = format!("http://127.0.0.1:{port}");
+        let client = BitcoindClient::new(&Self::settings_for(&url, &password).node).unwrap();
+        let mut node = RegtestNode {
+            child,
+            url,
+            password,
+            dir,
+            port,
+            persistent,
+            client,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    fn settings_for(url: &str, password: &str) -> Settings {
+        super::settings(&[
+            ("RAREGEN__NODE__URL", url),
+            ("RAREGEN__NODE__USER", "raregen"),
+            ("RAREGEN__NODE__PASSWORD", password),
+        ])
+    }
+
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if self.client.call("getblockcount", json!([])).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+                panic!("bcoin exited with {status} before answering:\n{log}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "bcoin did not start in 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the node (SIGTERM, then SIGKILL).
+    pub fn stop(&mut self) {
+        let pid = self.child.id() as i32;
+        // The script execs node, so the child is bcoin itself.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the node again on the same port and data folder.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.dir, self.port, self.persistent, &self.password);
+        self.wait_ready().await;
+    }
+
+    pub fn client(&self) -> &BitcoindClient {
+        &self.client
+    }
+
+    /// The `RAREGEN__NODE__…` settings that point raregen at this node.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("RAREGEN__NODE__URL".into(), self.url.clone()),
+            ("RAREGEN__NODE__USER".into(), "raregen".into()),
+            ("RAREGEN__NODE__PASSWORD".into(), self.password.clone()),
+        ]
+    }
+
+    pub async fn rpc(&self, method: &str, params: Value) -> Value {
+        self.client
+            .call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method} failed: {e:?}"))
+    }
+
+    /// Mines `n` blocks paying `script`; returns their coinbase txids, oldest first.
+    pub async fn mine_to(&self, script: &Script, n: u32) -> Vec<String> {
+        let address = bcoin_regtest_address(script);
+        let hashes = self.rpc("generatetoaddress", json!([n, address])).await;
+        let mut coinbases = Vec::new();
+        for hash in hashes.as_array().unwrap() {
+            let block = self.rpc("getblock", json!([hash, true, false])).await;
+            coinbases.push(block["tx"][0].as_str().unwrap().to_owned());
+        }
+        coinbases
+    }
+
+    pub async fn mempool(&self) -> Vec<String> {
+        serde_json::from_value(self.rpc("getrawmempool", json!([])).await).unwrap()
+    }
+
+    /// The raw bytes of a transaction the node knows.
+    pub async fn raw_transaction(&self, txid: &str) -> Vec<u8> {
+        let hex_tx = self.rpc("getrawtransaction", json!([txid, false])).await;
+        hex::decode(hex_tx.as_str().unwrap()).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RegtestNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.persistent {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// bcoin's regtest addresses differ from Bitcoin Core's (bech32 `rb`, P2PKH version
+/// 0x3c): the same script, written the way bcoin's `generatetoaddress` reads it.
+pub fn bcoin_regtest_address(script: &Script) -> String {
+    use bitcoin::bech32::{self, Fe32, Hrp};
+    let bytes = script.as_bytes();
+    if script.is_p2wpkh() {
+        bech32::segwit::encode(Hrp::parse("rb").unwrap(), Fe32::Q, &bytes[2..]).unwrap()
+    } else if script.is_p2pkh() {
+        let mut payload = vec![0x3c];
+        payload.extend_from_slice(&bytes[3..23]);
+        bitcoin::base58::encode_check(&payload)
+    } else {
+        panic!("cannot mine to {script:?}")
+    }
+}
