@@ -50,6 +50,8 @@ pub enum Command {
 pub enum WalletCommand {
     /// Print the pool's receive address (one line, nothing else).
     Address,
+    /// Print a fresh WIF private key for chain.network (for throwaway wallets).
+    New,
     /// Add outpoints paying the pool's address to the pool (asks the node about each).
     Import {
         /// Outpoints as TXID:VOUT.
@@ -131,6 +133,14 @@ async fn run_wallet(settings: Settings, command: WalletCommand) -> anyhow::Resul
     match command {
         WalletCommand::Address => {
             println!("{}", wallet::address(&settings)?);
+        }
+        WalletCommand::New => {
+            let (wallet, wif) = crate::chain::WalletKey::generate(
+                settings.chain.network,
+                settings.chain.address_type,
+            );
+            eprintln!("a new key for {}; keep it secret", wallet.address());
+            println!("{}", secrecy::ExposeSecret::expose_secret(&wif));
         }
         WalletCommand::Balance { json } => wallet::balance(&settings, json).await?,
         WalletCommand::Import { outpoints } => {

@@ -153,10 +153,11 @@ async fn fund_split_publish(
     );
     let split_tx: Transaction = deserialize(&s.node.raw_transaction(&split.txid).await).unwrap();
     assert_eq!(split_tx.output.len(), outputs as usize + 1);
-    assert_eq!(
-        split_tx.vsize() as u64 * 2,
-        split.fee,
-        "fee = vsize × 2 sat/vB"
+    let vsize = split_tx.vsize() as u64;
+    assert!(
+        (vsize * 2..=(vsize + 4) * 2).contains(&split.fee),
+        "fee {} = vsize {vsize} × 2 sat/vB (or a few vbytes more)",
+        split.fee
     );
     let outs = available_split_outputs(&pool, &split.txid).await;
     assert_eq!(

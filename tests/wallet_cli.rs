@@ -182,6 +182,22 @@ async fn wallet_commands_explain_missing_pieces(pool: PgPool) {
     let message = no_key.fails(&["wallet", "address"]);
     assert!(message.contains("RAREGEN_WALLET_KEY"), "{message}");
 
+    // `wallet new` makes a key for the configured network; the address follows from it.
+    let wif = no_key.succeeds(&["wallet", "new"]).trim().to_owned();
+    let key = WalletKey::from_wif(
+        &secrecy::SecretString::from(wif.clone()),
+        Network::Regtest,
+        AddressType::P2wpkh,
+    )
+    .expect("a regtest WIF");
+    let with_key = Cli {
+        env: vec![("RAREGEN_WALLET_KEY".into(), wif)],
+    };
+    assert_eq!(
+        with_key.succeeds(&["wallet", "address"]).trim(),
+        key.address().to_string()
+    );
+
     let (_, mainnet_wif) = WalletKey::generate(Network::Bitcoin, AddressType::P2wpkh);
     let wrong_net = Cli {
         env: vec![
