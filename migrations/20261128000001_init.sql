@@ -77,9 +77,13 @@ CREATE INDEX publish_jobs_inflight_idx ON publish_jobs (status, owner)
 -- Idempotency keys are unique among the jobs that have one.
 CREATE UNIQUE INDEX publish_jobs_idempotency_key_idx ON publish_jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
--- Confirmation tracking: sent and not yet confirmed.
+-- Confirmation tracking: sent and not yet confirmed, by age and by txid.
 CREATE INDEX publish_jobs_unconfirmed_idx ON publish_jobs (sent_at)
     WHERE status = 'sent' AND confirmed_at IS NULL;
+CREATE INDEX publish_jobs_unconfirmed_txid_idx ON publish_jobs (txid)
+    WHERE status = 'sent' AND confirmed_at IS NULL;
+-- Recovery: jobs holding a UTXO (dirty UTXO reconciliation finds its job).
+CREATE INDEX publish_jobs_utxo_idx ON publish_jobs (utxo_id) WHERE status = 'sending';
 
 -- Single mode wakes on this notification instead of polling. One per statement, so a
 -- bulk insert of 10,000 jobs sends one notification, not 10,000.

@@ -1,18 +1,104 @@
-//! `raregen serve`: the HTTP API (and, in the same process, the pipeline), until
-//! SIGINT or SIGTERM.
+//! `raregen serve`: the HTTP API and the actor pipeline in one process, until SIGINT or
+//! SIGTERM. Without a wallet key only the API runs (jobs are accepted and wait).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use raregen_actors::collector::CollectMode;
+use raregen_actors::janitor::JanitorConfig;
+use raregen_actors::pipeline::{Pipeline, PipelineConfig, Stores};
+use raregen_actors::utxo_pool::PoolConfig;
+use raregen_actors::{JanitorStore, JobsNotifier};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::ApiServer;
-use crate::config::Settings;
-use crate::store::{self, PgStore};
+use crate::chain::{node, TxBuilder, WalletError, WalletKey};
+use crate::config::{Mode, Settings};
+use crate::store::{self, PgNotifier, PgStore};
 use crate::worker;
+
+/// How long a graceful stop waits for the jobs in flight.
+const GRACE: Duration = Duration::from_secs(20);
+
+/// The pipeline's settings from the configuration.
+pub fn pipeline_config(settings: &Settings) -> PipelineConfig {
+    PipelineConfig {
+        mode: match settings.mode {
+            Mode::Batch => CollectMode::Batch,
+            Mode::Single => CollectMode::Single,
+        },
+        max_batch: settings.collector.max_batch,
+        collect_interval: settings.collector.interval,
+        rate_max: settings.rate_limit.max,
+        rate_per: settings.rate_limit.per,
+        workers: settings.broadcaster.workers,
+        max_attempts: settings.broadcaster.max_attempts,
+        pool: PoolConfig {
+            min_available: settings.utxo_pool.min_available,
+            split_outputs: settings.utxo_pool.split_outputs,
+            split_amount: settings.utxo_pool.split_amount,
+            reservation_timeout: settings.utxo_pool.reservation_timeout,
+            max_chain_depth: settings.utxo_pool.max_chain_depth,
+        },
+        janitor: JanitorConfig {
+            interval: settings.janitor.interval,
+            stuck_after: settings.janitor.stuck_after,
+            lease: settings.janitor.interval * 3,
+        },
+    }
+}
+
+/// Starts the pipeline against `store` (shared by `serve` and the tests).
+pub async fn start_pipeline(
+    settings: &Settings,
+    store: PgStore,
+    wallet: WalletKey,
+) -> anyhow::Result<Pipeline> {
+    let signer = Arc::new(TxBuilder::new(
+        wallet,
+        settings.chain.fee_rate,
+        settings.chain.max_payload_bytes,
+    ));
+    let node = node::from_settings(&settings.node)?;
+    // The lease first: from now on our claims are live.
+    store.heartbeat(settings.janitor.interval * 3).await?;
+    let notifier: Option<Arc<dyn JobsNotifier>> = match settings.mode {
+        Mode::Single => Some(Arc::new(PgNotifier::start(store.pool()).await?)),
+        Mode::Batch => None,
+    };
+    let store = Arc::new(store);
+    Ok(Pipeline::start(
+        pipeline_config(settings),
+        Stores {
+            jobs: store.clone(),
+            pool: store.clone(),
+            janitor: store,
+            notifier,
+        },
+        signer,
+        node,
+    ))
+}
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let pool = store::connect_or_create(&settings.database).await?;
     store::migrate(&pool).await?;
     let worker_id = worker::new_worker_id();
-    let store = PgStore::new(pool.clone(), worker_id.clone());
+    let store = PgStore::new(pool.clone(), worker_id.clone()).with_mode(settings.mode.as_str());
+
+    let pipeline = match WalletKey::from_settings(&settings) {
+        Ok(wallet) => {
+            tracing::info!(address = %wallet.address(), "wallet loaded");
+            Some(start_pipeline(&settings, store.clone(), wallet).await?)
+        }
+        Err(WalletError::Missing) => {
+            tracing::warn!(
+                "no wallet key (RAREGEN_WALLET_KEY or chain.wallet_key_file): serving the API only"
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let server = ApiServer::build(&settings, store)?;
     tracing::info!(
@@ -20,6 +106,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         mode = settings.mode.as_str(),
         worker = %worker_id,
         database = %settings.database.redacted_url(),
+        pipeline = pipeline.is_some(),
         "raregen serving"
     );
     let handle = server.handle();
@@ -34,6 +121,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             result??;
             anyhow::bail!("the HTTP server stopped by itself");
         }
+    }
+    if let Some(pipeline) = &pipeline {
+        pipeline.shutdown(GRACE).await;
     }
     // Stop taking requests, let the ones in flight finish.
     handle.stop(true).await;

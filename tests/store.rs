@@ -150,6 +150,7 @@ async fn two_concurrent_claimers_never_share_a_job(pool: PgPool) {
 #[sqlx::test]
 async fn state_changes_are_batched_and_fenced(pool: PgPool) {
     common::insert_queued(&pool, 6).await;
+    let utxos = common::insert_utxos(&pool, 6).await;
     let store = PgStore::new(pool.clone(), "owner-a");
     let batch = store.claim_batch(6).await.unwrap().unwrap();
     let fences: Vec<Fence> = batch
@@ -164,21 +165,59 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
     // Write-ahead: jobs 1-4 get their signed transactions stored.
     let sending: Vec<Sending> = fences[..4]
         .iter()
-        .map(|f| Sending {
+        .zip(&utxos)
+        .map(|(f, u)| Sending {
             fence: *f,
-            utxo_id: 1000 + f.id,
+            utxo_id: *u,
             txid: fake_txid(f.id),
             raw_tx: vec![0xde, 0xad, f.id as u8],
         })
         .collect();
     let done = store.record_sending(&sending).await.unwrap();
     assert_eq!(done.len(), 4);
+    // The same record again is accepted (a retry after a lost answer).
+    assert_eq!(store.record_sending(&sending).await.unwrap().len(), 4);
+    let spending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM utxos WHERE state = 'spending' AND reserved_by IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        spending, 4,
+        "the UTXOs are taken with the write-ahead record"
+    );
+    // A UTXO already taken cannot be taken by another job.
+    let batch2 = {
+        common::insert_queued(&pool, 1).await;
+        store.claim_batch(1).await.unwrap().unwrap()
+    };
+    let thief = Sending {
+        fence: Fence {
+            id: batch2.jobs[0].id,
+            attempts: batch2.jobs[0].attempts,
+        },
+        utxo_id: utxos[0],
+        txid: fake_txid(999),
+        raw_tx: vec![1],
+    };
+    assert!(
+        store.record_sending(&[thief]).await.unwrap().is_empty(),
+        "one spender per UTXO"
+    );
 
     // Another process (or this one after losing its claim) changes nothing.
     let intruder = PgStore::new(pool.clone(), "owner-b");
     let sent_at = Utc::now();
-    let forged: Vec<Sent> = fences.iter().map(|f| Sent { fence: *f, sent_at }).collect();
-    assert!(intruder.record_sent(&forged).await.unwrap().is_empty());
+    let forged: Vec<Sent> = fences
+        .iter()
+        .map(|f| Sent {
+            fence: *f,
+            sent_at,
+            change: None,
+        })
+        .collect();
+    assert!(intruder.record_sent(&forged).await.unwrap().ids.is_empty());
     let stale: Vec<Sent> = fences
         .iter()
         .map(|f| Sent {
@@ -187,10 +226,11 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
                 attempts: f.attempts + 1,
             },
             sent_at,
+            change: None,
         })
         .collect();
     assert!(
-        store.record_sent(&stale).await.unwrap().is_empty(),
+        store.record_sent(&stale).await.unwrap().ids.is_empty(),
         "a stale attempt is fenced off"
     );
     assert_eq!(statuses(&pool).await["sending"], 4);
@@ -201,11 +241,24 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
         .map(|&i| Sent {
             fence: fences[i],
             sent_at,
+            change: Some((1, 9_000)),
         })
         .collect();
-    let mut done = store.record_sent(&sent).await.unwrap();
+    let recorded = store.record_sent(&sent).await.unwrap();
+    let mut done = recorded.ids.clone();
     done.sort();
     assert_eq!(done, vec![fences[0].id, fences[1].id, fences[2].id]);
+    // Their UTXOs are spent and their change joined the pool one step deeper.
+    assert_eq!(recorded.utxos.len(), 3);
+    assert!(recorded
+        .utxos
+        .iter()
+        .all(|u| u.vout == 1 && u.satoshis == 9_000 && u.unconfirmed_depth == 1));
+    let spent: i64 = sqlx::query_scalar("SELECT count(*) FROM utxos WHERE state = 'spent'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(spent, 3);
 
     // Job 4 (sending) and job 6 (processing_batch) rejected: back to the queue with a
     // backoff, their stored transaction discarded.
@@ -218,9 +271,16 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
             not_before: later,
         })
         .collect();
-    assert_eq!(store.record_retry(&retry, 5).await.unwrap().len(), 2);
+    let recorded = store.record_retry(&retry, 5).await.unwrap();
+    assert_eq!(recorded.ids.len(), 2);
+    assert_eq!(
+        recorded.utxos.iter().map(|u| u.id).collect::<Vec<_>>(),
+        vec![utxos[3]],
+        "job 4's UTXO is free again"
+    );
     let s = statuses(&pool).await;
-    assert_eq!((s["sent"], s["queued"], s["processing_batch"]), (3, 2, 1));
+    // processing_batch: job 5, and the would-be thief's job.
+    assert_eq!((s["sent"], s["queued"], s["processing_batch"]), (3, 2, 2));
     let requeued: Vec<(Option<String>, Option<Vec<u8>>, String)> =
         sqlx::query_as("SELECT txid, raw_tx, last_error FROM publish_jobs WHERE status = 'queued'")
             .fetch_all(&pool)
@@ -249,7 +309,7 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
         error: "bad".into(),
         not_before: later,
     };
-    assert_eq!(store.record_retry(&[last], 1).await.unwrap().len(), 1);
+    assert_eq!(store.record_retry(&[last], 1).await.unwrap().ids.len(), 1);
     let (failed_n, completed): (i32, bool) =
         sqlx::query_as("SELECT failed, completed_at IS NOT NULL FROM batches WHERE id = $1")
             .bind(batch.id)
@@ -267,16 +327,18 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
 #[sqlx::test]
 async fn the_seeds_runbook_queries_run_verbatim(pool: PgPool) {
     common::insert_queued(&pool, 30).await;
+    let utxos = common::insert_utxos(&pool, 4).await;
     let store = PgStore::new(pool.clone(), "w");
     let batch = store.claim_batch(10).await.unwrap().unwrap();
     let sending: Vec<Sending> = batch.jobs[..4]
         .iter()
-        .map(|j| Sending {
+        .zip(&utxos)
+        .map(|(j, u)| Sending {
             fence: Fence {
                 id: j.id,
                 attempts: j.attempts,
             },
-            utxo_id: j.id,
+            utxo_id: *u,
             txid: fake_txid(j.id),
             raw_tx: vec![1, 2, 3],
         })
@@ -285,6 +347,7 @@ async fn the_seeds_runbook_queries_run_verbatim(pool: PgPool) {
     let sent = [Sent {
         fence: sending[0].fence,
         sent_at: Utc::now(),
+        change: None,
     }];
     store.record_sent(&sent).await.unwrap();
     // Two of the jobs in `sending` have been stuck for 5 minutes.

@@ -106,4 +106,12 @@ pub enum SignError {
 pub trait Signer: Send + Sync + 'static {
     /// One input (`utxo`); out: `OP_RETURN <payload>` and change to the pool.
     fn publish(&self, utxo: &SpendableUtxo, payload: &[u8]) -> Result<SignedTx, SignError>;
+    /// One input (`utxo`); out: `outputs` pool outputs of `amount` sats, and change.
+    fn split(&self, utxo: &SpendableUtxo, outputs: u32, amount: u64)
+        -> Result<SignedTx, SignError>;
+    /// The smallest output the node relays.
+    fn dust_limit(&self) -> u64;
+    /// The output of `raw_tx` paying the pool, as (vout, sats): a stored transaction's
+    /// change, for the pool once it is accepted.
+    fn change_of(&self, raw_tx: &[u8]) -> Option<(u32, u64)>;
 }

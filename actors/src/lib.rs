@@ -6,14 +6,34 @@
 //! `raregen` crate implements those traits (sqlx, rust-bitcoin, reqwest), so nothing
 //! in this crate names a database or HTTP library.
 
+pub mod batch;
+pub mod broadcaster;
 pub mod chain;
+pub mod collector;
+pub mod janitor;
+pub mod pipeline;
 pub mod ports;
+pub mod recorder;
+pub mod stats;
+pub mod token_bucket;
+pub mod utxo_pool;
+
+/// A named failpoint (the `fail` crate), active only with the `failpoints` feature:
+/// tests make the process stop at exact points (`FAILPOINTS=name=sleep(60000)`).
+#[macro_export]
+macro_rules! fail_point {
+    ($name:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
 
 pub use chain::{
     BroadcastOutcome, Node, NodeError, OutpointState, SignError, SignedTx, Signer, SpendableUtxo,
     TxPresence,
 };
 pub use ports::{
-    BatchId, ClaimedBatch, ClaimedJob, Fence, JobId, JobStore, Retry, Sending, Sent, StoreError,
-    StoredTx,
+    BatchId, ClaimedBatch, ClaimedJob, Confirmation, DirtyUtxo, Fence, JanitorStore, JobId,
+    JobStore, JobsNotifier, PoolStore, Recorded, Retry, Sending, Sent, StoreError, StoredSplit,
+    StoredTx, StuckJob,
 };

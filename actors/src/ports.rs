@@ -1,7 +1,11 @@
 //! The ports: what the actors need from the world, as small traits.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+
+use crate::chain::{SignedTx, SpendableUtxo};
 
 pub type JobId = i64;
 pub type BatchId = i64;
@@ -59,6 +63,56 @@ pub struct Sending {
 pub struct Sent {
     pub fence: Fence,
     pub sent_at: DateTime<Utc>,
+    /// The change output (vout, sats) that joins the pool, if the transaction has one.
+    pub change: Option<(u32, u64)>,
+}
+
+/// What a batched state change did: the jobs whose fence held, and the pool UTXOs it
+/// made available (change outputs, released inputs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    pub ids: Vec<JobId>,
+    pub utxos: Vec<SpendableUtxo>,
+}
+
+/// A job whose stored transaction must be broadcast again (stuck in `sending`, or
+/// taken over from a dead process). Adopted: its fence is now this process's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckJob {
+    pub fence: Fence,
+    pub txid: String,
+    pub raw_tx: Vec<u8>,
+    pub utxo_id: Option<i64>,
+}
+
+/// A UTXO whose spend has an unknown outcome, with the job (adopted) that spent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyUtxo {
+    pub id: i64,
+    pub txid: String,
+    pub vout: u32,
+    /// Our transaction spending it, if one was stored.
+    pub spent_by_txid: Option<String>,
+    pub job: Option<StuckJob>,
+    /// The split (pool transaction) spending it, if any.
+    pub split_id: Option<i64>,
+}
+
+/// A transaction of ours found in a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    pub txid: String,
+    pub block_height: Option<u32>,
+    pub block_hash: Option<String>,
+}
+
+/// A split stored by the pool, waiting for its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSplit {
+    pub id: i64,
+    pub txid: String,
+    pub raw_tx: Vec<u8>,
+    pub input_utxo_id: i64,
 }
 
 /// A job-side rejection: back to `queued` after `not_before`, or `failed` when the
@@ -70,8 +124,11 @@ pub struct Retry {
     pub not_before: DateTime<Utc>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The job is no longer held under this claim (another owner or attempt has it).
+    #[error("the job's claim was taken over")]
+    Fenced,
     /// The database could not be reached or the connection broke: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -87,15 +144,92 @@ pub trait JobStore: Send + Sync + 'static {
     /// Claims up to `max` queued jobs whose time has come (highest priority first, then
     /// oldest) into a new batch, numbered 1..=n. `None` when nothing is queued.
     async fn claim_batch(&self, max: u32) -> Result<Option<ClaimedBatch>, StoreError>;
-    /// Stores signed transactions and moves their jobs to `sending`.
+    /// Write-ahead: stores signed transactions, moves their jobs to `sending` and their
+    /// UTXOs to `spending`. A job whose UTXO was taken meanwhile is left out. Idempotent:
+    /// the same record again is accepted.
     async fn record_sending(&self, jobs: &[Sending]) -> Result<Vec<JobId>, StoreError>;
-    /// Moves jobs to `sent`.
-    async fn record_sent(&self, jobs: &[Sent]) -> Result<Vec<JobId>, StoreError>;
+    /// Moves jobs to `sent`, their UTXOs to `spent`, and their change into the pool.
+    async fn record_sent(&self, jobs: &[Sent]) -> Result<Recorded, StoreError>;
     /// Sends jobs back to `queued` with a backoff, or to `failed` once `max_attempts`
-    /// claims have been made.
-    async fn record_retry(
+    /// claims have been made; their stored transactions are dropped and their UTXOs
+    /// (unless dirty) go back to the pool.
+    async fn record_retry(&self, jobs: &[Retry], max_attempts: u32)
+        -> Result<Recorded, StoreError>;
+    /// The outcome of these jobs' broadcasts is unknown: their UTXOs are dirty until the
+    /// Janitor has asked the node; the jobs stay `sending`.
+    async fn mark_dirty(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError>;
+    /// Hands claimed jobs that hold no stored transaction back to the queue (shutdown).
+    async fn release_claims(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError>;
+}
+
+/// The UTXO pool's table, as the UtxoPool actor sees it.
+#[async_trait]
+pub trait PoolStore: Send + Sync + 'static {
+    /// Spendable UTXOs: available, clean, shorter chains than `max_depth`; at most `limit`.
+    async fn load_available(
         &self,
-        jobs: &[Retry],
-        max_attempts: u32,
-    ) -> Result<Vec<JobId>, StoreError>;
+        max_depth: u32,
+        limit: u32,
+    ) -> Result<Vec<SpendableUtxo>, StoreError>;
+    /// Write-ahead for a split of `input`: stores it, `input` → spending, outputs pending.
+    async fn store_split(
+        &self,
+        input: &SpendableUtxo,
+        signed: &SignedTx,
+        outputs: u32,
+        amount: u64,
+    ) -> Result<StoredSplit, StoreError>;
+    /// The split was accepted: its outputs become available (and are returned).
+    async fn split_accepted(&self, split: &StoredSplit) -> Result<Vec<SpendableUtxo>, StoreError>;
+    /// The split was refused: outputs dropped, input back (dirty if `input_problem`).
+    async fn split_rejected(
+        &self,
+        split: &StoredSplit,
+        reason: &str,
+        input_problem: bool,
+    ) -> Result<(), StoreError>;
+    /// The split's outcome is unknown: input dirty, split stays to be re-sent.
+    async fn split_unknown(&self, split: &StoredSplit, reason: &str) -> Result<(), StoreError>;
+    /// Splits stored and not yet settled.
+    async fn unfinished_splits(&self) -> Result<Vec<StoredSplit>, StoreError>;
+}
+
+/// What the Janitor needs: leases, recovery, reconciliation with the node.
+#[async_trait]
+pub trait JanitorStore: Send + Sync + 'static {
+    /// Registers or refreshes this process's lease.
+    async fn heartbeat(&self, lease: Duration) -> Result<(), StoreError>;
+    /// Marks this process stopped (its lease ends now).
+    async fn stop_worker(&self) -> Result<(), StoreError>;
+    /// Takes back the claims of processes whose lease ran out: jobs without a stored
+    /// transaction go back to the queue; jobs with one wait for `adopt_stuck`.
+    async fn reclaim_dead(&self) -> Result<u64, StoreError>;
+    /// Jobs with a stored transaction in `sending` (or put back in `processing_batch`
+    /// by the seed's manual unstick) for longer than `older_than`, or held by a dead
+    /// process: adopted by this process and returned for a re-broadcast of the same bytes.
+    async fn adopt_stuck(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<Vec<StuckJob>, StoreError>;
+    /// Jobs of this process claimed longer ago than `older_than` that never stored a
+    /// transaction (lost in memory): back to the queue.
+    async fn requeue_lost(&self, older_than: Duration) -> Result<u64, StoreError>;
+    /// Dirty UTXOs (their jobs adopted), at most `limit`.
+    async fn dirty_utxos(&self, limit: u32) -> Result<Vec<DirtyUtxo>, StoreError>;
+    /// The node says the outpoint is unspent and our transaction unknown: clean again.
+    async fn utxo_clean(&self, id: i64) -> Result<Option<SpendableUtxo>, StoreError>;
+    /// The outpoint was spent by somebody else: gone for good.
+    async fn utxo_retire(&self, id: i64) -> Result<(), StoreError>;
+    /// Sent transactions (jobs and splits) with no confirmation yet, oldest first.
+    async fn unconfirmed(&self, limit: u32) -> Result<Vec<String>, StoreError>;
+    /// Records confirmations: jobs' and splits' `confirmed_at`, outputs' depth 0.
+    async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError>;
+}
+
+/// Wakes the single-mode Collector when jobs are inserted (Postgres `LISTEN/NOTIFY`).
+#[async_trait]
+pub trait JobsNotifier: Send + Sync + 'static {
+    /// Returns when a notification arrives, or after `timeout`.
+    async fn wait(&self, timeout: Duration);
 }

@@ -92,7 +92,7 @@ impl From<StoreError> for ApiError {
                 "database_unavailable",
                 "the database is not answering; retry later",
             ),
-            StoreError::Other(_) => ApiError::new(
+            StoreError::Other(_) | StoreError::Fenced => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "internal error; see the server log",

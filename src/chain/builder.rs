@@ -237,6 +237,29 @@ impl Signer for TxBuilder {
     fn publish(&self, utxo: &SpendableUtxo, payload: &[u8]) -> Result<SignedTx, SignError> {
         self.build_publish(utxo, payload)
     }
+
+    fn split(
+        &self,
+        utxo: &SpendableUtxo,
+        outputs: u32,
+        amount: u64,
+    ) -> Result<SignedTx, SignError> {
+        self.build_split(utxo, outputs, amount)
+    }
+
+    fn dust_limit(&self) -> u64 {
+        self.dust
+    }
+
+    fn change_of(&self, raw_tx: &[u8]) -> Option<(u32, u64)> {
+        let tx: Transaction = bitcoin::consensus::encode::deserialize(raw_tx).ok()?;
+        tx.output
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, o)| &o.script_pubkey == self.wallet.script_pubkey())
+            .map(|(i, o)| (i as u32, o.value.to_sat()))
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use raregen_actors::{
-    ClaimedBatch, ClaimedJob, JobId, JobStore, Retry, Sending, Sent, StoreError, StoredTx,
+    ClaimedBatch, ClaimedJob, Fence, JobId, JobStore, Recorded, Retry, Sending, Sent,
+    SpendableUtxo, StoreError, StoredTx,
 };
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -349,14 +350,33 @@ impl JobStore for PgStore {
         let utxos: Vec<i64> = jobs.iter().map(|j| j.utxo_id).collect();
         let txids: Vec<&str> = jobs.iter().map(|j| j.txid.as_str()).collect();
         let raws: Vec<&[u8]> = jobs.iter().map(|j| j.raw_tx.as_slice()).collect();
+        // The job must still be ours (fence) and its UTXO still available and clean (or
+        // already taken by this very record: the statement is idempotent). Then both
+        // change together: UTXO → spending, job → sending with its transaction.
         sqlx::query_scalar(
-            "UPDATE publish_jobs j
+            "WITH u AS (
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bytea[])
+                     AS u(id, attempts, utxo_id, txid, raw_tx)
+             ), ours AS (
+                 SELECT j.id FROM publish_jobs j JOIN u ON j.id = u.id
+                 WHERE j.attempts = u.attempts AND j.owner = $6
+                   AND (j.status = 'processing_batch' OR (j.status = 'sending' AND j.txid = u.txid))
+                 FOR UPDATE OF j
+             ), took AS (
+                 UPDATE utxos x
+                 SET state = 'spending', reserved_by = u.id, reserved_at = now(),
+                     spent_by_txid = u.txid, updated_at = now()
+                 FROM u JOIN ours ON ours.id = u.id
+                 WHERE x.id = u.utxo_id
+                   AND ((x.state = 'available' AND NOT x.dirty)
+                        OR (x.state = 'spending' AND x.spent_by_txid = u.txid))
+                 RETURNING u.id
+             )
+             UPDATE publish_jobs j
              SET status = 'sending', utxo_id = u.utxo_id, txid = u.txid, raw_tx = u.raw_tx,
-                 sending_started_at = now(), updated_at = now()
-             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bytea[])
-                  AS u(id, attempts, utxo_id, txid, raw_tx)
-             WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $6
-               AND j.status = 'processing_batch'
+                 sending_started_at = COALESCE(j.sending_started_at, now()), updated_at = now()
+             FROM u JOIN took ON took.id = u.id
+             WHERE j.id = u.id
              RETURNING j.id",
         )
         .bind(&ids)
@@ -370,21 +390,40 @@ impl JobStore for PgStore {
         .map_err(store_error)
     }
 
-    async fn record_sent(&self, jobs: &[Sent]) -> Result<Vec<JobId>, StoreError> {
+    async fn record_sent(&self, jobs: &[Sent]) -> Result<Recorded, StoreError> {
         if jobs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Recorded::default());
         }
         let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
         let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
         let sent_at: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.sent_at).collect();
-        sqlx::query_scalar(
-            "WITH done AS (
+        let change_vout: Vec<Option<i32>> =
+            jobs.iter().map(|j| j.change.map(|c| c.0 as i32)).collect();
+        let change_sats: Vec<Option<i64>> =
+            jobs.iter().map(|j| j.change.map(|c| c.1 as i64)).collect();
+        let rows = sqlx::query(
+            "WITH u AS (
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bigint[])
+                     AS u(id, attempts, sent_at, change_vout, change_sats)
+             ), done AS (
                  UPDATE publish_jobs j
                  SET status = 'sent', sent_at = u.sent_at, last_error = NULL, updated_at = now()
-                 FROM unnest($1::bigint[], $2::int[], $3::timestamptz[]) AS u(id, attempts, sent_at)
-                 WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $4
+                 FROM u
+                 WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $6
                    AND j.status = 'sending'
-                 RETURNING j.id, j.processing_batch_id
+                 RETURNING j.id, j.processing_batch_id, j.txid, j.utxo_id
+             ), spent AS (
+                 UPDATE utxos x SET state = 'spent', dirty = FALSE, updated_at = now()
+                 FROM done WHERE x.id = done.utxo_id
+                 RETURNING x.id, x.unconfirmed_depth, x.script_pubkey
+             ), change AS (
+                 INSERT INTO utxos (txid, vout, satoshis, script_pubkey, unconfirmed_depth)
+                 SELECT done.txid, u.change_vout, u.change_sats, spent.script_pubkey,
+                        spent.unconfirmed_depth + 1
+                 FROM done JOIN u ON u.id = done.id JOIN spent ON spent.id = done.utxo_id
+                 WHERE u.change_vout IS NOT NULL
+                 ON CONFLICT (txid, vout) DO NOTHING
+                 RETURNING id, txid, vout, satoshis, unconfirmed_depth
              ), per_batch AS (
                  SELECT processing_batch_id AS id, count(*)::int AS n FROM done GROUP BY 1
              ), counted AS (
@@ -394,31 +433,45 @@ impl JobStore for PgStore {
                                          THEN now() ELSE b.completed_at END
                  FROM per_batch p WHERE b.id = p.id
              )
-             SELECT id FROM done",
+             SELECT 'job' AS kind, id, NULL::text AS txid, NULL::int AS vout,
+                    NULL::bigint AS satoshis, NULL::int AS depth FROM done
+             UNION ALL
+             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth FROM change",
         )
         .bind(&ids)
         .bind(&attempts)
         .bind(&sent_at)
+        .bind(&change_vout)
+        .bind(&change_sats)
         .bind(&self.owner)
         .fetch_all(&self.pool)
         .await
-        .map_err(store_error)
+        .map_err(store_error)?;
+        Ok(recorded(rows))
     }
 
     async fn record_retry(
         &self,
         jobs: &[Retry],
         max_attempts: u32,
-    ) -> Result<Vec<JobId>, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         if jobs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Recorded::default());
         }
         let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
         let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
         let errors: Vec<&str> = jobs.iter().map(|j| j.error.as_str()).collect();
         let not_before: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.not_before).collect();
-        sqlx::query_scalar(
-            "WITH done AS (
+        let rows = sqlx::query(
+            "WITH u AS (
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[])
+                     AS u(id, attempts, error, not_before)
+             ), before AS (
+                 SELECT j.id, j.utxo_id, j.txid FROM publish_jobs j JOIN u ON j.id = u.id
+                 WHERE j.attempts = u.attempts AND j.owner = $6
+                   AND j.status IN ('processing_batch', 'sending')
+                 FOR UPDATE OF j
+             ), done AS (
                  UPDATE publish_jobs j
                  SET status = CASE WHEN j.attempts >= $5 THEN 'failed' ELSE 'queued' END,
                      next_attempt_at = CASE WHEN j.attempts >= $5 THEN j.next_attempt_at
@@ -426,11 +479,17 @@ impl JobStore for PgStore {
                      last_error = u.error,
                      owner = NULL, utxo_id = NULL, txid = NULL, raw_tx = NULL,
                      sending_started_at = NULL, updated_at = now()
-                 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[])
-                      AS u(id, attempts, error, not_before)
-                 WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $6
-                   AND j.status IN ('processing_batch', 'sending')
+                 FROM u JOIN before ON before.id = u.id
+                 WHERE j.id = u.id
                  RETURNING j.id, j.processing_batch_id, j.status
+             ), released AS (
+                 UPDATE utxos x
+                 SET state = 'available', reserved_by = NULL, reserved_at = NULL,
+                     spent_by_txid = NULL, updated_at = now()
+                 FROM before
+                 WHERE x.id = before.utxo_id AND x.state = 'spending'
+                   AND x.spent_by_txid = before.txid AND NOT x.dirty
+                 RETURNING x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth
              ), per_batch AS (
                  SELECT processing_batch_id AS id,
                         (count(*) FILTER (WHERE status = 'failed'))::int AS failed,
@@ -443,7 +502,10 @@ impl JobStore for PgStore {
                                          THEN now() ELSE b.completed_at END
                  FROM per_batch p WHERE b.id = p.id
              )
-             SELECT id FROM done",
+             SELECT 'job' AS kind, id, NULL::text AS txid, NULL::int AS vout,
+                    NULL::bigint AS satoshis, NULL::int AS depth FROM done
+             UNION ALL
+             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth FROM released",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -453,6 +515,71 @@ impl JobStore for PgStore {
         .bind(&self.owner)
         .fetch_all(&self.pool)
         .await
+        .map_err(store_error)?;
+        Ok(recorded(rows))
+    }
+
+    async fn mark_dirty(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.attempts).collect();
+        sqlx::query_scalar(
+            "UPDATE utxos x SET dirty = TRUE, updated_at = now()
+             FROM publish_jobs j JOIN unnest($1::bigint[], $2::int[]) AS u(id, attempts) ON j.id = u.id
+             WHERE j.attempts = u.attempts AND j.owner = $3 AND j.status = 'sending'
+               AND x.id = j.utxo_id
+             RETURNING j.id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&self.owner)
+        .fetch_all(&self.pool)
+        .await
         .map_err(store_error)
     }
+
+    async fn release_claims(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.attempts).collect();
+        // Handing back is not an attempt: the count goes back down.
+        sqlx::query_scalar(
+            "UPDATE publish_jobs j
+             SET status = 'queued', owner = NULL, attempts = j.attempts - 1, updated_at = now()
+             FROM unnest($1::bigint[], $2::int[]) AS u(id, attempts)
+             WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $3
+               AND j.status = 'processing_batch' AND j.raw_tx IS NULL
+             RETURNING j.id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&self.owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
+    }
+}
+
+/// Splits the rows of a statement that returns both job ids and pool UTXOs.
+fn recorded(rows: Vec<sqlx::postgres::PgRow>) -> Recorded {
+    let mut out = Recorded::default();
+    for r in rows {
+        let kind: &str = r.get("kind");
+        if kind == "job" {
+            out.ids.push(r.get("id"));
+        } else {
+            out.utxos.push(SpendableUtxo {
+                id: r.get("id"),
+                txid: r.get("txid"),
+                vout: r.get::<i32, _>("vout") as u32,
+                satoshis: r.get::<i64, _>("satoshis") as u64,
+                unconfirmed_depth: r.get::<i32, _>("depth") as u32,
+            });
+        }
+    }
+    out
 }

@@ -2,6 +2,7 @@
 //! slice of jobs (`unnest` of arrays), never one query per job.
 
 mod jobs;
+mod maintenance;
 mod report;
 pub mod utxos;
 
@@ -14,6 +15,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::DatabaseSettings;
 pub use jobs::{InsertOutcome, JobView, NewJob, QueueCounts};
+pub use maintenance::PgNotifier;
 pub use raregen_actors::StoreError;
 pub use report::{BatchSummary, PoolSummary, StatusReport, StatusRow, StuckJob};
 
@@ -92,6 +94,8 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
 pub struct PgStore {
     pool: PgPool,
     owner: String,
+    /// What this process runs, for its `workers` row: batch, single, api or cli.
+    mode: &'static str,
 }
 
 impl PgStore {
@@ -99,7 +103,13 @@ impl PgStore {
         PgStore {
             pool,
             owner: owner.into(),
+            mode: "api",
         }
+    }
+
+    pub fn with_mode(mut self, mode: &'static str) -> Self {
+        self.mode = mode;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {

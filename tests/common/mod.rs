@@ -116,3 +116,16 @@ pub async fn database_url(pool: &PgPool) -> String {
         .expect("DATABASE_URL ends in a database name");
     format!("{base}/{name}")
 }
+
+/// Inserts `n` available pool UTXOs (fake outpoints, 10,000 sats each); returns their ids.
+pub async fn insert_utxos(pool: &PgPool, n: i64) -> Vec<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey)
+         SELECT lpad(to_hex(g), 64, 'f'), 0, 10000, '\\x0014'::bytea FROM generate_series(1, $1) AS g
+         RETURNING id",
+    )
+    .bind(n)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}

@@ -1,0 +1,330 @@
+//! Broadcaster: one job at a time. UTXO → build + sign → **store the signed transaction
+//! (write-ahead)** → token → broadcast → record the outcome. A job that already holds a
+//! stored transaction is re-broadcast from those bytes: never signed again.
+//!
+//! A broadcaster that panics is stopped and restarted by actix's Supervisor with the
+//! job it held (kept across the restart), so that job still completes; repeated crashes
+//! back off instead of spinning.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use futures::FutureExt;
+use tokio::time::Instant;
+
+use crate::batch::{Batch, JobDone, NextJob};
+use crate::chain::{BroadcastOutcome, Node, SignError, Signer};
+use crate::ports::{BatchId, ClaimedJob, Fence, Retry, Sending, Sent, StoreError, StoredTx};
+use crate::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
+use crate::stats::Stats;
+use crate::token_bucket::{Acquire, RateLimited, TokenBucket};
+use crate::utxo_pool::{Forget, Release, Reserve, Spent, UtxoPool};
+
+/// What every broadcaster (and the Janitor's re-broadcasts) works with.
+pub struct Deps {
+    pub batch: Addr<Batch>,
+    pub pool: Addr<UtxoPool>,
+    pub tokens: Addr<TokenBucket>,
+    pub recorder: Addr<Recorder>,
+    pub signer: Arc<dyn Signer>,
+    pub node: Arc<dyn Node>,
+    pub stats: Arc<Stats>,
+}
+
+/// The job a broadcaster holds, kept across a restart after a panic.
+type Current = Rc<RefCell<Option<(BatchId, ClaimedJob)>>>;
+
+pub struct Broadcaster {
+    pub id: usize,
+    deps: Arc<Deps>,
+    current: Current,
+    restarts: VecDeque<Instant>,
+}
+
+impl Broadcaster {
+    pub fn new(id: usize, deps: Arc<Deps>) -> Broadcaster {
+        Broadcaster {
+            id,
+            deps,
+            current: Rc::new(RefCell::new(None)),
+            restarts: VecDeque::new(),
+        }
+    }
+
+    /// Delay before working again: none normally; after three or more crashes within a
+    /// minute, 100 ms doubling per crash, at most 30 s.
+    fn restart_delay(&mut self) -> Duration {
+        let now = Instant::now();
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.restarts.pop_front();
+        }
+        match self.restarts.len() {
+            0..=2 => Duration::ZERO,
+            n => (Duration::from_millis(100) * 2u32.saturating_pow((n - 3) as u32))
+                .min(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Actor for Broadcaster {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.restart_delay();
+        ctx.notify_later(Work, delay);
+    }
+}
+
+impl actix::Supervised for Broadcaster {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.restarts.push_back(Instant::now());
+        self.deps.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(broadcaster = self.id, held = ?self.current.borrow().as_ref().map(|j| j.1.id), "restarting broadcaster");
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Work;
+
+enum Step {
+    Worked,
+    Idle,
+}
+
+impl Handler<Work> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, _: Work, ctx: &mut Context<Self>) {
+        let deps = self.deps.clone();
+        let current = self.current.clone();
+        let id = self.id;
+        let work = async move {
+            let held = current.borrow().clone();
+            let (batch_id, job) = match held {
+                Some(held) => held,
+                None => match deps.batch.send(NextJob).await {
+                    Ok(Some(next)) => {
+                        *current.borrow_mut() = Some(next.clone());
+                        next
+                    }
+                    _ => return Step::Idle,
+                },
+            };
+            let job_id = job.id;
+            process(&deps, &current, batch_id, job).await;
+            *current.borrow_mut() = None;
+            deps.batch.do_send(JobDone(job_id));
+            Step::Worked
+        };
+        ctx.spawn(AssertUnwindSafe(work).catch_unwind().into_actor(self).map(
+            move |res, _, ctx| match res {
+                Ok(Step::Worked) => ctx.notify(Work),
+                Ok(Step::Idle) => {
+                    ctx.notify_later(Work, Duration::from_millis(20));
+                }
+                Err(_) => {
+                    tracing::error!(
+                        broadcaster = id,
+                        "broadcaster panicked; stopping it for a restart"
+                    );
+                    ctx.stop();
+                }
+            },
+        ));
+    }
+}
+
+/// Retries a store call until it answers (the database may be restarting); `None`
+/// when the job's claim was taken over.
+async fn until_stored<T, F, Fut>(what: &str, mut call: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, StoreError>, MailboxError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(StoreError::Fenced)) => return None,
+            Ok(Err(e)) => tracing::warn!(error = %e, "{what}: retrying in {wait:?}"),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}: recorder unavailable; retrying in {wait:?}")
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Backoff before a job-side rejection is tried again: 2^attempts seconds, at most 5 min.
+pub fn retry_backoff(attempts: i32) -> chrono::Duration {
+    chrono::Duration::seconds(2i64.saturating_pow(attempts.clamp(0, 20) as u32).min(300))
+}
+
+async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: ClaimedJob) {
+    let fence = Fence {
+        id: job.id,
+        attempts: job.attempts,
+    };
+    let stored = match job.stored_tx.clone() {
+        Some(stored) => stored,
+        None => match sign_and_store(deps, fence, &job).await {
+            Some(stored) => {
+                if let Some(held) = current.borrow_mut().as_mut() {
+                    held.1.stored_tx = Some(stored.clone());
+                }
+                stored
+            }
+            None => return,
+        },
+    };
+    crate::fail_point!("after-store-before-broadcast");
+    tracing::debug!(batch = batch_id, job = job.id, txid = %stored.txid, "broadcasting");
+    send_stored(deps, fence, stored).await;
+}
+
+/// UTXO → build + sign → write-ahead. `None` when the job ended here (failed, or its
+/// claim was taken over).
+async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<StoredTx> {
+    loop {
+        let utxo = match deps.pool.send(Reserve { job: job.id }).await {
+            Ok(Some(u)) => u,
+            _ => {
+                // The pool is empty for now: a split or the Janitor will refill it.
+                deps.stats.utxo_waits.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let signed = match deps.signer.publish(&utxo, &job.payload) {
+            Ok(s) => s,
+            Err(SignError::InsufficientFunds { .. }) => {
+                deps.pool.do_send(Forget(utxo.id));
+                continue;
+            }
+            Err(e) => {
+                // The job itself cannot be built (e.g. its payload is over the limit).
+                deps.pool.do_send(Release(utxo));
+                let retry = Retry {
+                    fence,
+                    error: format!("cannot build the transaction: {e}"),
+                    not_before: Utc::now(),
+                };
+                until_stored("record a failure", || {
+                    deps.recorder.send(RecordRetry(retry.clone(), None, true))
+                })
+                .await;
+                deps.stats.failed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let sending = Sending {
+            fence,
+            utxo_id: utxo.id,
+            txid: signed.txid.clone(),
+            raw_tx: signed.raw_tx.clone(),
+        };
+        crate::fail_point!("before-store");
+        match until_stored("write-ahead", || {
+            deps.recorder.send(RecordSending(sending.clone()))
+        })
+        .await
+        {
+            Some(true) => {
+                return Some(StoredTx {
+                    txid: signed.txid,
+                    raw_tx: signed.raw_tx,
+                    utxo_id: Some(utxo.id),
+                })
+            }
+            // Fenced, or the UTXO was taken by another process: nothing was broadcast.
+            _ => {
+                deps.pool.do_send(Forget(utxo.id));
+                return None;
+            }
+        }
+    }
+}
+
+/// Broadcasts a stored transaction (taking a token each time) and records the outcome.
+pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
+    let change = deps.signer.change_of(&stored.raw_tx);
+    loop {
+        let _ = deps.tokens.send(Acquire).await;
+        let started = Instant::now();
+        let outcome = deps.node.broadcast(&stored.raw_tx).await;
+        deps.stats.observe_broadcast(&outcome, started.elapsed());
+        match outcome {
+            BroadcastOutcome::Accepted => {
+                crate::fail_point!("after-broadcast-before-record");
+                let sent = Sent {
+                    fence,
+                    sent_at: Utc::now(),
+                    change,
+                };
+                let recorded = until_stored("record sent", || {
+                    deps.recorder
+                        .send(RecordSent(sent.clone(), stored.txid.clone()))
+                })
+                .await;
+                if let Some(utxo_id) = stored.utxo_id {
+                    deps.pool.do_send(Spent {
+                        utxo_id,
+                        change: recorded.flatten(),
+                    });
+                }
+                deps.stats.sent.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            BroadcastOutcome::RateLimited { retry_after } => {
+                deps.tokens.do_send(RateLimited { retry_after });
+            }
+            BroadcastOutcome::Rejected {
+                reason,
+                input_problem: false,
+            } => {
+                let retry = Retry {
+                    fence,
+                    error: format!("rejected by the node: {reason}"),
+                    not_before: Utc::now() + retry_backoff(fence.attempts),
+                };
+                let released = until_stored("record a rejection", || {
+                    deps.recorder
+                        .send(RecordRetry(retry.clone(), stored.utxo_id, false))
+                })
+                .await;
+                match released.flatten() {
+                    Some(utxo) => deps.pool.do_send(Release(utxo)),
+                    None => {
+                        if let Some(id) = stored.utxo_id {
+                            deps.pool.do_send(Forget(id));
+                        }
+                    }
+                }
+                deps.stats.retried.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            BroadcastOutcome::Rejected { .. } | BroadcastOutcome::Unknown { .. } => {
+                // Input problem or unknown outcome: the UTXO is dirty until the Janitor
+                // has asked the node; the job stays `sending` with its stored bytes.
+                until_stored("mark dirty", || deps.recorder.send(MarkDirty(fence))).await;
+                if let Some(id) = stored.utxo_id {
+                    deps.pool.do_send(Forget(id));
+                }
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Janitor: every `interval`, refreshes this process's lease and recovers what is
+//! stuck. Jobs held by dead processes are taken back; jobs in `sending` for longer than
+//! `stuck_after` are re-broadcast from their stored bytes (never re-signed); dirty UTXOs
+//! are settled by asking the node; sent transactions are checked for presence and
+//! confirmations. Every state has a timeout owned here.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::broadcaster::{send_stored, Deps};
+use crate::chain::{OutpointState, TxPresence};
+use crate::ports::{Confirmation, DirtyUtxo, JanitorStore, PoolStore, StoredSplit};
+use crate::recorder::{RecordRetry, RecordSent};
+use crate::utxo_pool::Add;
+
+#[derive(Debug, Clone)]
+pub struct JanitorConfig {
+    pub interval: Duration,
+    pub stuck_after: Duration,
+    /// How long a lease lasts without a heartbeat.
+    pub lease: Duration,
+}
+
+pub struct Janitor {
+    config: JanitorConfig,
+    store: Arc<dyn JanitorStore>,
+    pool_store: Arc<dyn PoolStore>,
+    deps: Arc<Deps>,
+    running: bool,
+    rounds: u64,
+}
+
+impl Janitor {
+    pub fn new(
+        config: JanitorConfig,
+        store: Arc<dyn JanitorStore>,
+        pool_store: Arc<dyn PoolStore>,
+        deps: Arc<Deps>,
+    ) -> Janitor {
+        Janitor {
+            config,
+            store,
+            pool_store,
+            deps,
+            running: false,
+            rounds: 0,
+        }
+    }
+}
+
+impl Actor for Janitor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.notify(RunNow);
+        ctx.run_interval(self.config.interval, |_, ctx| ctx.notify(RunNow));
+    }
+}
+
+/// Run one round now (also what the interval sends).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunNow;
+
+/// Rounds completed so far.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Rounds;
+
+impl Handler<RunNow> for Janitor {
+    type Result = ();
+
+    fn handle(&mut self, _: RunNow, ctx: &mut Context<Self>) {
+        if self.running {
+            return;
+        }
+        self.running = true;
+        let store = self.store.clone();
+        let pool_store = self.pool_store.clone();
+        let deps = self.deps.clone();
+        let config = self.config.clone();
+        ctx.spawn(
+            async move { round(&*store, &*pool_store, &deps, &config).await }
+                .into_actor(self)
+                .map(|_, act, _| {
+                    act.running = false;
+                    act.rounds += 1;
+                }),
+        );
+    }
+}
+
+impl Handler<Rounds> for Janitor {
+    type Result = u64;
+
+    fn handle(&mut self, _: Rounds, _: &mut Context<Self>) -> u64 {
+        self.rounds
+    }
+}
+
+async fn round(
+    store: &dyn JanitorStore,
+    pool_store: &dyn PoolStore,
+    deps: &Deps,
+    config: &JanitorConfig,
+) {
+    if let Err(e) = store.heartbeat(config.lease).await {
+        tracing::warn!(error = %e, "janitor: heartbeat failed");
+        return;
+    }
+    match store.reclaim_dead().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(jobs = n, "janitor: took back the claims of dead processes"),
+        Err(e) => tracing::warn!(error = %e, "janitor: reclaim failed"),
+    }
+    match store.requeue_lost(config.stuck_after).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            jobs = n,
+            "janitor: requeued claimed jobs that never stored a transaction"
+        ),
+        Err(e) => tracing::warn!(error = %e, "janitor: requeue failed"),
+    }
+    // Stuck in `sending` (or taken over): the same bytes again.
+    match store.adopt_stuck(config.stuck_after, 1_000).await {
+        Ok(stuck) => {
+            if !stuck.is_empty() {
+                tracing::warn!(
+                    jobs = stuck.len(),
+                    "janitor: re-broadcasting stuck transactions"
+                );
+            }
+            for job in stuck {
+                deps.stats.rebroadcasts.fetch_add(1, Ordering::Relaxed);
+                let stored = crate::ports::StoredTx {
+                    txid: job.txid,
+                    raw_tx: job.raw_tx,
+                    utxo_id: job.utxo_id,
+                };
+                send_stored(deps, job.fence, stored).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "janitor: stuck jobs not read"),
+    }
+    match store.dirty_utxos(1_000).await {
+        Ok(dirty) => {
+            for d in dirty {
+                if let Err(e) = settle_dirty(store, pool_store, deps, d).await {
+                    tracing::warn!(error = %e, "janitor: dirty UTXO not settled");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "janitor: dirty UTXOs not read"),
+    }
+    if let Err(e) = confirmations(store, deps).await {
+        tracing::warn!(error = %e, "janitor: confirmations not checked");
+    }
+}
+
+/// Asks the node what became of a dirty UTXO's spend and settles it.
+async fn settle_dirty(
+    store: &dyn JanitorStore,
+    pool_store: &dyn PoolStore,
+    deps: &Deps,
+    d: DirtyUtxo,
+) -> Result<(), String> {
+    let node = &deps.node;
+    let ours_known = match &d.spent_by_txid {
+        Some(txid) => !matches!(
+            node.tx_presence(txid).await.map_err(|e| e.to_string())?,
+            TxPresence::Unknown
+        ),
+        None => false,
+    };
+    if let Some(job) = d.job {
+        if ours_known {
+            // Our transaction is on the node: the job is sent.
+            let sent = crate::ports::Sent {
+                fence: job.fence,
+                sent_at: chrono::Utc::now(),
+                change: deps.signer.change_of(&job.raw_tx),
+            };
+            if let Ok(Ok(change)) = deps.recorder.send(RecordSent(sent, job.txid.clone())).await {
+                deps.pool.do_send(Add(change.into_iter().collect()));
+            }
+            return Ok(());
+        }
+        let retry = crate::ports::Retry {
+            fence: job.fence,
+            error: "the broadcast's outcome was unknown and the node does not have the transaction"
+                .into(),
+            not_before: chrono::Utc::now(),
+        };
+        match node
+            .outpoint(&d.txid, d.vout)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            OutpointState::Unspent { .. } => {
+                // Nobody spent it: the UTXO is clean, the job is tried again with a
+                // fresh transaction.
+                store.utxo_clean(d.id).await.map_err(|e| e.to_string())?;
+                if let Ok(Ok(Some(utxo))) = deps
+                    .recorder
+                    .send(RecordRetry(retry, Some(d.id), false))
+                    .await
+                {
+                    deps.pool.do_send(Add(vec![utxo]));
+                }
+            }
+            OutpointState::Gone { .. } => {
+                // Spent by something else: the UTXO is gone; the job gets another.
+                store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
+                let _ = deps.recorder.send(RecordRetry(retry, None, false)).await;
+            }
+        }
+        return Ok(());
+    }
+    if let Some(split_id) = d.split_id {
+        let split = StoredSplit {
+            id: split_id,
+            txid: d.spent_by_txid.clone().unwrap_or_default(),
+            raw_tx: Vec::new(),
+            input_utxo_id: d.id,
+        };
+        if ours_known {
+            let outputs = pool_store
+                .split_accepted(&split)
+                .await
+                .map_err(|e| e.to_string())?;
+            deps.pool.do_send(Add(outputs));
+            return Ok(());
+        }
+        let unspent = matches!(
+            node.outpoint(&d.txid, d.vout)
+                .await
+                .map_err(|e| e.to_string())?,
+            OutpointState::Unspent { .. }
+        );
+        pool_store
+            .split_rejected(&split, "the node does not have the split", false)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !unspent {
+            store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
+        }
+        return Ok(());
+    }
+    // Dirty with nothing of ours on it: clean if unspent, retired if gone.
+    match node
+        .outpoint(&d.txid, d.vout)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        OutpointState::Unspent { .. } => {
+            if let Some(u) = store.utxo_clean(d.id).await.map_err(|e| e.to_string())? {
+                deps.pool.do_send(Add(vec![u]));
+            }
+        }
+        OutpointState::Gone { .. } => store.utxo_retire(d.id).await.map_err(|e| e.to_string())?,
+    }
+    Ok(())
+}
+
+/// Checks sent transactions: confirmed ones are recorded (their outputs' chains are
+/// then confirmed); ones the node no longer has are left for the stuck check.
+async fn confirmations(store: &dyn JanitorStore, deps: &Deps) -> Result<(), String> {
+    let txids = store.unconfirmed(500).await.map_err(|e| e.to_string())?;
+    let mut confirmed = Vec::new();
+    for txid in txids {
+        match deps.node.tx_presence(&txid).await {
+            Ok(TxPresence::Confirmed {
+                block_height,
+                block_hash,
+                ..
+            }) => confirmed.push(Confirmation {
+                txid,
+                block_height,
+                block_hash,
+            }),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if !confirmed.is_empty() {
+        store
+            .record_confirmations(&confirmed)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

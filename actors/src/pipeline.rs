@@ -1,0 +1,162 @@
+//! Starts the actors in order and stops them gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::batch::{Batch, Depth, Drain};
+use crate::broadcaster::{Broadcaster, Deps};
+use crate::chain::{Node, Signer};
+use crate::collector::{CollectMode, Collector, CollectorConfig, StopClaiming};
+use crate::janitor::{Janitor, JanitorConfig};
+use crate::ports::{Fence, JanitorStore, JobStore, JobsNotifier, PoolStore};
+use crate::recorder::Recorder;
+use crate::stats::Stats;
+use crate::token_bucket::TokenBucket;
+use crate::utxo_pool::{PoolConfig, UtxoPool};
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub mode: CollectMode,
+    pub max_batch: u32,
+    pub collect_interval: Duration,
+    pub rate_max: u32,
+    pub rate_per: Duration,
+    pub workers: u32,
+    pub max_attempts: u32,
+    pub pool: PoolConfig,
+    pub janitor: JanitorConfig,
+}
+
+/// The stores the pipeline needs (one Postgres store implements them all).
+pub struct Stores {
+    pub jobs: Arc<dyn JobStore>,
+    pub pool: Arc<dyn PoolStore>,
+    pub janitor: Arc<dyn JanitorStore>,
+    pub notifier: Option<Arc<dyn JobsNotifier>>,
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    pub collector: Addr<Collector>,
+    pub batch: Addr<Batch>,
+    pub tokens: Addr<TokenBucket>,
+    pub pool: Addr<UtxoPool>,
+    pub recorder: Addr<Recorder>,
+    pub janitor: Addr<Janitor>,
+    pub broadcasters: Vec<Addr<Broadcaster>>,
+    pub stats: Arc<Stats>,
+    jobs: Arc<dyn JobStore>,
+    janitor_store: Arc<dyn JanitorStore>,
+}
+
+impl Pipeline {
+    pub fn start(
+        config: PipelineConfig,
+        stores: Stores,
+        signer: Arc<dyn Signer>,
+        node: Arc<dyn Node>,
+    ) -> Pipeline {
+        let stats = Arc::new(Stats::default());
+        let tokens = TokenBucket::new(config.rate_max, config.rate_per).start();
+        let recorder = Recorder::new(stores.jobs.clone(), config.max_attempts).start();
+        let pool = UtxoPool::new(
+            config.pool.clone(),
+            stores.pool.clone(),
+            signer.clone(),
+            node.clone(),
+            tokens.clone(),
+        )
+        .start();
+        let batch = Batch::default().start();
+        let deps = Arc::new(Deps {
+            batch: batch.clone(),
+            pool: pool.clone(),
+            tokens: tokens.clone(),
+            recorder: recorder.clone(),
+            signer,
+            node,
+            stats: stats.clone(),
+        });
+        let broadcasters = (0..config.workers as usize)
+            .map(|i| {
+                let deps = deps.clone();
+                actix::Supervisor::start(move |_| Broadcaster::new(i, deps))
+            })
+            .collect();
+        let janitor = Janitor::new(
+            config.janitor.clone(),
+            stores.janitor.clone(),
+            stores.pool.clone(),
+            deps.clone(),
+        )
+        .start();
+        let collector = Collector::new(
+            CollectorConfig {
+                mode: config.mode,
+                max_batch: config.max_batch,
+                interval: config.collect_interval,
+                low_water: (config.workers as usize).max(1) * 2,
+            },
+            stores.jobs.clone(),
+            stores.notifier.clone(),
+            batch.clone(),
+        )
+        .start();
+        Pipeline {
+            collector,
+            batch,
+            tokens,
+            pool,
+            recorder,
+            janitor,
+            broadcasters,
+            stats,
+            jobs: stores.jobs,
+            janitor_store: stores.janitor,
+        }
+    }
+
+    /// Graceful stop: no more claims; jobs not yet started go back to the queue; the
+    /// jobs in flight finish (up to `grace`); this process's lease ends. What is still
+    /// in flight after `grace` stays in the database for the next start to recover.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.collector.send(StopClaiming).await;
+        if let Ok(unstarted) = self.batch.send(Drain).await {
+            let fences: Vec<Fence> = unstarted
+                .iter()
+                .filter(|j| j.stored_tx.is_none())
+                .map(|j| Fence {
+                    id: j.id,
+                    attempts: j.attempts,
+                })
+                .collect();
+            match self.jobs.release_claims(&fences).await {
+                Ok(ids) => {
+                    tracing::info!(jobs = ids.len(), "handed unstarted jobs back to the queue")
+                }
+                Err(e) => tracing::warn!(error = %e, "could not hand jobs back; the Janitor will"),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let in_flight = self.batch.send(Depth).await.map(|d| d.1).unwrap_or(0);
+            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+                if in_flight > 0 {
+                    tracing::warn!(
+                        jobs = in_flight,
+                        "stopping with jobs in flight; they are stored and will be recovered"
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let the recorder write its last group.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = self.janitor_store.stop_worker().await {
+            tracing::warn!(error = %e, "could not end the lease");
+        }
+    }
+}

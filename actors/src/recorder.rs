@@ -1,0 +1,243 @@
+//! Recorder: group commit for the broadcasters' state changes. Each broadcaster asks
+//! for one job's change and waits for it; the Recorder gathers what arrives within a
+//! couple of milliseconds (or 256 changes) and writes each kind in one statement.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::chain::SpendableUtxo;
+use crate::ports::{Fence, JobStore, Retry, Sending, Sent, StoreError};
+
+/// Longest wait before a partial group is written.
+const GATHER: Duration = Duration::from_millis(2);
+/// A group this large is written at once.
+const GROUP: usize = 256;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+#[derive(Default)]
+struct Groups {
+    sending: Vec<(Sending, Reply<bool>)>,
+    sent: Vec<(Sent, String, Reply<Option<SpendableUtxo>>)>,
+    retry: Vec<(Retry, Option<i64>, Reply<Option<SpendableUtxo>>)>,
+    /// Jobs that fail at once, whatever their attempts (they cannot be built).
+    fail: Vec<(Retry, Option<i64>, Reply<Option<SpendableUtxo>>)>,
+    dirty: Vec<(Fence, Reply<bool>)>,
+    scheduled: bool,
+}
+
+pub struct Recorder {
+    store: Arc<dyn JobStore>,
+    max_attempts: u32,
+    groups: Groups,
+}
+
+impl Recorder {
+    pub fn new(store: Arc<dyn JobStore>, max_attempts: u32) -> Recorder {
+        Recorder {
+            store,
+            max_attempts,
+            groups: Groups::default(),
+        }
+    }
+
+    fn pending(&self) -> usize {
+        let g = &self.groups;
+        g.sending.len() + g.sent.len() + g.retry.len() + g.fail.len() + g.dirty.len()
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.pending() >= GROUP {
+            self.flush();
+        } else if !self.groups.scheduled {
+            self.groups.scheduled = true;
+            ctx.run_later(GATHER, |act, _| act.flush());
+        }
+    }
+
+    fn flush(&mut self) {
+        let groups = std::mem::take(&mut self.groups);
+        let store = self.store.clone();
+        let max_attempts = self.max_attempts;
+        if !groups.sending.is_empty() {
+            let store = store.clone();
+            actix::spawn(async move {
+                let (items, replies): (Vec<_>, Vec<_>) = groups.sending.into_iter().unzip();
+                match store.record_sending(&items).await {
+                    Ok(done) => {
+                        for (item, reply) in items.iter().zip(replies) {
+                            let _ = reply.send(Ok(done.contains(&item.fence.id)));
+                        }
+                    }
+                    Err(e) => reply_all(replies, e),
+                }
+            });
+        }
+        if !groups.sent.is_empty() {
+            let store = store.clone();
+            actix::spawn(async move {
+                let mut items = Vec::new();
+                let mut waiting = Vec::new();
+                for (sent, txid, reply) in groups.sent {
+                    waiting.push((sent.fence.id, txid, reply));
+                    items.push(sent);
+                }
+                match store.record_sent(&items).await {
+                    Ok(recorded) => {
+                        let mut change: HashMap<&str, SpendableUtxo> = recorded
+                            .utxos
+                            .iter()
+                            .map(|u| (u.txid.as_str(), u.clone()))
+                            .collect();
+                        for (id, txid, reply) in waiting {
+                            let _ = reply.send(if recorded.ids.contains(&id) {
+                                Ok(change.remove(txid.as_str()))
+                            } else {
+                                Err(StoreError::Fenced)
+                            });
+                        }
+                    }
+                    Err(e) => reply_all(waiting.into_iter().map(|w| w.2).collect(), e),
+                }
+            });
+        }
+        for (group, max_attempts) in [(groups.retry, max_attempts), (groups.fail, 0)] {
+            if group.is_empty() {
+                continue;
+            }
+            let store = store.clone();
+            actix::spawn(async move {
+                let mut items = Vec::new();
+                let mut waiting = Vec::new();
+                for (retry, utxo, reply) in group {
+                    waiting.push((retry.fence.id, utxo, reply));
+                    items.push(retry);
+                }
+                match store.record_retry(&items, max_attempts).await {
+                    Ok(recorded) => {
+                        for (id, utxo, reply) in waiting {
+                            let released = utxo
+                                .and_then(|u| recorded.utxos.iter().find(|r| r.id == u).cloned());
+                            let _ = reply.send(if recorded.ids.contains(&id) {
+                                Ok(released)
+                            } else {
+                                Err(StoreError::Fenced)
+                            });
+                        }
+                    }
+                    Err(e) => reply_all(waiting.into_iter().map(|w| w.2).collect(), e),
+                }
+            });
+        }
+        if !groups.dirty.is_empty() {
+            actix::spawn(async move {
+                let (items, replies): (Vec<_>, Vec<_>) = groups.dirty.into_iter().unzip();
+                match store.mark_dirty(&items).await {
+                    Ok(done) => {
+                        for (item, reply) in items.iter().zip(replies) {
+                            let _ = reply.send(Ok(done.contains(&item.id)));
+                        }
+                    }
+                    Err(e) => reply_all(replies, e),
+                }
+            });
+        }
+    }
+}
+
+fn reply_all<T>(replies: Vec<Reply<T>>, e: StoreError) {
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+fn answer<T: 'static>(
+    rx: oneshot::Receiver<Result<T, StoreError>>,
+) -> ResponseFuture<Result<T, StoreError>> {
+    Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the recorder stopped".into())))
+    })
+}
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+
+    fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+        self.flush();
+        Running::Stop
+    }
+}
+
+/// Write-ahead record of one job. `Ok(false)`: fenced, or its UTXO was taken.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct RecordSending(pub Sending);
+
+/// The job was accepted; `txid` is its transaction's. Answers the change UTXO.
+#[derive(Message)]
+#[rtype(result = "Result<Option<SpendableUtxo>, StoreError>")]
+pub struct RecordSent(pub Sent, pub String);
+
+/// A job-side rejection; `utxo` is the job's UTXO. Answers it if it was released.
+/// With `fail_now`, the job fails whatever its attempts (it cannot be built at all).
+#[derive(Message)]
+#[rtype(result = "Result<Option<SpendableUtxo>, StoreError>")]
+pub struct RecordRetry(pub Retry, pub Option<i64>, pub bool);
+
+/// Unknown outcome: the job's UTXO becomes dirty.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct MarkDirty(pub Fence);
+
+impl Handler<RecordSending> for Recorder {
+    type Result = ResponseFuture<Result<bool, StoreError>>;
+
+    fn handle(&mut self, msg: RecordSending, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.groups.sending.push((msg.0, tx));
+        self.schedule(ctx);
+        answer(rx)
+    }
+}
+
+impl Handler<RecordSent> for Recorder {
+    type Result = ResponseFuture<Result<Option<SpendableUtxo>, StoreError>>;
+
+    fn handle(&mut self, msg: RecordSent, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.groups.sent.push((msg.0, msg.1, tx));
+        self.schedule(ctx);
+        answer(rx)
+    }
+}
+
+impl Handler<RecordRetry> for Recorder {
+    type Result = ResponseFuture<Result<Option<SpendableUtxo>, StoreError>>;
+
+    fn handle(&mut self, msg: RecordRetry, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if msg.2 {
+            self.groups.fail.push((msg.0, msg.1, tx));
+        } else {
+            self.groups.retry.push((msg.0, msg.1, tx));
+        }
+        self.schedule(ctx);
+        answer(rx)
+    }
+}
+
+impl Handler<MarkDirty> for Recorder {
+    type Result = ResponseFuture<Result<bool, StoreError>>;
+
+    fn handle(&mut self, msg: MarkDirty, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.groups.dirty.push((msg.0, tx));
+        self.schedule(ctx);
+        answer(rx)
+    }
+}

@@ -1,0 +1,365 @@
+//! UtxoPool: hands out one spendable UTXO per job, takes change back, and splits a
+//! large UTXO when the available ones run low.
+//!
+//! The database row is the truth; this actor keeps an index of spendable UTXOs in
+//! memory for speed. A reservation lives only here until the job's write-ahead record
+//! turns the row into `spending` — and that statement takes the row only if it is
+//! still available and clean, so two processes can never spend one UTXO.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::time::Instant;
+
+use crate::chain::{BroadcastOutcome, Node, Signer, SpendableUtxo, TxPresence};
+use crate::ports::{JobId, PoolStore, StoredSplit};
+use crate::token_bucket::{Acquire, RateLimited, TokenBucket};
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub min_available: u32,
+    pub split_outputs: u32,
+    pub split_amount: u64,
+    pub reservation_timeout: Duration,
+    pub max_chain_depth: u32,
+}
+
+pub struct UtxoPool {
+    config: PoolConfig,
+    store: Arc<dyn PoolStore>,
+    signer: Arc<dyn Signer>,
+    node: Arc<dyn Node>,
+    tokens: Addr<TokenBucket>,
+    available: VecDeque<SpendableUtxo>,
+    known: HashSet<i64>,
+    reserved: HashMap<i64, (JobId, Instant)>,
+    splitting: bool,
+    /// Reservations asked for while the pool was empty (a split is coming).
+    starved: u64,
+}
+
+impl UtxoPool {
+    pub fn new(
+        config: PoolConfig,
+        store: Arc<dyn PoolStore>,
+        signer: Arc<dyn Signer>,
+        node: Arc<dyn Node>,
+        tokens: Addr<TokenBucket>,
+    ) -> UtxoPool {
+        UtxoPool {
+            config,
+            store,
+            signer,
+            node,
+            tokens,
+            available: VecDeque::new(),
+            known: HashSet::new(),
+            reserved: HashMap::new(),
+            splitting: false,
+            starved: 0,
+        }
+    }
+
+    fn add(&mut self, utxo: SpendableUtxo) {
+        if utxo.unconfirmed_depth >= self.config.max_chain_depth
+            || utxo.satoshis <= self.signer.dust_limit()
+        {
+            return; // not spendable for now: the Janitor's confirmations bring it back
+        }
+        if self.known.insert(utxo.id) {
+            self.available.push_back(utxo);
+        }
+    }
+
+    fn forget(&mut self, id: i64) {
+        self.reserved.remove(&id);
+        self.known.remove(&id);
+    }
+
+    /// Reloads spendable UTXOs from the database (those this index does not hold).
+    fn refill(&mut self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let max_depth = self.config.max_chain_depth;
+        ctx.spawn(
+            async move { store.load_available(max_depth, 100_000).await }
+                .into_actor(self)
+                .map(|res, act, _| match res {
+                    Ok(utxos) => {
+                        for u in utxos {
+                            if !act.reserved.contains_key(&u.id) {
+                                act.add(u);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot load the UTXO pool"),
+                }),
+        );
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        // Reservations whose job never stored a transaction (its broadcaster died).
+        let timeout = self.config.reservation_timeout;
+        let now = Instant::now();
+        let expired: Vec<i64> = self
+            .reserved
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.forget(id); // the refill brings it back if the row is still available
+        }
+        if self.available.len() < self.config.min_available as usize {
+            if self.available.is_empty() || self.starved > 0 {
+                self.refill(ctx);
+            }
+            self.split(ctx);
+        }
+    }
+
+    /// Splits the largest available UTXO into `split_outputs` outputs.
+    fn split(&mut self, ctx: &mut Context<Self>) {
+        if self.splitting {
+            return;
+        }
+        let cfg = &self.config;
+        let Some(pos) = self
+            .available
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.unconfirmed_depth + 1 < cfg.max_chain_depth)
+            .max_by_key(|(_, u)| u.satoshis)
+            .map(|(i, _)| i)
+        else {
+            return;
+        };
+        let largest = self.available[pos].satoshis;
+        // Room for the fee: a generous 100 sats per output.
+        let affordable =
+            (largest / (cfg.split_amount + 100)).min(u64::from(cfg.split_outputs)) as u32;
+        if affordable < 2 {
+            return;
+        }
+        let input = self.available.remove(pos).expect("position found above");
+        self.known.remove(&input.id);
+        let signed = match self.signer.split(&input, affordable, cfg.split_amount) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build a split");
+                self.add(input);
+                return;
+            }
+        };
+        self.splitting = true;
+        let store = self.store.clone();
+        let node = self.node.clone();
+        let tokens = self.tokens.clone();
+        let amount = cfg.split_amount;
+        tracing::info!(txid = %signed.txid, outputs = affordable, amount, "auto-split");
+        ctx.spawn(
+            async move {
+                let split = store
+                    .store_split(&input, &signed, affordable, amount)
+                    .await?;
+                publish_split(&*store, &*node, &tokens, &split).await
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                act.splitting = false;
+                match res {
+                    Ok(outputs) => {
+                        for u in outputs {
+                            act.add(u);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "auto-split did not complete"),
+                }
+            }),
+        );
+    }
+}
+
+/// Broadcasts a stored split (taking a token) and records the outcome; returns the
+/// outputs that joined the pool.
+pub async fn publish_split(
+    store: &dyn PoolStore,
+    node: &dyn Node,
+    tokens: &Addr<TokenBucket>,
+    split: &StoredSplit,
+) -> Result<Vec<SpendableUtxo>, crate::ports::StoreError> {
+    loop {
+        let _ = tokens.send(Acquire).await;
+        match node.broadcast(&split.raw_tx).await {
+            BroadcastOutcome::Accepted => break,
+            BroadcastOutcome::RateLimited { retry_after } => {
+                tokens.do_send(RateLimited { retry_after });
+                continue;
+            }
+            BroadcastOutcome::Rejected {
+                reason,
+                input_problem,
+            } => {
+                store.split_rejected(split, &reason, input_problem).await?;
+                return Ok(Vec::new());
+            }
+            BroadcastOutcome::Unknown { reason } => {
+                store.split_unknown(split, &reason).await?;
+                return Ok(Vec::new());
+            }
+        }
+    }
+    // Some nodes answer "ok" and verify afterwards: its outputs are only spendable once
+    // the node really has it.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        match node.tx_presence(&split.txid).await {
+            Ok(TxPresence::InMempool | TxPresence::Confirmed { .. }) => {
+                return store.split_accepted(split).await
+            }
+            Ok(TxPresence::Unknown) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+        }
+    }
+    store
+        .split_unknown(split, "accepted by the node but not seen in its mempool")
+        .await?;
+    Ok(Vec::new())
+}
+
+impl Actor for UtxoPool {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+        self.refill(ctx);
+        // Splits left unfinished by an earlier run: re-send their stored bytes.
+        let store = self.store.clone();
+        let node = self.node.clone();
+        let tokens = self.tokens.clone();
+        ctx.spawn(
+            async move {
+                let mut outputs = Vec::new();
+                for split in store.unfinished_splits().await.unwrap_or_default() {
+                    tracing::info!(txid = %split.txid, "re-broadcasting an unfinished split");
+                    if let Ok(mut o) = publish_split(&*store, &*node, &tokens, &split).await {
+                        outputs.append(&mut o);
+                    }
+                }
+                outputs
+            }
+            .into_actor(self)
+            .map(|outputs, act, _| {
+                for u in outputs {
+                    act.add(u);
+                }
+            }),
+        );
+        ctx.run_interval(Duration::from_millis(250), |act, ctx| act.tick(ctx));
+    }
+}
+
+/// One UTXO for `job`, or `None` when the pool is empty for now.
+#[derive(Message)]
+#[rtype(result = "Option<SpendableUtxo>")]
+pub struct Reserve {
+    pub job: JobId,
+}
+
+/// The job did not use it: back to the pool.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release(pub SpendableUtxo);
+
+/// The job's transaction was accepted: the reservation ends; the change joins.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Spent {
+    pub utxo_id: i64,
+    pub change: Option<SpendableUtxo>,
+}
+
+/// The reservation ends and the UTXO leaves the index (dirty, taken by another process,
+/// or too small to pay a fee).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget(pub i64);
+
+/// UTXOs made spendable elsewhere (the Janitor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Add(pub Vec<SpendableUtxo>);
+
+/// (available, reserved) in the index.
+#[derive(Message)]
+#[rtype(result = "(usize, usize)")]
+pub struct PoolStats;
+
+impl Handler<Reserve> for UtxoPool {
+    type Result = Option<SpendableUtxo>;
+
+    fn handle(&mut self, msg: Reserve, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(utxo) = self.available.pop_front() else {
+            self.starved += 1;
+            self.tick(ctx);
+            return None;
+        };
+        self.starved = 0;
+        self.reserved.insert(utxo.id, (msg.job, Instant::now()));
+        if self.available.len() < self.config.min_available as usize {
+            self.split(ctx);
+        }
+        Some(utxo)
+    }
+}
+
+impl Handler<Release> for UtxoPool {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, _: &mut Context<Self>) {
+        self.reserved.remove(&msg.0.id);
+        self.known.remove(&msg.0.id);
+        self.add(msg.0);
+    }
+}
+
+impl Handler<Spent> for UtxoPool {
+    type Result = ();
+
+    fn handle(&mut self, msg: Spent, _: &mut Context<Self>) {
+        self.forget(msg.utxo_id);
+        if let Some(change) = msg.change {
+            self.add(change);
+        }
+    }
+}
+
+impl Handler<Forget> for UtxoPool {
+    type Result = ();
+
+    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
+        self.forget(msg.0);
+    }
+}
+
+impl Handler<Add> for UtxoPool {
+    type Result = ();
+
+    fn handle(&mut self, msg: Add, _: &mut Context<Self>) {
+        for u in msg.0 {
+            if !self.reserved.contains_key(&u.id) {
+                self.add(u);
+            }
+        }
+    }
+}
+
+impl Handler<PoolStats> for UtxoPool {
+    type Result = MessageResult<PoolStats>;
+
+    fn handle(&mut self, _: PoolStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.available.len(), self.reserved.len()))
+    }
+}

@@ -1,0 +1,398 @@
+//! The Janitor's and the UtxoPool's statements, and the single-mode notifier.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raregen_actors::{
+    Confirmation, DirtyUtxo, Fence, JanitorStore, JobsNotifier, PoolStore, SignedTx, SpendableUtxo,
+    StoreError, StoredSplit, StuckJob,
+};
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+
+use super::utxos::{self, PoolTx};
+use super::{store_error, PgStore};
+
+fn utxo_from(r: &sqlx::postgres::PgRow) -> SpendableUtxo {
+    SpendableUtxo {
+        id: r.get("id"),
+        txid: r.get("txid"),
+        vout: r.get::<i32, _>("vout") as u32,
+        satoshis: r.get::<i64, _>("satoshis") as u64,
+        unconfirmed_depth: r.get::<i32, _>("unconfirmed_depth") as u32,
+    }
+}
+
+fn to_pool_tx(s: &StoredSplit) -> PoolTx {
+    PoolTx {
+        id: s.id,
+        txid: s.txid.clone(),
+        raw_tx: s.raw_tx.clone(),
+        input_utxo_id: s.input_utxo_id,
+    }
+}
+
+#[async_trait]
+impl PoolStore for PgStore {
+    async fn load_available(
+        &self,
+        max_depth: u32,
+        limit: u32,
+    ) -> Result<Vec<SpendableUtxo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, txid, vout, satoshis, unconfirmed_depth FROM utxos
+             WHERE state = 'available' AND NOT dirty AND unconfirmed_depth < $1
+             ORDER BY unconfirmed_depth, satoshis DESC
+             LIMIT $2",
+        )
+        .bind(max_depth as i32)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(rows.iter().map(utxo_from).collect())
+    }
+
+    async fn store_split(
+        &self,
+        input: &SpendableUtxo,
+        signed: &SignedTx,
+        outputs: u32,
+        amount: u64,
+    ) -> Result<StoredSplit, StoreError> {
+        let script: Vec<u8> = sqlx::query_scalar("SELECT script_pubkey FROM utxos WHERE id = $1")
+            .bind(input.id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let taken: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM utxos WHERE id = $1 AND state = 'available' AND NOT dirty FOR UPDATE",
+        )
+        .bind(input.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if taken.is_none() {
+            return Err(StoreError::Fenced);
+        }
+        let id = utxos::store_split(&mut tx, input, signed, outputs, amount, &script).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(StoredSplit {
+            id,
+            txid: signed.txid.clone(),
+            raw_tx: signed.raw_tx.clone(),
+            input_utxo_id: input.id,
+        })
+    }
+
+    async fn split_accepted(&self, split: &StoredSplit) -> Result<Vec<SpendableUtxo>, StoreError> {
+        utxos::split_accepted(&self.pool, &to_pool_tx(split)).await?;
+        let rows = sqlx::query(
+            "SELECT id, txid, vout, satoshis, unconfirmed_depth FROM utxos
+             WHERE txid = $1 AND state = 'available' AND NOT dirty",
+        )
+        .bind(&split.txid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(rows.iter().map(utxo_from).collect())
+    }
+
+    async fn split_rejected(
+        &self,
+        split: &StoredSplit,
+        reason: &str,
+        input_problem: bool,
+    ) -> Result<(), StoreError> {
+        utxos::split_rejected(&self.pool, &to_pool_tx(split), reason, input_problem).await
+    }
+
+    async fn split_unknown(&self, split: &StoredSplit, reason: &str) -> Result<(), StoreError> {
+        utxos::split_unknown(&self.pool, &to_pool_tx(split), reason).await
+    }
+
+    async fn unfinished_splits(&self) -> Result<Vec<StoredSplit>, StoreError> {
+        Ok(utxos::unfinished_splits(&self.pool)
+            .await?
+            .into_iter()
+            .map(|p| StoredSplit {
+                id: p.id,
+                txid: p.txid,
+                raw_tx: p.raw_tx,
+                input_utxo_id: p.input_utxo_id,
+            })
+            .collect())
+    }
+}
+
+/// The claims of a process are live while its lease runs and it has not stopped.
+const LIVE_OWNER: &str = "EXISTS (SELECT 1 FROM workers w
+                                  WHERE w.id = j.owner AND w.lease_until > now() AND w.stopped_at IS NULL)";
+
+#[async_trait]
+impl JanitorStore for PgStore {
+    async fn heartbeat(&self, lease: Duration) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workers (id, hostname, pid, mode, lease_until)
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+             ON CONFLICT (id) DO UPDATE
+             SET heartbeat_at = now(), lease_until = EXCLUDED.lease_until, stopped_at = NULL",
+        )
+        .bind(&self.owner)
+        .bind(crate::worker::hostname())
+        .bind(std::process::id() as i32)
+        .bind(self.mode)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn stop_worker(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workers SET stopped_at = now(), lease_until = now() WHERE id = $1")
+            .bind(&self.owner)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn reclaim_dead(&self) -> Result<u64, StoreError> {
+        let sql = format!(
+            "UPDATE publish_jobs j SET status = 'queued', owner = NULL, updated_at = now()
+             WHERE j.status = 'processing_batch' AND j.raw_tx IS NULL
+               AND j.owner IS DISTINCT FROM $1 AND NOT {LIVE_OWNER}"
+        );
+        let done = sqlx::query(&sql)
+            .bind(&self.owner)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn adopt_stuck(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<Vec<StuckJob>, StoreError> {
+        let sql = format!(
+            "WITH picked AS (
+                 SELECT j.id FROM publish_jobs j
+                 WHERE j.status IN ('sending', 'processing_batch') AND j.raw_tx IS NOT NULL
+                   AND (COALESCE(j.sending_started_at, j.claimed_at, j.updated_at)
+                            < now() - make_interval(secs => $1)
+                        OR j.owner IS DISTINCT FROM $3 AND NOT {LIVE_OWNER})
+                   AND NOT EXISTS (SELECT 1 FROM utxos x WHERE x.id = j.utxo_id AND x.dirty)
+                 ORDER BY j.id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE publish_jobs j
+             SET owner = $3, status = 'sending', sending_started_at = now(), updated_at = now()
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, j.attempts, j.txid, j.raw_tx, j.utxo_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(older_than.as_secs_f64())
+            .bind(i64::from(limit))
+            .bind(&self.owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StuckJob {
+                fence: Fence {
+                    id: r.get("id"),
+                    attempts: r.get("attempts"),
+                },
+                txid: r.get("txid"),
+                raw_tx: r.get("raw_tx"),
+                utxo_id: r.get("utxo_id"),
+            })
+            .collect())
+    }
+
+    async fn requeue_lost(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE publish_jobs SET status = 'queued', owner = NULL, updated_at = now()
+             WHERE status = 'processing_batch' AND raw_tx IS NULL AND owner = $1
+               AND claimed_at < now() - make_interval(secs => $2)",
+        )
+        .bind(&self.owner)
+        .bind(older_than.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn dirty_utxos(&self, limit: u32) -> Result<Vec<DirtyUtxo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT x.id, x.txid, x.vout, x.spent_by_txid, j.id AS job_id, pt.id AS split_id
+             FROM utxos x
+             LEFT JOIN publish_jobs j
+                    ON j.utxo_id = x.id AND j.status = 'sending' AND j.txid = x.spent_by_txid
+             LEFT JOIN pool_transactions pt
+                    ON pt.input_utxo_id = x.id AND pt.status = 'sending' AND pt.txid = x.spent_by_txid
+             WHERE x.dirty AND x.state IN ('available', 'reserved', 'spending')
+             ORDER BY x.id
+             LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let job_ids: Vec<i64> = rows
+            .iter()
+            .filter_map(|r| r.get::<Option<i64>, _>("job_id"))
+            .collect();
+        // The jobs are adopted, so that their outcome can be recorded under our fence.
+        let adopted: Vec<(i64, i32, String, Vec<u8>, Option<i64>)> = sqlx::query_as(
+            "UPDATE publish_jobs SET owner = $2, updated_at = now()
+             WHERE id = ANY($1) AND status = 'sending'
+             RETURNING id, attempts, txid, raw_tx, utxo_id",
+        )
+        .bind(&job_ids)
+        .bind(&self.owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let job_id: Option<i64> = r.get("job_id");
+                let job = job_id
+                    .and_then(|id| adopted.iter().find(|a| a.0 == id))
+                    .map(|a| StuckJob {
+                        fence: Fence {
+                            id: a.0,
+                            attempts: a.1,
+                        },
+                        txid: a.2.clone(),
+                        raw_tx: a.3.clone(),
+                        utxo_id: a.4,
+                    });
+                DirtyUtxo {
+                    id: r.get("id"),
+                    txid: r.get("txid"),
+                    vout: r.get::<i32, _>("vout") as u32,
+                    spent_by_txid: r.get("spent_by_txid"),
+                    job,
+                    split_id: r.get("split_id"),
+                }
+            })
+            .collect())
+    }
+
+    async fn utxo_clean(&self, id: i64) -> Result<Option<SpendableUtxo>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE utxos SET dirty = FALSE, updated_at = now() WHERE id = $1
+             RETURNING id, txid, vout, satoshis, unconfirmed_depth, state",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(row
+            .filter(|r| r.get::<String, _>("state") == "available")
+            .map(|r| utxo_from(&r)))
+    }
+
+    async fn utxo_retire(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE utxos SET state = 'retired', dirty = FALSE, reserved_by = NULL, updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn unconfirmed(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "(SELECT txid FROM publish_jobs WHERE status = 'sent' AND confirmed_at IS NULL
+              ORDER BY sent_at LIMIT $1)
+             UNION ALL
+             (SELECT txid FROM pool_transactions WHERE status = 'sent' AND confirmed_at IS NULL
+              ORDER BY id LIMIT $1)",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
+    }
+
+    async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError> {
+        let txids: Vec<&str> = confirmed.iter().map(|c| c.txid.as_str()).collect();
+        let heights: Vec<Option<i32>> = confirmed
+            .iter()
+            .map(|c| c.block_height.map(|h| h as i32))
+            .collect();
+        let hashes: Vec<Option<&str>> = confirmed.iter().map(|c| c.block_hash.as_deref()).collect();
+        sqlx::query(
+            "WITH c AS (
+                 SELECT * FROM unnest($1::text[], $2::int[], $3::text[]) AS c(txid, height, hash)
+             ), jobs AS (
+                 UPDATE publish_jobs p
+                 SET confirmed_at = now(), block_height = c.height, block_hash = c.hash
+                 FROM c WHERE p.txid = c.txid AND p.status = 'sent' AND p.confirmed_at IS NULL
+             ), splits AS (
+                 UPDATE pool_transactions p SET confirmed_at = now()
+                 FROM c WHERE p.txid = c.txid AND p.confirmed_at IS NULL
+             )
+             UPDATE utxos u SET unconfirmed_depth = 0, updated_at = now()
+             FROM c WHERE u.txid = c.txid AND u.unconfirmed_depth > 0",
+        )
+        .bind(&txids)
+        .bind(&heights)
+        .bind(&hashes)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+/// Wakes on `NOTIFY raregen_jobs` (sent by a trigger on every insert of jobs).
+pub struct PgNotifier {
+    notify: Arc<Notify>,
+}
+
+impl PgNotifier {
+    /// Starts listening in the background (reconnecting after errors).
+    pub async fn start(pool: &PgPool) -> Result<PgNotifier, StoreError> {
+        let mut listener = PgListener::connect_with(pool).await.map_err(store_error)?;
+        listener.listen("raregen_jobs").await.map_err(store_error)?;
+        let notify = Arc::new(Notify::new());
+        let wake = notify.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                        // Jobs may have arrived meanwhile: look once.
+                        wake.notify_one();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(PgNotifier { notify })
+    }
+}
+
+#[async_trait]
+impl JobsNotifier for PgNotifier {
+    async fn wait(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+}
