@@ -262,9 +262,11 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
 pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
     let change = deps.signer.change_of(&stored.raw_tx);
     loop {
-        let _ = deps.tokens.send(Acquire).await;
+        let grant = deps.tokens.send(Acquire).await;
         let started = Instant::now();
         let outcome = deps.node.broadcast(&stored.raw_tx).await;
+        // The slot's last `per` starts now that the node has answered.
+        drop(grant);
         deps.stats.observe_broadcast(&outcome, started.elapsed());
         match outcome {
             BroadcastOutcome::Accepted => {

@@ -190,8 +190,10 @@ pub async fn publish_split(
     split: &StoredSplit,
 ) -> Result<Vec<SpendableUtxo>, crate::ports::StoreError> {
     loop {
-        let _ = tokens.send(Acquire).await;
-        match node.broadcast(&split.raw_tx).await {
+        let grant = tokens.send(Acquire).await;
+        let outcome = node.broadcast(&split.raw_tx).await;
+        drop(grant);
+        match outcome {
             BroadcastOutcome::Accepted => break,
             BroadcastOutcome::RateLimited { retry_after } => {
                 tokens.do_send(RateLimited { retry_after });

@@ -3,6 +3,7 @@
 //! spawned on port 0 against it.
 #![allow(dead_code)]
 
+pub mod e2e;
 pub mod regtest;
 
 use raregen::api::ApiServer;

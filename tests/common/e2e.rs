@@ -1,0 +1,332 @@
+//! End-to-end pieces: a funded wallet on a regtest node, `raregen serve` as a child
+//! process, and a proxy at the node's door that timestamps every broadcast.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bitcoin::consensus::encode::deserialize;
+use bitcoin::Transaction;
+use raregen::chain::WalletKey;
+use raregen::config::{AddressType, Network};
+use raregen::wallet::Wallet;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use super::regtest::RegtestNode;
+
+/// A wallet funded on `node`: a coinbase imported into the pool, split into
+/// `lanes` outputs of `amount` sats (no split when `lanes` is 0).
+pub async fn funded_wallet(
+    node: &RegtestNode,
+    pool: &PgPool,
+    lanes: u32,
+    amount: u64,
+) -> SecretString {
+    let (key, wif) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
+    let coinbases = node.mine_to(key.script_pubkey(), 450).await;
+    let mut env: Vec<(String, String)> = node.env();
+    env.push(("DATABASE_URL".into(), super::database_url(pool).await));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let settings = super::settings(&env);
+    let wallet = Wallet {
+        builder: raregen::chain::TxBuilder::new(
+            WalletKey::from_wif(&wif, Network::Regtest, AddressType::P2wpkh).unwrap(),
+            settings.chain.fee_rate,
+            settings.chain.max_payload_bytes,
+        ),
+        node: raregen::chain::node::from_settings(&settings.node).unwrap(),
+        pool: pool.clone(),
+        settings,
+    };
+    wallet
+        .import(&[format!("{}:0", coinbases[0])])
+        .await
+        .unwrap();
+    if lanes > 0 {
+        wallet.split(lanes, amount).await.unwrap();
+    }
+    wif
+}
+
+/// `raregen serve` in a child process.
+pub struct Daemon {
+    pub child: Child,
+    pub base: String,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `raregen serve` with `env` and waits until it serves.
+    pub fn start(env: &[(String, String)], args: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_raregen"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RAREGEN__API__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info,raregen::http=warn,sqlx=warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(["--log-format", "json", "serve"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("raregen starts");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "raregen serving" {
+                        let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
+                    }
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => panic!("serve did not start:\n{}", lines.lock().unwrap().join("\n")),
+        };
+        Daemon {
+            child,
+            base: format!("http://{addr}"),
+            lines,
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "serve did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Submits `n` jobs (payload `{prefix}-{i}`) through the bulk API; returns their ids.
+pub async fn submit(base: &str, prefix: &str, n: usize) -> Vec<i64> {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let jobs: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"payload": format!("{prefix}-{i}")}))
+            .collect();
+        let resp = client
+            .post(format!("{base}/v1/jobs/bulk"))
+            .json(&json!({ "jobs": jobs }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        ids.extend(
+            body["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap()),
+        );
+    }
+    ids
+}
+
+/// Waits until no job is queued, claimed or sending; returns (sent, failed).
+pub async fn wait_done(pool: &PgPool, limit: Duration) -> (i64, i64) {
+    let started = Instant::now();
+    loop {
+        let (open, sent, failed): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status IN ('queued', 'processing_batch', 'sending')),
+                    count(*) FILTER (WHERE status = 'sent'),
+                    count(*) FILTER (WHERE status = 'failed')
+             FROM publish_jobs",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if open == 0 {
+            return (sent, failed);
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{open} jobs still open after {limit:?} ({sent} sent, {failed} failed)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every OP_RETURN payload in the node's mempool, with the txid carrying it.
+pub async fn mempool_payloads(node: &RegtestNode) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for txid in node.mempool().await {
+        let tx: Transaction = deserialize(&node.raw_transaction(&txid).await).unwrap();
+        for o in &tx.output {
+            if o.script_pubkey.is_op_return() {
+                let data = o.script_pubkey.instructions().nth(1).unwrap().unwrap();
+                out.push((txid.clone(), data.push_bytes().unwrap().as_bytes().to_vec()));
+            }
+        }
+    }
+    out
+}
+
+/// A proxy in front of the node: forwards every JSON-RPC call and timestamps each
+/// `sendrawtransaction` as it arrives (the node's door). It can be made to refuse
+/// connections' requests (`down`) to play a node that is away.
+pub struct Proxy {
+    pub url: String,
+    pub arrivals: Arc<Mutex<Vec<Instant>>>,
+    pub down: Arc<AtomicBool>,
+}
+
+struct ProxyState {
+    target: String,
+    client: reqwest::Client,
+    arrivals: Arc<Mutex<Vec<Instant>>>,
+    down: Arc<AtomicBool>,
+}
+
+async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if state.down.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().body("node away");
+    }
+    if body.windows(18).any(|w| w == b"sendrawtransaction") {
+        state.arrivals.lock().unwrap().push(Instant::now());
+    }
+    let mut out = state.client.post(&state.target).body(body.to_vec());
+    if let Some(auth) = req.headers().get("authorization") {
+        out = out.header("authorization", auth.to_str().unwrap());
+    }
+    out = out.header("content-type", "application/json");
+    match out.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                .content_type("application/json")
+                .body(bytes)
+        }
+        Err(_) => HttpResponse::BadGateway().body("node unreachable"),
+    }
+}
+
+impl Proxy {
+    pub fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(AtomicBool::new(false));
+        let state = web::Data::new(ProxyState {
+            target: target.to_owned(),
+            client: reqwest::Client::new(),
+            arrivals: arrivals.clone(),
+            down: down.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .default_service(web::to(forward))
+        })
+        .workers(2)
+        .listen(listener)
+        .unwrap()
+        .run();
+        tokio::spawn(server);
+        Proxy {
+            url: format!("http://{addr}"),
+            arrivals,
+            down,
+        }
+    }
+}
+
+/// Largest number of instants in any window of length `per`.
+pub fn max_in_window(times: &[Instant], per: Duration) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let mut best = 0;
+    let mut j = 0;
+    for i in 0..sorted.len() {
+        while j < sorted.len() && sorted[j] < sorted[i] + per {
+            j += 1;
+        }
+        best = best.max(j - i);
+    }
+    best
+}
+
+/// Broadcasts per second over the whole windows of `per` after the first one.
+pub fn sustained_rate(arrivals: &[Instant], per: Duration) -> f64 {
+    let first = *arrivals.iter().min().unwrap();
+    let last = *arrivals.iter().max().unwrap();
+    let from = first + per;
+    let windows = ((last - from).as_secs_f64() / per.as_secs_f64())
+        .floor()
+        .max(1.0);
+    let to = from + per.mul_f64(windows);
+    let n = arrivals.iter().filter(|&&a| a >= from && a < to).count();
+    n as f64 / (windows * per.as_secs_f64())
+}
+
+/// The environment for `raregen serve` against `pool`'s database and a node at `url`.
+pub async fn serve_env(
+    pool: &PgPool,
+    node: &RegtestNode,
+    node_url: &str,
+    wif: &SecretString,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("DATABASE_URL".to_owned(), super::database_url(pool).await),
+        (
+            "RAREGEN_WALLET_KEY".to_owned(),
+            wif.expose_secret().to_owned(),
+        ),
+        ("RAREGEN__NODE__URL".to_owned(), node_url.to_owned()),
+        ("RAREGEN__NODE__USER".to_owned(), "raregen".to_owned()),
+        ("RAREGEN__NODE__PASSWORD".to_owned(), node.password.clone()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}

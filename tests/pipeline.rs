@@ -1,0 +1,177 @@
+//! The pipeline end to end: `raregen serve` against Postgres and a bcoin regtest node,
+//! with a proxy at the node's door counting broadcasts.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::e2e::{self, Daemon, Proxy};
+use common::regtest::RegtestNode;
+use sqlx::PgPool;
+
+/// 5,000 jobs in batch mode at 500 broadcasts per 3 s.
+#[sqlx::test]
+async fn five_thousand_jobs_batch_mode_under_the_rate_limit(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 500, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__RATE_LIMIT__MAX", "500"),
+            ("RAREGEN__RATE_LIMIT__PER", "3s"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
+    let ids = e2e::submit(&daemon.base, "job", 5_000).await;
+    assert_eq!(ids.len(), 5_000);
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(240)).await;
+    assert_eq!((sent, failed), (5_000, 0), "{}", daemon.log());
+    assert!(daemon.stop().success());
+
+    // Every job's transaction is on the node with its payload; no payload twice. (bcoin
+    // answers before it verifies: give its queue a moment.)
+    let started = Instant::now();
+    while node.mempool().await.len() < 5_000 + 1 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("mempool complete after {:?}", started.elapsed());
+    let on_node = e2e::mempool_payloads(&node).await;
+    let mut by_payload: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
+    for (txid, payload) in &on_node {
+        by_payload
+            .entry(payload.clone())
+            .or_default()
+            .push(txid.clone());
+    }
+    let jobs: Vec<(i64, Vec<u8>, String)> =
+        sqlx::query_as("SELECT id, payload, txid FROM publish_jobs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let missing: Vec<&i64> = jobs
+        .iter()
+        .filter(|(_, payload, txid)| by_payload.get(payload) != Some(&vec![txid.clone()]))
+        .map(|j| &j.0)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} jobs not on the node, e.g. {:?}; node log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        node.log()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(on_node.len(), 5_000, "nothing else carries a payload");
+
+    // At the node's door: never more than 500 in any 3 s window, and the rate after the
+    // first window within 1% of 166.7/s.
+    let arrivals = proxy.arrivals.lock().unwrap().clone();
+    let per = Duration::from_secs(3);
+    let most = e2e::max_in_window(&arrivals, per);
+    assert!(most <= 500, "{most} broadcasts in one 3 s window");
+    let first = *arrivals.iter().min().unwrap();
+    let last = *arrivals.iter().max().unwrap();
+    let rate = e2e::sustained_rate(&arrivals, per);
+    println!(
+        "broadcasts: {} in {:.1} s; most in a 3 s window: {most}; sustained after the first window: {rate:.1}/s",
+        arrivals.len(),
+        (last - first).as_secs_f64()
+    );
+    assert!(rate >= 0.99 * 500.0 / 3.0, "sustained {rate:.1}/s");
+    let batches: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM batches WHERE completed_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(batches >= 10, "batches of at most 500: {batches}");
+}
+
+/// Single mode: a lone job is claimed on NOTIFY and broadcast at once.
+#[sqlx::test]
+async fn single_mode_broadcasts_a_lone_job_at_once(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 50, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[("RAREGEN__COLLECTOR__INTERVAL", "30s")],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &["--mode", "single"]);
+    tokio::time::sleep(Duration::from_secs(1)).await; // idle pipeline
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let before = proxy.arrivals.lock().unwrap().len();
+        let submitted = Instant::now();
+        e2e::submit(&daemon.base, &format!("lone-{i}"), 1).await;
+        let started = Instant::now();
+        loop {
+            let arrivals = proxy.arrivals.lock().unwrap().clone();
+            if arrivals.len() > before {
+                latencies.push(arrivals[before] - submitted);
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "not broadcast: {}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("single mode, submission to broadcast: {latencies:?}");
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(30)).await;
+    assert_eq!((sent, failed), (5, 0));
+    assert!(daemon.stop().success());
+}
+
+/// One funded UTXO and nothing else: auto-split keeps the broadcasters fed.
+#[sqlx::test]
+async fn auto_split_feeds_the_pool_from_one_utxo(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 0, 0).await;
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &node.url,
+        &wif,
+        &[
+            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "200"),
+            ("RAREGEN__UTXO_POOL__SPLIT_OUTPUTS", "500"),
+            ("RAREGEN__UTXO_POOL__SPLIT_AMOUNT", "20000"),
+            ("RAREGEN__RATE_LIMIT__MAX", "2000"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "split-fed", 1_000).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180)).await;
+    assert_eq!((sent, failed), (1_000, 0), "{}", daemon.log());
+    assert!(daemon.stop().success());
+    let splits: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pool_transactions WHERE status = 'sent'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(splits >= 1, "the pool split its one UTXO");
+    let txids: HashSet<String> = e2e::mempool_payloads(&node)
+        .await
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(txids.len(), 1_000);
+}
