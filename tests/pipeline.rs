@@ -30,17 +30,14 @@ async fn five_thousand_jobs_batch_mode_under_the_rate_limit(pool: PgPool) {
     let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
     let ids = e2e::submit(&daemon.base, "job", 5_000).await;
     assert_eq!(ids.len(), 5_000);
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(240)).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(240), &daemon).await;
     assert_eq!((sent, failed), (5_000, 0), "{}", daemon.log());
     assert!(daemon.stop().success());
 
     // Every job's transaction is on the node with its payload; no payload twice. (bcoin
     // answers before it verifies: give its queue a moment.)
-    let started = Instant::now();
-    while node.mempool().await.len() < 5_000 + 1 && started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    println!("mempool complete after {:?}", started.elapsed());
+    let waited = e2e::wait_mempool(&node, 5_000 + 1, Duration::from_secs(60)).await;
+    println!("mempool complete {waited:?} after the last job was recorded sent");
     let on_node = e2e::mempool_payloads(&node).await;
     let mut by_payload: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
     for (txid, payload) in &on_node {
@@ -134,7 +131,7 @@ async fn single_mode_broadcasts_a_lone_job_at_once(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     println!("single mode, submission to broadcast: {latencies:?}");
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(30)).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(30), &daemon).await;
     assert_eq!((sent, failed), (5, 0));
     assert!(daemon.stop().success());
 }
@@ -159,7 +156,7 @@ async fn auto_split_feeds_the_pool_from_one_utxo(pool: PgPool) {
     .await;
     let mut daemon = Daemon::start(&env, &[]);
     e2e::submit(&daemon.base, "split-fed", 1_000).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180)).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(60), &daemon).await;
     assert_eq!((sent, failed), (1_000, 0), "{}", daemon.log());
     assert!(daemon.stop().success());
     let splits: i64 =
@@ -168,6 +165,7 @@ async fn auto_split_feeds_the_pool_from_one_utxo(pool: PgPool) {
             .await
             .unwrap();
     assert!(splits >= 1, "the pool split its one UTXO");
+    e2e::wait_mempool(&node, 1_000 + splits as usize, Duration::from_secs(60)).await;
     let txids: HashSet<String> = e2e::mempool_payloads(&node)
         .await
         .into_iter()

@@ -32,7 +32,11 @@ pub struct UtxoPool {
     signer: Arc<dyn Signer>,
     node: Arc<dyn Node>,
     tokens: Addr<TokenBucket>,
+    /// UTXOs for jobs.
     available: VecDeque<SpendableUtxo>,
+    /// UTXOs large enough to split: kept for splits, never handed to a job (a job
+    /// would only push its change one step deeper into the unconfirmed chain).
+    large: Vec<SpendableUtxo>,
     known: HashSet<i64>,
     reserved: HashMap<i64, (JobId, Instant)>,
     splitting: bool,
@@ -55,6 +59,7 @@ impl UtxoPool {
             node,
             tokens,
             available: VecDeque::new(),
+            large: Vec::new(),
             known: HashSet::new(),
             reserved: HashMap::new(),
             splitting: false,
@@ -62,14 +67,26 @@ impl UtxoPool {
         }
     }
 
+    /// Can this UTXO fund a split of at least two outputs (with room for the fee)?
+    fn splittable(&self, utxo: &SpendableUtxo) -> bool {
+        utxo.satoshis >= (self.config.split_amount + 100) * 2
+            && utxo.unconfirmed_depth + 1 < self.config.max_chain_depth
+    }
+
     fn add(&mut self, utxo: SpendableUtxo) {
+        // Too deep for now (the Janitor's confirmations bring it back), or too small to
+        // pay a fee.
         if utxo.unconfirmed_depth >= self.config.max_chain_depth
-            || utxo.satoshis <= self.signer.dust_limit()
+            || utxo.satoshis <= 2 * self.signer.dust_limit()
         {
-            return; // not spendable for now: the Janitor's confirmations bring it back
+            return;
         }
         if self.known.insert(utxo.id) {
-            self.available.push_back(utxo);
+            if self.splittable(&utxo) {
+                self.large.push(utxo);
+            } else {
+                self.available.push_back(utxo);
+            }
         }
     }
 
@@ -112,37 +129,37 @@ impl UtxoPool {
             self.forget(id); // the refill brings it back if the row is still available
         }
         if self.available.len() < self.config.min_available as usize {
-            if self.available.is_empty() || self.starved > 0 {
+            if self.starved > 0 && !self.splitting {
                 self.refill(ctx);
             }
             self.split(ctx);
         }
     }
 
-    /// Splits the largest available UTXO into `split_outputs` outputs.
+    /// Splits the largest UTXO kept for splits into `split_outputs` outputs.
     fn split(&mut self, ctx: &mut Context<Self>) {
         if self.splitting {
             return;
         }
         let cfg = &self.config;
+        // The largest of the large UTXOs, the shallowest among equals.
         let Some(pos) = self
-            .available
+            .large
             .iter()
             .enumerate()
-            .filter(|(_, u)| u.unconfirmed_depth + 1 < cfg.max_chain_depth)
-            .max_by_key(|(_, u)| u.satoshis)
+            .max_by_key(|(_, u)| (u.satoshis, std::cmp::Reverse(u.unconfirmed_depth)))
             .map(|(i, _)| i)
         else {
             return;
         };
-        let largest = self.available[pos].satoshis;
+        let largest = self.large[pos].satoshis;
         // Room for the fee: a generous 100 sats per output.
         let affordable =
             (largest / (cfg.split_amount + 100)).min(u64::from(cfg.split_outputs)) as u32;
         if affordable < 2 {
             return;
         }
-        let input = self.available.remove(pos).expect("position found above");
+        let input = self.large.swap_remove(pos);
         self.known.remove(&input.id);
         let signed = match self.signer.split(&input, affordable, cfg.split_amount) {
             Ok(s) => s,
@@ -362,6 +379,6 @@ impl Handler<PoolStats> for UtxoPool {
     type Result = MessageResult<PoolStats>;
 
     fn handle(&mut self, _: PoolStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.available.len(), self.reserved.len()))
+        MessageResult((self.available.len() + self.large.len(), self.reserved.len()))
     }
 }

@@ -173,7 +173,7 @@ pub async fn submit(base: &str, prefix: &str, n: usize) -> Vec<i64> {
 }
 
 /// Waits until no job is queued, claimed or sending; returns (sent, failed).
-pub async fn wait_done(pool: &PgPool, limit: Duration) -> (i64, i64) {
+pub async fn wait_done(pool: &PgPool, limit: Duration, daemon: &Daemon) -> (i64, i64) {
     let started = Instant::now();
     loop {
         let (open, sent, failed): (i64, i64, i64) = sqlx::query_as(
@@ -190,10 +190,27 @@ pub async fn wait_done(pool: &PgPool, limit: Duration) -> (i64, i64) {
         }
         assert!(
             started.elapsed() < limit,
-            "{open} jobs still open after {limit:?} ({sent} sent, {failed} failed)"
+            "{open} jobs still open after {limit:?} ({sent} sent, {failed} failed); log:\n{}",
+            daemon
+                .log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until the node's mempool holds at least `n` transactions (bcoin answers a
+/// broadcast before it verifies it); returns how long that took.
+pub async fn wait_mempool(node: &RegtestNode, n: usize, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while node.mempool().await.len() < n && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    started.elapsed()
 }
 
 /// Every OP_RETURN payload in the node's mempool, with the txid carrying it.
