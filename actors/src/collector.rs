@@ -92,6 +92,7 @@ impl Collector {
                 };
                 match store.claim_batch(max).await? {
                     Some(claimed) => {
+                        crate::fail_point!("after-claim");
                         let _ = batch.send(Enqueue(claimed)).await;
                         Ok(true)
                     }
