@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,34 +16,6 @@ fn raregen(database_url: &str) -> Command {
         .env("DATABASE_URL", database_url)
         .stdin(Stdio::null());
     cmd
-}
-
-/// Starts `raregen serve` on a free port; returns the child and the API's base URL,
-/// read from the JSON log line that announces it.
-fn start_serve(database_url: &str, extra: &[&str]) -> (Child, String) {
-    let mut child = raregen(database_url)
-        .args(["--log-format", "json", "serve"])
-        .args(extra)
-        .env("RAREGEN__API__LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("raregen starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "raregen serving" {
-                    let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("serve announces its address");
-    (child, format!("http://{addr}"))
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
@@ -85,32 +56,25 @@ async fn migrate_is_idempotent(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn serve_accepts_jobs_and_stops_cleanly_on_sigterm_and_sigint(pool: PgPool) {
     let url = common::database_url(&pool).await;
+    let env = vec![("DATABASE_URL".to_owned(), url)];
     for signal in ["-TERM", "-INT"] {
-        let (mut child, base) = start_serve(&url, &["--mode", "single"]);
+        let mut daemon = common::e2e::Daemon::start(&env, &["--mode", "single"]);
         let client = reqwest::Client::new();
         let resp = client
-            .post(format!("{base}/v1/jobs"))
+            .post(format!("{}/v1/jobs", daemon.base))
             .json(&json!({"payload": format!("via serve {signal}")}))
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 201);
-        assert_eq!(
-            client
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-
-        let killed = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
+        let ready = client
+            .get(format!("{}/readyz", daemon.base))
+            .send()
+            .await
             .unwrap();
-        assert!(killed.success());
-        let status = wait_exit(&mut child, Duration::from_secs(15));
+        assert_eq!(ready.status(), 200);
+        daemon.signal(signal);
+        let status = wait_exit(&mut daemon.child, Duration::from_secs(15));
         assert!(status.success(), "{signal}: exit status {status:?}");
     }
     assert_eq!(

@@ -47,6 +47,7 @@ pub struct Pipeline {
     pub janitor: Addr<Janitor>,
     pub broadcasters: Vec<Addr<Broadcaster>>,
     pub stats: Arc<Stats>,
+    _arbiters: Vec<Arbiter>,
     jobs: Arc<dyn JobStore>,
     janitor_store: Arc<dyn JanitorStore>,
 }
@@ -79,10 +80,15 @@ impl Pipeline {
             node,
             stats: stats.clone(),
         });
+        // Broadcasters sign (CPU) and parse answers: spread them over one thread per
+        // core; the other actors stay on the system's thread.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let broadcasters = (0..config.workers as usize)
             .map(|i| {
                 let deps = deps.clone();
-                actix::Supervisor::start(move |_| Broadcaster::new(i, deps))
+                let arbiter = arbiters[i % arbiters.len()].handle();
+                actix::Supervisor::start_in_arbiter(&arbiter, move |_| Broadcaster::new(i, deps))
             })
             .collect();
         let janitor = Janitor::new(
@@ -113,6 +119,7 @@ impl Pipeline {
             janitor,
             broadcasters,
             stats,
+            _arbiters: arbiters,
             jobs: stores.jobs,
             janitor_store: stores.janitor,
         }

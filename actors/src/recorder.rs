@@ -34,6 +34,9 @@ pub struct Recorder {
     store: Arc<dyn JobStore>,
     max_attempts: u32,
     groups: Groups,
+    /// A group is being written: the next one gathers until it is done (so groups grow
+    /// under load, and two statements never contend for the same batch counters).
+    busy: bool,
 }
 
 impl Recorder {
@@ -42,6 +45,7 @@ impl Recorder {
             store,
             max_attempts,
             groups: Groups::default(),
+            busy: false,
         }
     }
 
@@ -52,20 +56,32 @@ impl Recorder {
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if self.pending() >= GROUP {
-            self.flush();
+            self.flush(ctx);
         } else if !self.groups.scheduled {
             self.groups.scheduled = true;
-            ctx.run_later(GATHER, |act, _| act.flush());
+            ctx.run_later(GATHER, |act, ctx| act.flush(ctx));
         }
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.pending() == 0 {
+            return;
+        }
+        self.busy = true;
         let groups = std::mem::take(&mut self.groups);
+        let work = self.write(groups);
+        ctx.spawn(work.into_actor(self).map(|_, act, ctx| {
+            act.busy = false;
+            act.flush(ctx);
+        }));
+    }
+
+    /// Writes one group, kind after kind.
+    fn write(&self, groups: Groups) -> impl std::future::Future<Output = ()> + 'static {
         let store = self.store.clone();
         let max_attempts = self.max_attempts;
-        if !groups.sending.is_empty() {
-            let store = store.clone();
-            actix::spawn(async move {
+        async move {
+            if !groups.sending.is_empty() {
                 let (items, replies): (Vec<_>, Vec<_>) = groups.sending.into_iter().unzip();
                 match store.record_sending(&items).await {
                     Ok(done) => {
@@ -75,11 +91,8 @@ impl Recorder {
                     }
                     Err(e) => reply_all(replies, e),
                 }
-            });
-        }
-        if !groups.sent.is_empty() {
-            let store = store.clone();
-            actix::spawn(async move {
+            }
+            if !groups.sent.is_empty() {
                 let mut items = Vec::new();
                 let mut waiting = Vec::new();
                 for (sent, txid, reply) in groups.sent {
@@ -94,23 +107,21 @@ impl Recorder {
                             .map(|u| (u.txid.as_str(), u.clone()))
                             .collect();
                         for (id, txid, reply) in waiting {
-                            let _ = reply.send(if recorded.ids.contains(&id) {
+                            let answer = if recorded.ids.contains(&id) {
                                 Ok(change.remove(txid.as_str()))
                             } else {
                                 Err(StoreError::Fenced)
-                            });
+                            };
+                            let _ = reply.send(answer);
                         }
                     }
                     Err(e) => reply_all(waiting.into_iter().map(|w| w.2).collect(), e),
                 }
-            });
-        }
-        for (group, max_attempts) in [(groups.retry, max_attempts), (groups.fail, 0)] {
-            if group.is_empty() {
-                continue;
             }
-            let store = store.clone();
-            actix::spawn(async move {
+            for (group, max_attempts) in [(groups.retry, max_attempts), (groups.fail, 0)] {
+                if group.is_empty() {
+                    continue;
+                }
                 let mut items = Vec::new();
                 let mut waiting = Vec::new();
                 for (retry, utxo, reply) in group {
@@ -122,19 +133,18 @@ impl Recorder {
                         for (id, utxo, reply) in waiting {
                             let released = utxo
                                 .and_then(|u| recorded.utxos.iter().find(|r| r.id == u).cloned());
-                            let _ = reply.send(if recorded.ids.contains(&id) {
+                            let answer = if recorded.ids.contains(&id) {
                                 Ok(released)
                             } else {
                                 Err(StoreError::Fenced)
-                            });
+                            };
+                            let _ = reply.send(answer);
                         }
                     }
                     Err(e) => reply_all(waiting.into_iter().map(|w| w.2).collect(), e),
                 }
-            });
-        }
-        if !groups.dirty.is_empty() {
-            actix::spawn(async move {
+            }
+            if !groups.dirty.is_empty() {
                 let (items, replies): (Vec<_>, Vec<_>) = groups.dirty.into_iter().unzip();
                 match store.mark_dirty(&items).await {
                     Ok(done) => {
@@ -144,7 +154,7 @@ impl Recorder {
                     }
                     Err(e) => reply_all(replies, e),
                 }
-            });
+            }
         }
     }
 }
@@ -167,8 +177,8 @@ fn answer<T: 'static>(
 impl Actor for Recorder {
     type Context = Context<Self>;
 
-    fn stopping(&mut self, _: &mut Context<Self>) -> Running {
-        self.flush();
+    fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
+        self.flush(ctx);
         Running::Stop
     }
 }

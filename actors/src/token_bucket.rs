@@ -275,37 +275,47 @@ impl Handler<TokensLeft> for TokenBucket {
     }
 }
 
+/// Measuring a run: the largest number of `times` in any window [t, t + `per`).
+pub fn max_in_window<T: Copy + Ord + std::ops::Add<Duration, Output = T>>(
+    times: &[T],
+    per: Duration,
+) -> usize {
+    let mut times = times.to_vec();
+    times.sort();
+    let mut best = 0;
+    let mut j = 0;
+    for i in 0..times.len() {
+        while j < times.len() && times[j] < times[i] + per {
+            j += 1;
+        }
+        best = best.max(j - i);
+    }
+    best
+}
+
+/// Measuring a run: events per second over the whole windows of `per` after the first.
+pub fn sustained_rate<T>(times: &[T], per: Duration) -> f64
+where
+    T: Copy + Ord + std::ops::Add<Duration, Output = T> + std::ops::Sub<T, Output = Duration>,
+{
+    let (Some(&first), Some(&last)) = (times.iter().min(), times.iter().max()) else {
+        return 0.0;
+    };
+    let from = first + per;
+    if last <= from {
+        return 0.0;
+    }
+    let windows = ((last - from).as_secs_f64() / per.as_secs_f64())
+        .floor()
+        .max(1.0);
+    let to = from + per.mul_f64(windows);
+    let n = times.iter().filter(|&&t| t >= from && t < to).count();
+    n as f64 / (windows * per.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Largest number of instants in any window [t, t + per).
-    fn max_in_any_window(times: &[Instant], per: Duration) -> usize {
-        let mut times = times.to_vec();
-        times.sort();
-        let mut best = 0;
-        let mut j = 0;
-        for i in 0..times.len() {
-            while j < times.len() && times[j] < times[i] + per {
-                j += 1;
-            }
-            best = best.max(j - i);
-        }
-        best
-    }
-
-    /// Broadcasts per second over the whole windows after the first one.
-    pub fn sustained_rate(arrivals: &[Instant], per: Duration) -> f64 {
-        let first = *arrivals.iter().min().unwrap();
-        let last = *arrivals.iter().max().unwrap();
-        let from = first + per;
-        let windows = ((last - from).as_secs_f64() / per.as_secs_f64())
-            .floor()
-            .max(1.0);
-        let to = from + per.mul_f64(windows);
-        let n = arrivals.iter().filter(|&&a| a >= from && a < to).count();
-        n as f64 / (windows * per.as_secs_f64())
-    }
 
     /// A deterministic pseudo-random sequence.
     struct Rng(u64);
@@ -385,7 +395,7 @@ mod tests {
                 latency_ms,
                 0x9e37_79b9_7f4a_7c15 + max as u64,
             );
-            let most = max_in_any_window(&arrivals, per);
+            let most = max_in_window(&arrivals, per);
             assert!(
                 most <= max as usize,
                 "{most} > {max} per {per:?} (latency up to {latency_ms} ms)"

@@ -28,10 +28,22 @@ pub async fn funded_wallet(
     lanes: u32,
     amount: u64,
 ) -> SecretString {
+    let url = super::database_url(pool).await;
+    funded_wallet_at(node, pool, &url, lanes, amount).await
+}
+
+/// [`funded_wallet`] for a pool whose URL is given (a private cluster).
+pub async fn funded_wallet_at(
+    node: &RegtestNode,
+    pool: &PgPool,
+    url: &str,
+    lanes: u32,
+    amount: u64,
+) -> SecretString {
     let (key, wif) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let coinbases = node.mine_to(key.script_pubkey(), 450).await;
     let mut env: Vec<(String, String)> = node.env();
-    env.push(("DATABASE_URL".into(), super::database_url(pool).await));
+    env.push(("DATABASE_URL".into(), url.to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let settings = super::settings(&env);
     let wallet = Wallet {
@@ -298,33 +310,8 @@ impl Proxy {
     }
 }
 
-/// Largest number of instants in any window of length `per`.
-pub fn max_in_window(times: &[Instant], per: Duration) -> usize {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    let mut best = 0;
-    let mut j = 0;
-    for i in 0..sorted.len() {
-        while j < sorted.len() && sorted[j] < sorted[i] + per {
-            j += 1;
-        }
-        best = best.max(j - i);
-    }
-    best
-}
-
-/// Broadcasts per second over the whole windows of `per` after the first one.
-pub fn sustained_rate(arrivals: &[Instant], per: Duration) -> f64 {
-    let first = *arrivals.iter().min().unwrap();
-    let last = *arrivals.iter().max().unwrap();
-    let from = first + per;
-    let windows = ((last - from).as_secs_f64() / per.as_secs_f64())
-        .floor()
-        .max(1.0);
-    let to = from + per.mul_f64(windows);
-    let n = arrivals.iter().filter(|&&a| a >= from && a < to).count();
-    n as f64 / (windows * per.as_secs_f64())
-}
+#[allow(unused_imports)]
+pub use raregen_actors::token_bucket::{max_in_window, sustained_rate};
 
 /// The environment for `raregen serve` against `pool`'s database and a node at `url`.
 pub async fn serve_env(

@@ -1,0 +1,135 @@
+//! The pipeline's own ceiling: every job through claim → UTXO → build + sign →
+//! write-ahead → broadcast → record, against a local sink that answers every broadcast
+//! at once (JSON-RPC over HTTP on loopback), with the rate limit lifted.
+//!
+//! A benchmark tool, never a default: it makes and drops its own database
+//! (`raregen_bench_pipeline` on the server DATABASE_URL names, default
+//! postgres://postgres@127.0.0.1:5432/postgres) and uses fake pool outpoints, which
+//! only a sink accepts.
+//!
+//!     cargo run --release --example pipeline_ceiling -- [JOBS] [WORKERS]
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use raregen::config::{AddressType, Network, Settings};
+use raregen::store::{self, PgStore};
+use sqlx::{Connection, PgConnection};
+
+const DB: &str = "raregen_bench_pipeline";
+
+async fn sink(body: web::Json<serde_json::Value>) -> HttpResponse {
+    let result = match body["method"].as_str() {
+        Some("sendrawtransaction") => serde_json::json!("00".repeat(32)),
+        _ => serde_json::json!(null),
+    };
+    HttpResponse::Ok().json(serde_json::json!({"result": result, "error": null, "id": body["id"]}))
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let jobs: i64 = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(20_000);
+    let workers: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(64);
+    actix::System::new().block_on(run(jobs, workers))
+}
+
+async fn run(jobs: i64, workers: u32) -> anyhow::Result<()> {
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut admin = PgConnection::connect(&server).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {DB}"))
+        .execute(&mut admin)
+        .await?;
+    let url = format!(
+        "{}/{DB}",
+        server.rsplit_once('/').expect("a database in the URL").0
+    );
+
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let sink_url = format!("http://{}", listener.local_addr()?);
+    let sink_server = HttpServer::new(|| App::new().route("/", web::post().to(sink)))
+        .workers(1)
+        .listen(listener)?
+        .run();
+    actix::spawn(sink_server);
+
+    let settings = Settings::load_from(
+        None,
+        vec![
+            ("DATABASE_URL".to_owned(), url.clone()),
+            ("RAREGEN__NODE__URL".to_owned(), sink_url),
+            ("RAREGEN__RATE_LIMIT__MAX".to_owned(), "1000000".to_owned()),
+            ("RAREGEN__RATE_LIMIT__PER".to_owned(), "1s".to_owned()),
+            (
+                "RAREGEN__BROADCASTER__WORKERS".to_owned(),
+                workers.to_string(),
+            ),
+            (
+                "RAREGEN__COLLECTOR__MAX_BATCH".to_owned(),
+                "2000".to_owned(),
+            ),
+            (
+                "RAREGEN__DATABASE__MAX_CONNECTIONS".to_owned(),
+                "16".to_owned(),
+            ),
+        ],
+    )?;
+    let pool = store::connect(&settings.database).await?;
+    store::migrate(&pool).await?;
+    let (wallet, _) = raregen::chain::WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
+    // One fake pool UTXO per job: the sink accepts any transaction.
+    sqlx::query(
+        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey)
+         SELECT lpad(to_hex(g), 64, '0'), 0, 20000, $2 FROM generate_series(1, $1) AS g",
+    )
+    .bind(jobs)
+    .bind(wallet.script_pubkey().as_bytes())
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO publish_jobs (payload)
+         SELECT convert_to('ceiling-' || g, 'UTF8') FROM generate_series(1, $1) AS g",
+    )
+    .bind(jobs)
+    .execute(&pool)
+    .await?;
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+
+    let store = PgStore::new(pool.clone(), "bench").with_mode("batch");
+    let started = Instant::now();
+    let pipeline = raregen::serve::start_pipeline(&settings, store, wallet).await?;
+    loop {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM publish_jobs WHERE status = 'sent'")
+                .fetch_one(&pool)
+                .await?;
+        if sent >= jobs {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {sent} sent in 10 min"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    pipeline.shutdown(Duration::from_secs(5)).await;
+    println!(
+        "{jobs} jobs sent in {:.2} s: {:.0} jobs/s ({workers} broadcasters)",
+        took.as_secs_f64(),
+        jobs as f64 / took.as_secs_f64()
+    );
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
