@@ -122,7 +122,7 @@ pub async fn database_url(pool: &PgPool) -> String {
 pub async fn insert_utxos(pool: &PgPool, n: i64) -> Vec<i64> {
     sqlx::query_scalar(
         "INSERT INTO utxos (txid, vout, satoshis, script_pubkey)
-         SELECT lpad(to_hex(g), 64, 'f'), 0, 10000, '\\x0014'::bytea FROM generate_series(1, $1) AS g
+         SELECT lpad(to_hex(g), 64, '0'), 0, 10000, '\\x0014'::bytea FROM generate_series(1, $1) AS g
          RETURNING id",
     )
     .bind(n)

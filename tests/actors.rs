@@ -1,0 +1,364 @@
+//! Each actor's contract, message by message, with the actors started in-process
+//! against a real Postgres (a fresh database per test).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use raregen::store::PgStore;
+use raregen_actors::batch::{Batch, Depth, Drain, Enqueue, JobDone, NextJob};
+use raregen_actors::collector::{Claims, CollectMode, Collector, CollectorConfig, StopClaiming};
+use raregen_actors::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
+use raregen_actors::token_bucket::{max_in_window, Acquire, TokenBucket, TokensLeft};
+use raregen_actors::utxo_pool::{Forget, PoolConfig, PoolStats, Release, Reserve, UtxoPool};
+use raregen_actors::{Fence, JobStore, Retry, Sending, Sent};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// A fresh, migrated database on the server DATABASE_URL names; dropped afterwards.
+struct FreshDb {
+    pool: PgPool,
+    name: String,
+    server: String,
+}
+
+impl FreshDb {
+    async fn new() -> FreshDb {
+        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+        let name = format!("raregen_actors_{:016x}", rand::random::<u64>());
+        let mut admin = PgConnection::connect(&server).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        let pool = PgPool::connect(&url).await.unwrap();
+        raregen::store::migrate(&pool).await.unwrap();
+        FreshDb { pool, name, server }
+    }
+
+    async fn drop_db(self) {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&self.server).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+}
+
+/// Runs `test` inside an actix system (actors need one).
+fn in_system<F, Fut>(test: F)
+where
+    F: FnOnce(PgPool) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    actix::System::new().block_on(async move {
+        let db = FreshDb::new().await;
+        test(db.pool.clone()).await;
+        db.drop_db().await;
+    });
+}
+
+async fn insert_jobs(pool: &PgPool, n: i64) {
+    sqlx::query("INSERT INTO publish_jobs (payload) SELECT convert_to('a-' || g, 'UTF8') FROM generate_series(1, $1) g")
+        .bind(n)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn insert_utxos(pool: &PgPool, n: i64, sats: i64) -> Vec<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey)
+         SELECT lpad(to_hex(g), 64, '0'), 0, $2, '\\x0014'::bytea FROM generate_series(1, $1) g RETURNING id",
+    )
+    .bind(n)
+    .bind(sats)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[test]
+fn batch_hands_out_jobs_in_seq_order_and_drains() {
+    in_system(|pool| async move {
+        insert_jobs(&pool, 7).await;
+        let store = PgStore::new(pool, "actor-test");
+        let claimed = store.claim_batch(7).await.unwrap().unwrap();
+        let batch = Batch::default().start();
+        batch.send(Enqueue(claimed.clone())).await.unwrap();
+        let mut seqs = Vec::new();
+        for _ in 0..4 {
+            let (id, job) = batch.send(NextJob).await.unwrap().unwrap();
+            assert_eq!(id, claimed.id);
+            seqs.push(job.batch_seq);
+        }
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(batch.send(Depth).await.unwrap(), (3, 4, 1));
+        batch.send(JobDone(claimed.jobs[0].id)).await.unwrap();
+        assert_eq!(batch.send(Depth).await.unwrap().1, 3);
+        let rest = batch.send(Drain).await.unwrap();
+        assert_eq!(
+            rest.iter().map(|j| j.batch_seq).collect::<Vec<_>>(),
+            [5, 6, 7]
+        );
+        assert!(
+            batch.send(NextJob).await.unwrap().is_none(),
+            "a drained batch hands out nothing"
+        );
+    });
+}
+
+#[test]
+fn collector_claims_when_the_queue_runs_low_and_stays_bounded() {
+    in_system(|pool| async move {
+        insert_jobs(&pool, 2_000).await;
+        let store: Arc<dyn JobStore> = Arc::new(PgStore::new(pool.clone(), "actor-test"));
+        let batch = Batch::default().start();
+        let collector = Collector::new(
+            CollectorConfig {
+                mode: CollectMode::Batch,
+                max_batch: 300,
+                interval: Duration::from_secs(3600),
+                low_water: 50,
+            },
+            store,
+            None,
+            batch.clone(),
+        )
+        .start();
+        // Nobody takes jobs: the collector claims one batch (the queue was empty, under
+        // the low-water mark) and then waits, however long the interval.
+        actix::clock::sleep(Duration::from_millis(500)).await;
+        assert_eq!(batch.send(Depth).await.unwrap().0, 300);
+        assert_eq!(collector.send(Claims).await.unwrap(), 1);
+        // Taking jobs below the low-water mark brings the next claim at once.
+        for _ in 0..260 {
+            batch.send(NextJob).await.unwrap().unwrap();
+        }
+        actix::clock::sleep(Duration::from_millis(300)).await;
+        assert_eq!(collector.send(Claims).await.unwrap(), 2);
+        assert_eq!(batch.send(Depth).await.unwrap().0, 340);
+        collector.send(StopClaiming).await.unwrap();
+        for _ in 0..340 {
+            batch.send(NextJob).await.unwrap().unwrap();
+        }
+        actix::clock::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            collector.send(Claims).await.unwrap(),
+            2,
+            "no claim after StopClaiming"
+        );
+        let claimed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM publish_jobs WHERE status = 'processing_batch'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(claimed, 600);
+    });
+}
+
+#[test]
+fn recorder_writes_groups_and_fences() {
+    in_system(|pool| async move {
+        insert_jobs(&pool, 300).await;
+        let utxos = insert_utxos(&pool, 300, 10_000).await;
+        let store = PgStore::new(pool.clone(), "actor-test");
+        let claimed = store.claim_batch(300).await.unwrap().unwrap();
+        let recorder = Recorder::new(Arc::new(store), 5).start();
+        // 300 write-ahead records at once, answered one by one.
+        let answers = futures::future::join_all(claimed.jobs.iter().zip(&utxos).map(|(j, u)| {
+            recorder.send(RecordSending(Sending {
+                fence: Fence {
+                    id: j.id,
+                    attempts: j.attempts,
+                },
+                utxo_id: *u,
+                txid: format!("{:064x}", j.id),
+                raw_tx: vec![1, 2, 3],
+            }))
+        }))
+        .await;
+        assert!(answers.iter().all(|a| matches!(a, Ok(Ok(true)))));
+        // A stale fence is refused.
+        let j = &claimed.jobs[0];
+        let stale = recorder
+            .send(RecordSent(
+                Sent {
+                    fence: Fence {
+                        id: j.id,
+                        attempts: j.attempts + 1,
+                    },
+                    sent_at: chrono::Utc::now(),
+                    change: None,
+                },
+                format!("{:064x}", j.id),
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(stale, Err(raregen_actors::StoreError::Fenced)));
+        // Sent with change, retried with the UTXO released, dirty.
+        let sent = recorder
+            .send(RecordSent(
+                Sent {
+                    fence: Fence {
+                        id: j.id,
+                        attempts: j.attempts,
+                    },
+                    sent_at: chrono::Utc::now(),
+                    change: Some((1, 9_000)),
+                },
+                format!("{:064x}", j.id),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the change joins the pool");
+        assert_eq!(
+            (sent.vout, sent.satoshis, sent.unconfirmed_depth),
+            (1, 9_000, 1)
+        );
+        let k = &claimed.jobs[1];
+        let released = recorder
+            .send(RecordRetry(
+                Retry {
+                    fence: Fence {
+                        id: k.id,
+                        attempts: k.attempts,
+                    },
+                    error: "rejected".into(),
+                    not_before: chrono::Utc::now(),
+                },
+                Some(utxos[1]),
+                false,
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(released.map(|u| u.id), Some(utxos[1]));
+        let d = &claimed.jobs[2];
+        let dirty = recorder
+            .send(MarkDirty(Fence {
+                id: d.id,
+                attempts: d.attempts,
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(dirty);
+        let counts: (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'queued'),
+                    (SELECT count(*) FROM utxos WHERE dirty) FROM publish_jobs",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(counts, (1, 1, 1));
+    });
+}
+
+#[test]
+fn utxo_pool_gives_each_utxo_to_one_job_and_keeps_large_ones_for_splits() {
+    in_system(|pool| async move {
+        let small = insert_utxos(&pool, 20, 10_000).await;
+        // One large UTXO: kept for splits, never handed to a job (no split is due with
+        // min_available 0).
+        sqlx::query(
+            "INSERT INTO utxos (txid, vout, satoshis, script_pubkey, unconfirmed_depth)
+             VALUES (repeat('d', 64), 0, 5000000000, '\\x0014'::bytea, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let store = Arc::new(PgStore::new(pool.clone(), "actor-test"));
+        let (wallet, _) = raregen::chain::WalletKey::generate(
+            raregen::config::Network::Regtest,
+            raregen::config::AddressType::P2wpkh,
+        );
+        let signer = Arc::new(raregen::chain::TxBuilder::new(wallet, 2.0, 80));
+        let settings = raregen::config::Settings::load_from(
+            None,
+            vec![(
+                "RAREGEN__NODE__URL".to_owned(),
+                "http://127.0.0.1:1".to_owned(),
+            )],
+        )
+        .unwrap();
+        let node = raregen::chain::node::from_settings(&settings.node).unwrap();
+        let tokens = TokenBucket::new(100, Duration::from_secs(1)).start();
+        let pool_actor = UtxoPool::new(
+            PoolConfig {
+                min_available: 0,
+                split_outputs: 10,
+                split_amount: 20_000,
+                reservation_timeout: Duration::from_secs(60),
+                max_chain_depth: 25,
+            },
+            store,
+            signer,
+            node,
+            tokens,
+        )
+        .start();
+        actix::clock::sleep(Duration::from_millis(300)).await; // the first load
+        assert_eq!(pool_actor.send(PoolStats).await.unwrap(), (21, 0));
+        let mut got = Vec::new();
+        for job in 0..20 {
+            got.push(
+                pool_actor
+                    .send(Reserve { job })
+                    .await
+                    .unwrap()
+                    .expect("a UTXO"),
+            );
+        }
+        let mut ids: Vec<i64> = got.iter().map(|u| u.id).collect();
+        ids.sort();
+        assert_eq!(ids, small, "each small UTXO once, never the large one");
+        assert!(pool_actor
+            .send(Reserve { job: 99 })
+            .await
+            .unwrap()
+            .is_none());
+        pool_actor.send(Release(got[0].clone())).await.unwrap();
+        pool_actor.send(Forget(got[1].id)).await.unwrap();
+        assert_eq!(
+            pool_actor
+                .send(Reserve { job: 100 })
+                .await
+                .unwrap()
+                .map(|u| u.id),
+            Some(got[0].id)
+        );
+        assert_eq!(pool_actor.send(PoolStats).await.unwrap(), (1, 19));
+    });
+}
+
+#[test]
+fn token_bucket_never_grants_more_than_max_per_window() {
+    actix::System::new().block_on(async {
+        let per = Duration::from_millis(300);
+        let bucket = TokenBucket::new(5, per).start();
+        assert_eq!(bucket.send(TokensLeft).await.unwrap(), (5, 5));
+        let mut grants = Vec::new();
+        let mut waiting = Vec::new();
+        for _ in 0..20 {
+            waiting.push(bucket.send(Acquire));
+        }
+        for w in waiting {
+            let grant = w.await.unwrap();
+            grants.push(std::time::Instant::now());
+            drop(grant); // the broadcast "completes" at once
+        }
+        assert!(max_in_window(&grants, per) <= 5, "{grants:?}");
+        let span = *grants.last().unwrap() - grants[0];
+        assert!(
+            span >= per * 3,
+            "20 grants at 5 per {per:?} take at least three windows: {span:?}"
+        );
+    });
+}
