@@ -155,7 +155,7 @@ async fn round(
         }
         Err(e) => tracing::warn!(error = %e, "janitor: dirty UTXOs not read"),
     }
-    if let Err(e) = confirmations(store, deps).await {
+    if let Err(e) = confirmations(store, deps, config).await {
         tracing::warn!(error = %e, "janitor: confirmations not checked");
     }
 }
@@ -266,12 +266,28 @@ async fn settle_dirty(
 }
 
 /// Checks sent transactions: confirmed ones are recorded (their outputs' chains are
-/// then confirmed); ones the node no longer has are left for the stuck check.
-async fn confirmations(store: &dyn JanitorStore, deps: &Deps) -> Result<(), String> {
-    let txids = store.unconfirmed(500).await.map_err(|e| e.to_string())?;
+/// then confirmed); ones the node no longer has are sent again from their stored bytes.
+async fn confirmations(
+    store: &dyn JanitorStore,
+    deps: &Deps,
+    config: &JanitorConfig,
+) -> Result<(), String> {
+    let sent = store
+        .unconfirmed(500, config.stuck_after)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut confirmed = Vec::new();
-    for txid in txids {
+    for (txid, raw_tx, settled) in sent {
         match deps.node.tx_presence(&txid).await {
+            Ok(TxPresence::Unknown) if settled => {
+                // The node said yes and no longer has it (it restarted, or dropped it):
+                // the same bytes again, under the rate limit.
+                deps.stats.rebroadcasts.fetch_add(1, Ordering::Relaxed);
+                let grant = deps.tokens.send(crate::token_bucket::Acquire).await;
+                let outcome = deps.node.broadcast(&raw_tx).await;
+                drop(grant);
+                tracing::warn!(%txid, ?outcome, "janitor: re-sent a transaction the node no longer had");
+            }
             Ok(TxPresence::Confirmed {
                 block_height,
                 block_hash,

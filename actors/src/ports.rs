@@ -221,8 +221,13 @@ pub trait JanitorStore: Send + Sync + 'static {
     async fn utxo_clean(&self, id: i64) -> Result<Option<SpendableUtxo>, StoreError>;
     /// The outpoint was spent by somebody else: gone for good.
     async fn utxo_retire(&self, id: i64) -> Result<(), StoreError>;
-    /// Sent transactions (jobs and splits) with no confirmation yet, oldest first.
-    async fn unconfirmed(&self, limit: u32) -> Result<Vec<String>, StoreError>;
+    /// Sent transactions (jobs and splits) with no confirmation yet, oldest first:
+    /// (txid, raw bytes, sent longer ago than `settled`).
+    async fn unconfirmed(
+        &self,
+        limit: u32,
+        settled: Duration,
+    ) -> Result<Vec<(String, Vec<u8>, bool)>, StoreError>;
     /// Records confirmations: jobs' and splits' `confirmed_at`, outputs' depth 0.
     async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError>;
 }

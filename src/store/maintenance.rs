@@ -316,15 +316,22 @@ impl JanitorStore for PgStore {
         Ok(())
     }
 
-    async fn unconfirmed(&self, limit: u32) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "(SELECT txid FROM publish_jobs WHERE status = 'sent' AND confirmed_at IS NULL
+    async fn unconfirmed(
+        &self,
+        limit: u32,
+        settled: Duration,
+    ) -> Result<Vec<(String, Vec<u8>, bool)>, StoreError> {
+        sqlx::query_as(
+            "(SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2) AS settled
+              FROM publish_jobs WHERE status = 'sent' AND confirmed_at IS NULL AND raw_tx IS NOT NULL
               ORDER BY sent_at LIMIT $1)
              UNION ALL
-             (SELECT txid FROM pool_transactions WHERE status = 'sent' AND confirmed_at IS NULL
+             (SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2)
+              FROM pool_transactions WHERE status = 'sent' AND confirmed_at IS NULL
               ORDER BY id LIMIT $1)",
         )
         .bind(i64::from(limit))
+        .bind(settled.as_secs_f64())
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)
