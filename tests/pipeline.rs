@@ -173,3 +173,38 @@ async fn auto_split_feeds_the_pool_from_one_utxo(pool: PgPool) {
         .collect();
     assert_eq!(txids.len(), 1_000);
 }
+
+/// A measurement, not a check: the pipeline with the rate limit lifted against the
+/// regtest node. Run it alone:
+/// `scripts/test -E 'test(unthrottled_against_regtest)' --run-ignored only --no-capture`
+#[sqlx::test]
+#[ignore]
+async fn unthrottled_against_regtest(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 500, 20_000).await;
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &node.url,
+        &wif,
+        &[
+            ("RAREGEN__RATE_LIMIT__MAX", "1000000"),
+            ("RAREGEN__RATE_LIMIT__PER", "1s"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    let started = Instant::now();
+    e2e::submit(&daemon.base, "fast", 5_000).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(300), &daemon).await;
+    let took = started.elapsed();
+    assert_eq!((sent, failed), (5_000, 0));
+    let verified = e2e::wait_mempool(&node, 5_001, Duration::from_secs(120)).await;
+    println!(
+        "unthrottled: 5000 jobs sent in {:.1} s ({:.0} jobs/s); bcoin had verified them all {:.1} s later",
+        took.as_secs_f64(),
+        5_000.0 / took.as_secs_f64(),
+        verified.as_secs_f64()
+    );
+    assert!(daemon.stop().success());
+}
