@@ -276,18 +276,25 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
                     sent_at: Utc::now(),
                     change,
                 };
-                let recorded = until_stored("record sent", || {
-                    deps.recorder
-                        .send(RecordSent(sent.clone(), stored.txid.clone()))
-                })
-                .await;
-                if let Some(utxo_id) = stored.utxo_id {
-                    deps.pool.do_send(Spent {
-                        utxo_id,
-                        change: recorded.flatten(),
-                    });
-                }
-                deps.stats.sent.fetch_add(1, Ordering::Relaxed);
+                // The broadcaster moves on; the record goes out with the next group. A
+                // crash before it is written leaves the job `sending` with its stored
+                // bytes, and the Janitor sends them again (the node answers "known").
+                let (recorder, pool, stats) =
+                    (deps.recorder.clone(), deps.pool.clone(), deps.stats.clone());
+                let (txid, utxo_id) = (stored.txid.clone(), stored.utxo_id);
+                actix::spawn(async move {
+                    let recorded = until_stored("record sent", || {
+                        recorder.send(RecordSent(sent.clone(), txid.clone()))
+                    })
+                    .await;
+                    if let Some(utxo_id) = utxo_id {
+                        pool.do_send(Spent {
+                            utxo_id,
+                            change: recorded.flatten(),
+                        });
+                    }
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                });
                 return;
             }
             BroadcastOutcome::RateLimited { retry_after } => {

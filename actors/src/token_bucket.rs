@@ -31,6 +31,12 @@ pub struct WindowLimiter {
     open: u32,
     /// Completion times of the slots still counted (completed less than `per` ago).
     completed: VecDeque<Instant>,
+    /// Grants are at least this far apart (half the average interval), so that a full
+    /// window is spread over half a window instead of hitting the node all at once: a
+    /// node flooded with a whole window's worth answers late, and late answers hold
+    /// slots longer.
+    spacing: Duration,
+    last_grant: Option<Instant>,
     paused_until: Option<Instant>,
     backoff: Duration,
     /// When the budget last changed (shrunk or grew).
@@ -49,6 +55,8 @@ impl WindowLimiter {
             limit: max.max(1),
             open: 0,
             completed: VecDeque::with_capacity(max as usize),
+            spacing: per / max.max(1) / 2,
+            last_grant: None,
             paused_until: None,
             backoff: FIRST_BACKOFF,
             last_change: now,
@@ -68,8 +76,12 @@ impl WindowLimiter {
         if self.paused_until.is_some_and(|p| now < p) {
             return false;
         }
+        if self.last_grant.is_some_and(|l| now < l + self.spacing) {
+            return false;
+        }
         if self.open as usize + self.completed.len() < self.limit as usize {
             self.open += 1;
+            self.last_grant = Some(now);
             true
         } else {
             false
@@ -86,11 +98,27 @@ impl WindowLimiter {
 
     /// When a slot may next be free (for a timer), if none is free now.
     pub fn next_free(&self, now: Instant) -> Option<Instant> {
-        let mut at = self
+        let recent = self
             .completed
             .iter()
-            .map(|&c| c + self.per)
-            .find(|&free| free > now);
+            .filter(|&&c| c + self.per > now)
+            .count();
+        let slots_full = self.open as usize + recent >= self.limit as usize;
+        let mut at = if slots_full {
+            self.completed
+                .iter()
+                .map(|&c| c + self.per)
+                .find(|&free| free > now)
+        } else {
+            None
+        };
+        if let Some(spaced) = self
+            .last_grant
+            .map(|l| l + self.spacing)
+            .filter(|&t| t > now)
+        {
+            at = Some(at.map_or(spaced, |a| a.max(spaced)));
+        }
         if let Some(p) = self.paused_until.filter(|&p| p > now) {
             at = Some(at.map_or(p, |a| a.max(p)));
         }
@@ -415,31 +443,30 @@ mod tests {
 
     #[test]
     fn a_bucket_that_would_burst_twice_cannot() {
-        // Idle, then 1,000 requests around a window edge: a refilling bucket would let
-        // 500 + 500 through within moments; here the second 500 wait for the window.
+        // 1,000 requests waiting: a refilling bucket would let 500 through, then 500
+        // more right after the window's edge. Here 500 go (spread over half a window),
+        // and the next wait until `per` after those completed.
         let start = Instant::now();
         let per = Duration::from_secs(3);
         let mut l = WindowLimiter::new(500, per, start);
-        let t0 = start + Duration::from_millis(2_990);
-        let granted = (0..1_000).filter(|_| l.try_grant(t0)).count();
-        assert_eq!(granted, 500);
-        for _ in 0..500 {
-            l.complete(t0 + Duration::from_millis(1));
+        let mut now = start;
+        let mut grants = Vec::new();
+        while grants.len() < 500 {
+            if l.try_grant(now) {
+                grants.push(now);
+            } else {
+                now = l.next_free(now).expect("a grant is coming");
+            }
         }
-        // A refilling bucket would grant again 20 ms later, at the window's edge.
-        assert!(
-            !l.try_grant(t0 + Duration::from_millis(20)),
-            "the window is still full"
-        );
-        assert!(
-            !l.try_grant(t0 + Duration::from_millis(2_990)),
-            "the window is still full"
-        );
-        assert_eq!(
-            l.next_free(t0 + Duration::from_millis(20)),
-            Some(t0 + Duration::from_millis(1) + per)
-        );
-        assert!(l.try_grant(t0 + Duration::from_millis(1) + per));
+        assert!(grants[499] - grants[0] <= per / 2 + Duration::from_millis(10));
+        let done = grants[499] + Duration::from_millis(1);
+        for _ in 0..500 {
+            l.complete(done);
+        }
+        let edge = grants[0] + per + Duration::from_millis(10);
+        assert!(!l.try_grant(edge), "the window is still full");
+        assert_eq!(l.next_free(edge), Some(done + per));
+        assert!(l.try_grant(done + per));
     }
 
     #[test]
@@ -488,12 +515,19 @@ mod tests {
     fn tokens_left_counts_open_and_recent_slots() {
         let start = Instant::now();
         let mut l = WindowLimiter::new(10, Duration::from_secs(1), start);
-        for _ in 0..4 {
-            assert!(l.try_grant(start));
+        // Grants are spaced by half the average interval: 50 ms here.
+        let step = Duration::from_millis(50);
+        for i in 0..4 {
+            assert!(l.try_grant(start + step * i));
         }
-        assert_eq!(l.tokens_left(start), 6);
-        l.complete(start);
-        assert_eq!(l.tokens_left(start + Duration::from_millis(500)), 6);
-        assert_eq!(l.tokens_left(start + Duration::from_secs(2)), 7);
+        assert!(
+            !l.try_grant(start + step * 3 + Duration::from_millis(10)),
+            "spacing"
+        );
+        let t = start + step * 4;
+        assert_eq!(l.tokens_left(t), 6);
+        l.complete(t);
+        assert_eq!(l.tokens_left(t + Duration::from_millis(500)), 6);
+        assert_eq!(l.tokens_left(t + Duration::from_secs(2)), 7);
     }
 }

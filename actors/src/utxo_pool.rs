@@ -67,9 +67,11 @@ impl UtxoPool {
         }
     }
 
-    /// Can this UTXO fund a split of at least two outputs (with room for the fee)?
+    /// Is this UTXO large enough to keep for splits — able to fund at least half a full
+    /// split (with room for the fee) — and shallow enough to split?
     fn splittable(&self, utxo: &SpendableUtxo) -> bool {
-        utxo.satoshis >= (self.config.split_amount + 100) * 2
+        let half_split = u64::from((self.config.split_outputs / 2).max(2));
+        utxo.satoshis >= (self.config.split_amount + 100) * half_split
             && utxo.unconfirmed_depth + 1 < self.config.max_chain_depth
     }
 
