@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use crate::chain::{node, TxBuilder, WalletKey};
 use crate::config::Settings;
-use crate::store::utxos::{self, NewUtxo, PoolTx};
+use crate::store::utxos::{self, NewUtxo};
 use crate::store::{self, PoolSummary};
 
 /// Confirmations a coinbase output needs before it may be spent.
@@ -155,7 +155,7 @@ impl Wallet {
         )
         .await?;
         tx.commit().await?;
-        let split = PoolTx {
+        let split = raregen_actors::StoredSplit {
             id,
             txid: signed.txid.clone(),
             raw_tx: signed.raw_tx,
@@ -173,7 +173,7 @@ impl Wallet {
     }
 
     /// Broadcasts a stored split and records what became of it.
-    async fn publish_split(&self, split: &PoolTx) -> anyhow::Result<()> {
+    async fn publish_split(&self, split: &raregen_actors::StoredSplit) -> anyhow::Result<()> {
         match self.node.broadcast(&split.raw_tx).await {
             BroadcastOutcome::Accepted => {}
             BroadcastOutcome::Rejected {

@@ -12,7 +12,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 
-use super::utxos::{self, PoolTx};
+use super::utxos;
 use super::{store_error, PgStore};
 
 fn utxo_from(r: &sqlx::postgres::PgRow) -> SpendableUtxo {
@@ -22,15 +22,6 @@ fn utxo_from(r: &sqlx::postgres::PgRow) -> SpendableUtxo {
         vout: r.get::<i32, _>("vout") as u32,
         satoshis: r.get::<i64, _>("satoshis") as u64,
         unconfirmed_depth: r.get::<i32, _>("unconfirmed_depth") as u32,
-    }
-}
-
-fn to_pool_tx(s: &StoredSplit) -> PoolTx {
-    PoolTx {
-        id: s.id,
-        txid: s.txid.clone(),
-        raw_tx: s.raw_tx.clone(),
-        input_utxo_id: s.input_utxo_id,
     }
 }
 
@@ -89,7 +80,7 @@ impl PoolStore for PgStore {
     }
 
     async fn split_accepted(&self, split: &StoredSplit) -> Result<Vec<SpendableUtxo>, StoreError> {
-        utxos::split_accepted(&self.pool, &to_pool_tx(split)).await?;
+        utxos::split_accepted(&self.pool, split).await?;
         let rows = sqlx::query(
             "SELECT id, txid, vout, satoshis, unconfirmed_depth FROM utxos
              WHERE txid = $1 AND state = 'available' AND NOT dirty",
@@ -107,24 +98,15 @@ impl PoolStore for PgStore {
         reason: &str,
         input_problem: bool,
     ) -> Result<(), StoreError> {
-        utxos::split_rejected(&self.pool, &to_pool_tx(split), reason, input_problem).await
+        utxos::split_rejected(&self.pool, split, reason, input_problem).await
     }
 
     async fn split_unknown(&self, split: &StoredSplit, reason: &str) -> Result<(), StoreError> {
-        utxos::split_unknown(&self.pool, &to_pool_tx(split), reason).await
+        utxos::split_unknown(&self.pool, split, reason).await
     }
 
     async fn unfinished_splits(&self) -> Result<Vec<StoredSplit>, StoreError> {
-        Ok(utxos::unfinished_splits(&self.pool)
-            .await?
-            .into_iter()
-            .map(|p| StoredSplit {
-                id: p.id,
-                txid: p.txid,
-                raw_tx: p.raw_tx,
-                input_utxo_id: p.input_utxo_id,
-            })
-            .collect())
+        utxos::unfinished_splits(&self.pool).await
     }
 }
 

@@ -1,6 +1,6 @@
 //! `utxos` and `pool_transactions`: the pool's coins and its own (split) transactions.
 
-use raregen_actors::SpendableUtxo;
+use raregen_actors::{SpendableUtxo, StoredSplit};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{store_error, StoreError};
@@ -14,15 +14,6 @@ pub struct NewUtxo {
     pub script_pubkey: Vec<u8>,
     pub unconfirmed_depth: u32,
     pub coinbase: bool,
-}
-
-/// A stored split transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolTx {
-    pub id: i64,
-    pub txid: String,
-    pub raw_tx: Vec<u8>,
-    pub input_utxo_id: i64,
 }
 
 /// Adds coins to the pool as available. Returns, in order, whether each was new (an
@@ -148,7 +139,7 @@ pub async fn store_split(
 }
 
 /// The node has the split: its outputs join the pool, its input is spent.
-pub async fn split_accepted(pool: &PgPool, split: &PoolTx) -> Result<(), StoreError> {
+pub async fn split_accepted(pool: &PgPool, split: &StoredSplit) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(store_error)?;
     sqlx::query("UPDATE pool_transactions SET status = 'sent', sent_at = now(), last_error = NULL WHERE id = $1")
         .bind(split.id)
@@ -176,7 +167,7 @@ pub async fn split_accepted(pool: &PgPool, split: &PoolTx) -> Result<(), StoreEr
 /// to the pool, or is marked dirty when the refusal was about the input.
 pub async fn split_rejected(
     pool: &PgPool,
-    split: &PoolTx,
+    split: &StoredSplit,
     reason: &str,
     input_problem: bool,
 ) -> Result<(), StoreError> {
@@ -207,7 +198,11 @@ pub async fn split_rejected(
 
 /// The outcome is not known: the input is dirty until the node has been asked; the
 /// split stays `sending`, to be re-broadcast from its stored bytes.
-pub async fn split_unknown(pool: &PgPool, split: &PoolTx, reason: &str) -> Result<(), StoreError> {
+pub async fn split_unknown(
+    pool: &PgPool,
+    split: &StoredSplit,
+    reason: &str,
+) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(store_error)?;
     sqlx::query("UPDATE pool_transactions SET last_error = $2 WHERE id = $1")
         .bind(split.id)
@@ -224,7 +219,7 @@ pub async fn split_unknown(pool: &PgPool, split: &PoolTx, reason: &str) -> Resul
 }
 
 /// Splits stored but not yet known to be accepted or refused.
-pub async fn unfinished_splits(pool: &PgPool) -> Result<Vec<PoolTx>, StoreError> {
+pub async fn unfinished_splits(pool: &PgPool) -> Result<Vec<StoredSplit>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, txid, raw_tx, input_utxo_id FROM pool_transactions
          WHERE status = 'sending' ORDER BY id",
@@ -234,7 +229,7 @@ pub async fn unfinished_splits(pool: &PgPool) -> Result<Vec<PoolTx>, StoreError>
     .map_err(store_error)?;
     Ok(rows
         .into_iter()
-        .map(|r| PoolTx {
+        .map(|r| StoredSplit {
             id: r.get("id"),
             txid: r.get("txid"),
             raw_tx: r.get("raw_tx"),
