@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{LogFormat, Mode, Settings};
-use crate::{serve, status, store, telemetry, wallet};
+use crate::{load_test, serve, status, store, telemetry, unstick, wallet};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,11 +38,45 @@ pub enum Command {
     /// The pool's wallet: address, import, split, balance.
     #[command(subcommand)]
     Wallet(WalletCommand),
-    /// Queue depth by status, the last batches, the UTXO pool.
+    /// Queue depth by status, the last batches, the UTXO pool, the oldest stuck job.
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+    },
+    /// Submit N jobs through the HTTP API, follow them until sent or failed, and report
+    /// throughput and latency. Exits non-zero if any job failed or the timeout passed.
+    LoadTest {
+        /// Jobs to submit.
+        #[arg(long, value_name = "N")]
+        count: u64,
+        /// The API's base URL (default: http:// + api.listen).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Jobs per bulk request (at most 10000).
+        #[arg(long, default_value_t = 1000, value_name = "N")]
+        bulk_size: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        concurrency: usize,
+        /// Give up waiting after this long (humantime: 90s, 10m).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Pad each payload to at least this many bytes.
+        #[arg(long, default_value_t = 0, value_name = "BYTES")]
+        payload_bytes: usize,
+        /// Print the summary as JSON (and no progress).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-broadcast the stored transactions of jobs stuck in `sending` (never re-signs).
+    Unstick {
+        /// Only jobs sending for longer than this (humantime).
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// At most this many jobs.
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
     },
 }
 
@@ -64,6 +98,16 @@ pub enum WalletCommand {
         outputs: u32,
         #[arg(long, value_name = "SATS")]
         amount: u64,
+    },
+    /// Regtest only: mine blocks to the pool's address and import the matured coinbases.
+    Mine {
+        /// Blocks to mine (a coinbase matures after 100 more; bcoin's regtest activates
+        /// segwit, which P2WPKH needs, at about 432).
+        #[arg(long, default_value_t = 450)]
+        blocks: u32,
+        /// Import at most this many matured coinbases.
+        #[arg(long, default_value_t = 10)]
+        import_max: usize,
     },
     /// Pool summary: available, reserved, dirty counts and sats.
     Balance {
@@ -124,6 +168,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 serve::run(settings).await
             }
             Command::Status { json } => status::run(&settings, json).await,
+            Command::LoadTest {
+                count,
+                url,
+                bulk_size,
+                concurrency,
+                timeout,
+                payload_bytes,
+                json,
+            } => {
+                load_test::main(
+                    &settings,
+                    load_test::LoadTest {
+                        count,
+                        url,
+                        bulk_size,
+                        concurrency,
+                        timeout,
+                        payload_bytes,
+                        json,
+                    },
+                )
+                .await
+            }
+            Command::Unstick { older_than, limit } => {
+                unstick::main(settings, older_than, limit).await
+            }
             Command::Wallet(command) => run_wallet(settings, command).await,
         }
     })
@@ -147,6 +217,14 @@ async fn run_wallet(settings: Settings, command: WalletCommand) -> anyhow::Resul
             let w = wallet::Wallet::open(settings).await?;
             let (imported, known, sats) = w.import(&outpoints).await?;
             println!("imported {imported} UTXO(s), {sats} sats; {known} already in the pool");
+        }
+        WalletCommand::Mine { blocks, import_max } => {
+            let w = wallet::Wallet::open(settings).await?;
+            let done = w.mine(blocks, import_max).await?;
+            println!(
+                "mined {} block(s), height {}; imported {} matured coinbase(s), {} sats",
+                done.blocks, done.height, done.imported, done.sats
+            );
         }
         WalletCommand::Split { outputs, amount } => {
             let w = wallet::Wallet::open(settings).await?;

@@ -79,6 +79,7 @@ pub struct Settings {
     pub broadcaster: BroadcasterSettings,
     pub utxo_pool: UtxoPoolSettings,
     pub janitor: JanitorSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
 
@@ -219,6 +220,14 @@ pub struct JanitorSettings {
     pub interval: Duration,
     #[serde(with = "humantime_serde")]
     pub stuck_after: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// How often the gauges read from the database (queue depth, pool) are refreshed.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -392,6 +401,11 @@ impl Settings {
         check(
             !self.janitor.stuck_after.is_zero(),
             "janitor.stuck_after",
+            "must be longer than 0s",
+        )?;
+        check(
+            !self.metrics.refresh.is_zero(),
+            "metrics.refresh",
             "must be longer than 0s",
         )?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {

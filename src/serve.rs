@@ -14,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::api::ApiServer;
 use crate::chain::{node, TxBuilder, WalletError, WalletKey};
 use crate::config::{Mode, Settings};
+use crate::monitor::Sampler;
 use crate::store::{self, PgNotifier, PgStore};
 use crate::worker;
 
@@ -89,7 +90,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let pipeline = match WalletKey::from_settings(&settings) {
         Ok(wallet) => {
             tracing::info!(address = %wallet.address(), "wallet loaded");
-            Some(start_pipeline(&settings, store.clone(), wallet).await?)
+            Some(Arc::new(
+                start_pipeline(&settings, store.clone(), wallet).await?,
+            ))
         }
         Err(WalletError::Missing) => {
             tracing::warn!(
@@ -100,6 +103,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
 
+    let sampler = Sampler::start(&settings, pool.clone(), pipeline.clone());
     let server = ApiServer::build(&settings, store)?;
     tracing::info!(
         addr = %server.addr(),
@@ -128,6 +132,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Stop taking requests, let the ones in flight finish.
     handle.stop(true).await;
     server_task.await??;
+    drop(sampler);
     pool.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -343,7 +343,7 @@ fn token_bucket_never_grants_more_than_max_per_window() {
     actix::System::new().block_on(async {
         let per = Duration::from_millis(300);
         let bucket = TokenBucket::new(5, per).start();
-        assert_eq!(bucket.send(TokensLeft).await.unwrap(), (5, 5));
+        assert_eq!(bucket.send(TokensLeft).await.unwrap(), (5, 5, 0));
         let mut grants = Vec::new();
         let mut waiting = Vec::new();
         for _ in 0..20 {

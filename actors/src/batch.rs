@@ -5,7 +5,7 @@
 //! counts (sent, failed, retried) and completion time are written by the same
 //! statements that record the jobs' outcomes.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use actix::prelude::*;
 
@@ -15,6 +15,10 @@ use crate::ports::{BatchId, ClaimedBatch, ClaimedJob, JobId};
 pub struct Batch {
     queue: VecDeque<(BatchId, ClaimedJob)>,
     in_flight: usize,
+    /// Jobs not yet done per batch (waiting or in flight), and the batch of each job
+    /// in flight: a batch is in flight while it has any.
+    open: HashMap<BatchId, usize>,
+    job_batch: HashMap<JobId, BatchId>,
     batches: u64,
     draining: bool,
 }
@@ -59,6 +63,9 @@ impl Handler<Enqueue> for Batch {
         self.batches += 1;
         let id = msg.0.id;
         tracing::info!(batch = id, jobs = msg.0.jobs.len(), "batch claimed");
+        if !msg.0.jobs.is_empty() {
+            *self.open.entry(id).or_default() += msg.0.jobs.len();
+        }
         self.queue.extend(msg.0.jobs.into_iter().map(|j| (id, j)));
     }
 }
@@ -71,8 +78,9 @@ impl Handler<NextJob> for Batch {
             return None;
         }
         let next = self.queue.pop_front();
-        if next.is_some() {
+        if let Some((batch, job)) = &next {
             self.in_flight += 1;
+            self.job_batch.insert(job.id, *batch);
         }
         next
     }
@@ -81,8 +89,35 @@ impl Handler<NextJob> for Batch {
 impl Handler<JobDone> for Batch {
     type Result = ();
 
-    fn handle(&mut self, _: JobDone, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: JobDone, _: &mut Context<Self>) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(batch) = self.job_batch.remove(&msg.0) {
+            self.done_in(batch, 1);
+        }
+    }
+}
+
+impl Batch {
+    fn done_in(&mut self, batch: BatchId, n: usize) {
+        if let Some(left) = self.open.get_mut(&batch) {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.open.remove(&batch);
+            }
+        }
+    }
+}
+
+/// Batches with jobs waiting or in flight.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct BatchesInFlight;
+
+impl Handler<BatchesInFlight> for Batch {
+    type Result = usize;
+
+    fn handle(&mut self, _: BatchesInFlight, _: &mut Context<Self>) -> usize {
+        self.open.len()
     }
 }
 
@@ -99,6 +134,10 @@ impl Handler<Drain> for Batch {
 
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         self.draining = true;
-        MessageResult(self.queue.drain(..).map(|(_, j)| j).collect())
+        let drained: Vec<(BatchId, ClaimedJob)> = self.queue.drain(..).collect();
+        for (batch, _) in &drained {
+            self.done_in(*batch, 1);
+        }
+        MessageResult(drained.into_iter().map(|(_, j)| j).collect())
     }
 }

@@ -10,7 +10,6 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,7 +88,7 @@ impl Actor for Broadcaster {
 impl actix::Supervised for Broadcaster {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.restarts.push_back(Instant::now());
-        self.deps.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        self.deps.stats.observe_restart("broadcaster");
         tracing::warn!(broadcaster = self.id, held = ?self.current.borrow().as_ref().map(|j| j.1.id), "restarting broadcaster");
     }
 }
@@ -203,7 +202,7 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
             Ok(Some(u)) => u,
             _ => {
                 // The pool is empty for now: a split or the Janitor will refill it.
-                deps.stats.utxo_waits.fetch_add(1, Ordering::Relaxed);
+                deps.stats.observe_utxo_wait();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -226,7 +225,7 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
                     deps.recorder.send(RecordRetry(retry.clone(), None, true))
                 })
                 .await;
-                deps.stats.failed.fetch_add(1, Ordering::Relaxed);
+                deps.stats.observe_unbuildable();
                 return None;
             }
         };
@@ -293,7 +292,7 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
                             change: recorded.flatten(),
                         });
                     }
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    stats.observe_sent();
                 });
                 return;
             }
@@ -322,7 +321,7 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
                         }
                     }
                 }
-                deps.stats.retried.fetch_add(1, Ordering::Relaxed);
+                deps.stats.observe_retry();
                 return;
             }
             BroadcastOutcome::Rejected { .. } | BroadcastOutcome::Unknown { .. } => {

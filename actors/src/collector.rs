@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::batch::{Batch, Depth, Enqueue};
 use crate::ports::{JobStore, JobsNotifier};
+use crate::stats::names;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CollectMode {
@@ -90,8 +91,12 @@ impl Collector {
                     CollectMode::Batch => cfg.max_batch,
                     CollectMode::Single => 1,
                 };
-                match store.claim_batch(max).await? {
+                let started = std::time::Instant::now();
+                let claimed = store.claim_batch(max).await?;
+                metrics::histogram!(names::CLAIM_DURATION).record(started.elapsed().as_secs_f64());
+                match claimed {
                     Some(claimed) => {
+                        metrics::histogram!(names::BATCH_SIZE).record(claimed.jobs.len() as f64);
                         crate::fail_point!("after-claim");
                         let _ = batch.send(Enqueue(claimed)).await;
                         Ok(true)

@@ -4,7 +4,6 @@
 //! are settled by asking the node; sent transactions are checked for presence and
 //! confirmations. Every state has a timeout owned here.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,7 +133,7 @@ async fn round(
                 );
             }
             for job in stuck {
-                deps.stats.rebroadcasts.fetch_add(1, Ordering::Relaxed);
+                deps.stats.observe_rebroadcast();
                 let stored = crate::ports::StoredTx {
                     txid: job.txid,
                     raw_tx: job.raw_tx,
@@ -282,7 +281,7 @@ async fn confirmations(
             Ok(TxPresence::Unknown) if settled => {
                 // The node said yes and no longer has it (it restarted, or dropped it):
                 // the same bytes again, under the rate limit.
-                deps.stats.rebroadcasts.fetch_add(1, Ordering::Relaxed);
+                deps.stats.observe_rebroadcast();
                 let grant = deps.tokens.send(crate::token_bucket::Acquire).await;
                 let outcome = deps.node.broadcast(&raw_tx).await;
                 drop(grant);

@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::batch::{Batch, Depth, Drain};
+use crate::batch::{Batch, BatchesInFlight, Depth, Drain};
 use crate::broadcaster::{Broadcaster, Deps};
 use crate::chain::{Node, Signer};
 use crate::collector::{CollectMode, Collector, CollectorConfig, StopClaiming};
 use crate::janitor::{Janitor, JanitorConfig};
 use crate::ports::{Fence, JanitorStore, JobStore, JobsNotifier, PoolStore};
-use crate::recorder::Recorder;
+use crate::recorder::{Pending, Recorder};
 use crate::stats::Stats;
-use crate::token_bucket::TokenBucket;
+use crate::token_bucket::{TokenBucket, TokensLeft};
 use crate::utxo_pool::{PoolConfig, UtxoPool};
 
 #[derive(Debug, Clone)]
@@ -51,7 +51,41 @@ pub struct Pipeline {
     janitor_store: Arc<dyn JanitorStore>,
 }
 
+/// What the actors hold right now (for the metrics sampler).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Broadcasts the rate limiter would grant now, and its current budget per window.
+    pub tokens_left: u32,
+    pub budget: u32,
+    /// Work waiting in each actor: broadcasters waiting for a token, claimed jobs
+    /// waiting for a broadcaster, records waiting for their group, UTXOs in the pool's
+    /// index.
+    pub token_waiters: usize,
+    pub batch_waiting: usize,
+    pub recorder_pending: usize,
+    pub jobs_in_flight: usize,
+    pub batches_in_flight: usize,
+}
+
 impl Pipeline {
+    /// Asks each actor what it holds (through its mailbox, so a stuck actor shows as a
+    /// sampler that does not answer).
+    pub async fn gauges(&self) -> Option<Gauges> {
+        let (tokens_left, budget, token_waiters) = self.tokens.send(TokensLeft).await.ok()?;
+        let (batch_waiting, jobs_in_flight, _) = self.batch.send(Depth).await.ok()?;
+        let batches_in_flight = self.batch.send(BatchesInFlight).await.ok()?;
+        let recorder_pending = self.recorder.send(Pending).await.ok()?;
+        Some(Gauges {
+            tokens_left,
+            budget,
+            token_waiters,
+            batch_waiting,
+            recorder_pending,
+            jobs_in_flight,
+            batches_in_flight,
+        })
+    }
+
     pub fn start(
         config: PipelineConfig,
         stores: Stores,

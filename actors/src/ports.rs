@@ -73,6 +73,10 @@ pub struct Sent {
 pub struct Recorded {
     pub ids: Vec<JobId>,
     pub utxos: Vec<SpendableUtxo>,
+    /// Recording `sent`: each job's time from submission to `sent_at`.
+    pub latencies: Vec<std::time::Duration>,
+    /// Recording retries: how many jobs ran out of attempts and are now `failed`.
+    pub failed: usize,
 }
 
 /// A job whose stored transaction must be broadcast again (stuck in `sending`, or

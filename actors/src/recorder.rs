@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::chain::SpendableUtxo;
 use crate::ports::{Fence, JobStore, Retry, Sending, Sent, StoreError};
+use crate::stats::names;
 
 /// Longest wait before a partial group is written.
 const GATHER: Duration = Duration::from_millis(2);
@@ -101,6 +102,9 @@ impl Recorder {
                 }
                 match store.record_sent(&items).await {
                     Ok(recorded) => {
+                        for l in &recorded.latencies {
+                            metrics::histogram!(names::JOB_LATENCY).record(l.as_secs_f64());
+                        }
                         let mut change: HashMap<&str, SpendableUtxo> = recorded
                             .utxos
                             .iter()
@@ -130,6 +134,7 @@ impl Recorder {
                 }
                 match store.record_retry(&items, max_attempts).await {
                     Ok(recorded) => {
+                        metrics::counter!(names::JOBS_FAILED).increment(recorded.failed as u64);
                         for (id, utxo, reply) in waiting {
                             let released = utxo
                                 .and_then(|u| recorded.utxos.iter().find(|r| r.id == u).cloned());
@@ -180,6 +185,19 @@ impl Actor for Recorder {
     fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
         self.flush(ctx);
         Running::Stop
+    }
+}
+
+/// Records waiting for their group (the gathering one; not the one being written).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Pending;
+
+impl Handler<Pending> for Recorder {
+    type Result = usize;
+
+    fn handle(&mut self, _: Pending, _: &mut Context<Self>) -> usize {
+        self.pending()
     }
 }
 

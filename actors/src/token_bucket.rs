@@ -249,9 +249,9 @@ pub struct RateLimited {
     pub retry_after: Option<Duration>,
 }
 
-/// Slots free now, and the current budget.
+/// Slots free now, the current budget, and the broadcasters waiting for a slot.
 #[derive(Message)]
-#[rtype(result = "(u32, u32)")]
+#[rtype(result = "(u32, u32, usize)")]
 pub struct TokensLeft;
 
 impl Handler<Acquire> for TokenBucket {
@@ -299,7 +299,11 @@ impl Handler<TokensLeft> for TokenBucket {
 
     fn handle(&mut self, _: TokensLeft, _: &mut Context<Self>) -> Self::Result {
         let now = Instant::now();
-        MessageResult((self.limiter.tokens_left(now), self.limiter.limit()))
+        MessageResult((
+            self.limiter.tokens_left(now),
+            self.limiter.limit(),
+            self.waiting.iter().filter(|w| !w.is_closed()).count(),
+        ))
     }
 }
 

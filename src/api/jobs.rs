@@ -1,4 +1,4 @@
-//! `/v1/jobs`, `/v1/jobs/bulk`, `/v1/jobs/{id}`, `/v1/queue`.
+//! `/v1/jobs`, `/v1/jobs/bulk`, `/v1/jobs/lookup`, `/v1/jobs/{id}`, `/v1/queue`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -193,4 +193,31 @@ pub async fn get(
 
 pub async fn queue(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.store.queue_counts().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupRequest {
+    pub ids: Vec<i64>,
+}
+
+/// `POST /v1/jobs/lookup {"ids": [...]}` (up to 10,000): the state of many jobs in one
+/// round trip (what `raregen load-test` polls). Ids that name no job are left out.
+pub async fn lookup(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: LookupRequest = read_json(&req, body, state.max_body_bytes).await?;
+    if request.ids.len() > MAX_BULK_JOBS {
+        return Err(ApiError::too_large(
+            "too_many_ids",
+            format!(
+                "{} ids in one request; send at most {MAX_BULK_JOBS} per request",
+                request.ids.len()
+            ),
+        ));
+    }
+    let jobs = state.store.job_states(&request.ids).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs })))
 }

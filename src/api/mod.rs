@@ -38,6 +38,7 @@ pub struct ApiServer {
 impl ApiServer {
     /// Binds `api.listen` (port 0 picks a free port) and builds the server.
     pub fn build(settings: &Settings, store: PgStore) -> anyhow::Result<ApiServer> {
+        let _ = crate::monitor::handle();
         let listener = TcpListener::bind(settings.api.listen)
             .with_context(|| format!("cannot listen on api.listen {}", settings.api.listen))?;
         let addr = listener.local_addr()?;
@@ -55,11 +56,13 @@ impl ApiServer {
                 )
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics))
                 .service(
                     web::scope("/v1")
                         .wrap(from_fn(require_api_key))
                         .route("/jobs", web::post().to(jobs::submit))
                         .route("/jobs/bulk", web::post().to(jobs::submit_bulk))
+                        .route("/jobs/lookup", web::post().to(jobs::lookup))
                         .route("/jobs/{id}", web::get().to(jobs::get))
                         .route("/queue", web::get().to(jobs::queue))
                         .default_service(web::to(not_found)),
@@ -117,6 +120,14 @@ async fn require_api_key(
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Prometheus text exposition (no API key: scrapers rarely carry one, and nothing in
+/// it is secret).
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::monitor::render())
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {

@@ -151,6 +151,23 @@ impl WalletKey {
     }
 }
 
+/// bcoin writes regtest addresses with other prefixes than Bitcoin Core (bech32 `rb`,
+/// P2PKH version 0x3c): `script` written the way bcoin's `generatetoaddress` reads it.
+/// `None` for a script that is neither P2WPKH nor P2PKH.
+pub fn bcoin_regtest_address(script: &bitcoin::Script) -> Option<String> {
+    use bitcoin::bech32::{self, Fe32, Hrp};
+    let bytes = script.as_bytes();
+    if script.is_p2wpkh() {
+        bech32::segwit::encode(Hrp::parse("rb").ok()?, Fe32::Q, &bytes[2..]).ok()
+    } else if script.is_p2pkh() {
+        let mut payload = vec![0x3c];
+        payload.extend_from_slice(&bytes[3..23]);
+        Some(bitcoin::base58::encode_check(&payload))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

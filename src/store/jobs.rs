@@ -1,6 +1,7 @@
 //! `publish_jobs`: submission, lookup, the claim and the batched state changes.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -60,6 +61,18 @@ pub struct JobView {
     pub sent_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
     pub block_height: Option<i32>,
+}
+
+/// A job's progress, as `POST /v1/jobs/lookup` answers it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, PartialEq, Eq)]
+pub struct JobState {
+    pub id: JobId,
+    pub status: String,
+    pub txid: Option<String>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
 }
 
 /// Jobs per state.
@@ -202,6 +215,18 @@ impl PgStore {
             tx.commit().await.map_err(store_error)?;
         }
         Ok(outcome)
+    }
+
+    /// The state of each job in `ids` that exists (in id order).
+    pub async fn job_states(&self, ids: &[JobId]) -> Result<Vec<JobState>, StoreError> {
+        sqlx::query_as(
+            "SELECT id, status, txid, attempts, last_error, created_at, sent_at
+             FROM publish_jobs WHERE id = ANY($1) ORDER BY id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
     }
 
     pub async fn get_job(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
@@ -411,7 +436,8 @@ impl JobStore for PgStore {
                  FROM u
                  WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $6
                    AND j.status = 'sending'
-                 RETURNING j.id, j.processing_batch_id, j.txid, j.utxo_id
+                 RETURNING j.id, j.processing_batch_id, j.txid, j.utxo_id,
+                           EXTRACT(EPOCH FROM j.sent_at - j.created_at)::float8 AS age
              ), spent AS (
                  UPDATE utxos x SET state = 'spent', dirty = FALSE, updated_at = now()
                  FROM done WHERE x.id = done.utxo_id
@@ -434,9 +460,11 @@ impl JobStore for PgStore {
                  FROM per_batch p WHERE b.id = p.id
              )
              SELECT 'job' AS kind, id, NULL::text AS txid, NULL::int AS vout,
-                    NULL::bigint AS satoshis, NULL::int AS depth FROM done
+                    NULL::bigint AS satoshis, NULL::int AS depth, age, FALSE AS failed
+             FROM done
              UNION ALL
-             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth FROM change",
+             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth, NULL, FALSE
+             FROM change",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -503,9 +531,12 @@ impl JobStore for PgStore {
                  FROM per_batch p WHERE b.id = p.id
              )
              SELECT 'job' AS kind, id, NULL::text AS txid, NULL::int AS vout,
-                    NULL::bigint AS satoshis, NULL::int AS depth FROM done
+                    NULL::bigint AS satoshis, NULL::int AS depth, NULL::float8 AS age,
+                    status = 'failed' AS failed
+             FROM done
              UNION ALL
-             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth FROM released",
+             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth, NULL, FALSE
+             FROM released",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -571,6 +602,12 @@ fn recorded(rows: Vec<sqlx::postgres::PgRow>) -> Recorded {
         let kind: &str = r.get("kind");
         if kind == "job" {
             out.ids.push(r.get("id"));
+            if let Some(age) = r.get::<Option<f64>, _>("age") {
+                out.latencies.push(Duration::from_secs_f64(age.max(0.0)));
+            }
+            if r.get::<bool, _>("failed") {
+                out.failed += 1;
+            }
         } else {
             out.utxos.push(SpendableUtxo {
                 id: r.get("id"),

@@ -14,10 +14,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::DatabaseSettings;
-pub use jobs::{InsertOutcome, JobView, NewJob, QueueCounts};
+pub use jobs::{queue_counts, InsertOutcome, JobState, JobView, NewJob, QueueCounts};
 pub use maintenance::PgNotifier;
 pub use raregen_actors::StoreError;
-pub use report::{BatchSummary, PoolSummary, StatusReport, StatusRow, StuckJob};
+pub use report::{BatchSummary, LiveGauges, PoolSummary, StatusReport, StatusRow, StuckJob};
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -157,3 +157,45 @@ impl PoolSummary {
         })
     }
 }
+
+/// The gauges `/metrics` reads from the database: the truth after any restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveGauges {
+    pub queue: super::QueueCounts,
+    pub utxo_available: i64,
+    pub utxo_available_sats: i64,
+    pub utxo_reserved: i64,
+    pub utxo_dirty: i64,
+    pub utxo_pending: i64,
+    /// Seconds the oldest `sending` job has been sending (0 when none is).
+    pub oldest_sending_seconds: f64,
+}
+
+impl LiveGauges {
+    pub async fn load(pool: &PgPool) -> Result<LiveGauges, StoreError> {
+        let queue = super::queue_counts(pool).await?;
+        let r = sqlx::query(
+            "SELECT
+                count(*) FILTER (WHERE state = 'available' AND NOT dirty) AS available,
+                COALESCE(sum(satoshis) FILTER (WHERE state = 'available' AND NOT dirty), 0)::bigint AS available_sats,
+                count(*) FILTER (WHERE state IN ('reserved', 'spending') AND NOT dirty) AS reserved,
+                count(*) FILTER (WHERE dirty AND state <> 'pending') AS dirty,
+                count(*) FILTER (WHERE state = 'pending') AS pending,
+                (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(sending_started_at)), 0)::float8
+                 FROM publish_jobs WHERE status = 'sending') AS oldest
+             FROM utxos WHERE state IN ('pending', 'available', 'reserved', 'spending')",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(store_error)?;
+        Ok(LiveGauges {
+            queue,
+            utxo_available: r.get("available"),
+            utxo_available_sats: r.get("available_sats"),
+            utxo_reserved: r.get("reserved"),
+            utxo_dirty: r.get("dirty"),
+            utxo_pending: r.get("pending"),
+            oldest_sending_seconds: r.get::<f64, _>("oldest").max(0.0),
+        })
+    }
+}

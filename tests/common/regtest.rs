@@ -202,18 +202,7 @@ impl Drop for RegtestNode {
     }
 }
 
-/// bcoin's regtest addresses differ from Bitcoin Core's (bech32 `rb`, P2PKH version
-/// 0x3c): the same script, written the way bcoin's `generatetoaddress` reads it.
+/// bcoin's regtest address for `script` (see `raregen::chain::wallet`).
 pub fn bcoin_regtest_address(script: &Script) -> String {
-    use bitcoin::bech32::{self, Fe32, Hrp};
-    let bytes = script.as_bytes();
-    if script.is_p2wpkh() {
-        bech32::segwit::encode(Hrp::parse("rb").unwrap(), Fe32::Q, &bytes[2..]).unwrap()
-    } else if script.is_p2pkh() {
-        let mut payload = vec![0x3c];
-        payload.extend_from_slice(&bytes[3..23]);
-        bitcoin::base58::encode_check(&payload)
-    } else {
-        panic!("cannot mine to {script:?}")
-    }
+    raregen::chain::wallet::bcoin_regtest_address(script).expect("a P2WPKH or P2PKH script")
 }
