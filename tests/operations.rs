@@ -1,0 +1,565 @@
+//! What an operator runs: `/metrics` after a real run against a regtest node (checked
+//! by `promtool`, against the database, and against the Grafana dashboard and the alert
+//! rules), `raregen load-test`, `raregen status --json`, `raregen unstick`, and the demo.
+//!
+//! `promtool` comes from Debian's `prometheus` package (scripts/test installs it).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::e2e::{self, Daemon};
+use common::regtest::RegtestNode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `raregen ARGS` with `env`, to completion.
+fn raregen(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_raregen"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("raregen runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `promtool ARGS` with `input` on stdin: (success, output).
+fn promtool(args: &[&str], input: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+/// A scrape: each sample as (name, labels) → value.
+struct Scrape {
+    samples: HashMap<(String, String), f64>,
+    names: BTreeSet<String>,
+}
+
+impl Scrape {
+    fn parse(body: &str) -> Scrape {
+        let mut samples = HashMap::new();
+        let mut names = BTreeSet::new();
+        for line in body.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("name value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            names.insert(name.to_owned());
+            samples.insert(
+                (name.to_owned(), labels.to_owned()),
+                value.parse::<f64>().expect("a number"),
+            );
+        }
+        Scrape { samples, names }
+    }
+
+    fn get(&self, name: &str, labels: &str) -> f64 {
+        *self
+            .samples
+            .get(&(name.to_owned(), labels.to_owned()))
+            .unwrap_or_else(|| panic!("no sample {name}{{{labels}}}"))
+    }
+
+    fn sum(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+/// Every `raregen_*` metric name in `expr` (PromQL), as a series name of the exposition.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("raregen_") {
+        let start = i + at;
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        if boundary {
+            out.insert(expr[start..end].to_owned());
+        }
+        i = end;
+    }
+    out
+}
+
+/// Every `expr` in the dashboard JSON.
+fn dashboard_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    _ => dashboard_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| dashboard_exprs(v, out)),
+        _ => {}
+    }
+}
+
+fn dashboard() -> Vec<String> {
+    let path = repo().join("config/grafana/dashboards/raregen.json");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    dashboard_exprs(&json, &mut exprs);
+    exprs
+}
+
+fn alert_exprs() -> Vec<String> {
+    std::fs::read_to_string(repo().join("config/prometheus-alerts.yml"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: ").map(str::to_owned))
+        .collect()
+}
+
+/// The dashboard's queries as a rules file, so that `promtool check rules` parses each
+/// one (Grafana's `$__…` variables replaced by durations).
+fn dashboard_as_rules(exprs: &[String]) -> String {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "1m")
+            .replace("$__range", "1h");
+        rules.push_str(&format!(
+            "      - record: dashboard:expr_{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
+    }
+    rules
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_are_valid_promql_and_provisioning() {
+    let exprs = dashboard();
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let dir = tempdir("rules");
+    let rules = dir.join("dashboard.yml");
+    std::fs::write(&rules, dashboard_as_rules(&exprs)).unwrap();
+    let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], "");
+    assert!(ok, "dashboard queries:\n{out}");
+    let (ok, out) = promtool(
+        &[
+            "check",
+            "config",
+            repo().join("config/prometheus.yml").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(ok, "prometheus.yml:\n{out}");
+    // The panels the issue names are there.
+    let all = exprs.join("\n");
+    for needed in [
+        "raregen_queue_depth",
+        "raregen_rate_limit_max",
+        "raregen_batch_size_bucket",
+        "raregen_utxo_available",
+        "raregen_utxo_reserved",
+        "raregen_utxo_dirty",
+        "raregen_error_rate",
+        "raregen_broadcast_latency_seconds_bucket",
+        "raregen_job_latency_seconds_bucket",
+        "raregen_actor_restarts_total",
+    ] {
+        assert!(all.contains(needed), "the dashboard shows no {needed}");
+    }
+    let provider =
+        std::fs::read_to_string(repo().join("config/grafana/provisioning/dashboards/raregen.yml"))
+            .unwrap();
+    assert!(provider.contains("path: /var/lib/grafana/dashboards"));
+}
+
+fn tempdir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "raregen-{what}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn scrape(base: &str) -> String {
+    let resp = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    resp.text().await.unwrap()
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// 5,000 jobs through `raregen load-test` against `raregen serve` and bcoin; then the
+/// scrape, the dashboard, the alerts and `status --json` checked against the database.
+#[sqlx::test]
+async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 500, 20_000).await;
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &node.url,
+        &wif,
+        &[("RAREGEN__METRICS__REFRESH", "1s")],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
+
+    let out = raregen(
+        &env,
+        &[
+            "load-test",
+            "--count",
+            "5000",
+            "--url",
+            &daemon.base,
+            "--timeout",
+            "4m",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "load-test failed: {}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("the summary is JSON");
+    println!("load-test summary: {summary:#}");
+    assert_eq!(summary["submitted"], 5000);
+    assert_eq!(summary["sent"], 5000);
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["unfinished"], 0);
+    let rate = summary["broadcast_rate"].as_f64().unwrap();
+    // At most 500 in any 3 s: 5,000 broadcasts span at least 27 s (the first window
+    // may be a burst), so first-to-last is at most 4,999 / 27 per second (26 s here, for
+    // the jitter between a broadcast and its `sent_at`).
+    assert!(rate > 0.0 && rate <= 4999.0 / 26.0, "broadcast rate {rate}");
+    let (p50, p99) = (
+        summary["latency_p50"].as_f64().unwrap(),
+        summary["latency_p99"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99, "p50 {p50} p99 {p99}");
+    // The jobs it counted are the database's.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM publish_jobs WHERE status = 'sent'"
+        )
+        .await,
+        5000
+    );
+
+    // Let the sampler refresh from the database, then scrape.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let body = scrape(&daemon.base).await;
+    let (ok, out) = promtool(&["check", "metrics"], &body);
+    assert!(ok, "promtool check metrics:\n{out}");
+    let m = Scrape::parse(&body);
+
+    let queue: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM publish_jobs GROUP BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let queue: HashMap<String, i64> = queue.into_iter().collect();
+    for status in ["queued", "processing_batch", "sending", "sent", "failed"] {
+        assert_eq!(
+            m.get("raregen_queue_depth", &format!("status=\"{status}\"")),
+            *queue.get(status).unwrap_or(&0) as f64,
+            "queue depth {status}"
+        );
+    }
+    assert_eq!(
+        m.get("raregen_broadcasts_total", "outcome=\"accepted\""),
+        5000.0
+    );
+    assert_eq!(m.get("raregen_jobs_sent_total", ""), 5000.0);
+    assert_eq!(m.get("raregen_jobs_failed_total", ""), 0.0);
+    assert_eq!(m.get("raregen_job_latency_seconds_count", ""), 5000.0);
+    assert!(m.get("raregen_broadcast_latency_seconds_count", "") >= 5000.0);
+    // Batches of at most 500: at least 10 claims, all 5,000 jobs in them.
+    assert!(m.get("raregen_batch_size_count", "") >= 10.0);
+    assert_eq!(m.get("raregen_batch_size_sum", ""), 5000.0);
+    assert_eq!(
+        m.get("raregen_batch_size_bucket", "le=\"+Inf\""),
+        m.get("raregen_batch_size_count", "")
+    );
+    let available = count(
+        &pool,
+        "SELECT count(*) FROM utxos WHERE state = 'available' AND NOT dirty",
+    )
+    .await;
+    assert_eq!(m.get("raregen_utxo_available", ""), available as f64);
+    assert!(available > 0);
+    assert_eq!(m.get("raregen_utxo_dirty", ""), 0.0);
+    assert_eq!(m.get("raregen_rate_limit_max", ""), 500.0);
+    assert_eq!(m.get("raregen_rate_limit_window_seconds", ""), 3.0);
+    assert_eq!(m.get("raregen_rate_limit_budget", ""), 500.0);
+    let tokens = m.get("raregen_rate_limit_tokens", "");
+    assert!((0.0..=500.0).contains(&tokens));
+    assert_eq!(
+        m.get("raregen_actor_restarts_total", "actor=\"broadcaster\""),
+        0.0
+    );
+    assert_eq!(m.get("raregen_pipeline_running", ""), 1.0);
+    assert_eq!(m.get("raregen_database_up", ""), 1.0);
+    for actor in ["token_bucket", "batch", "recorder"] {
+        assert!(m.get("raregen_mailbox_depth", &format!("actor=\"{actor}\"")) >= 0.0);
+    }
+    assert!(m.names.contains("raregen_batches_in_flight"));
+    assert!(m.names.contains("raregen_broadcast_rate"));
+    assert!((0.0..=1.0).contains(&m.get("raregen_error_rate", "")));
+    assert!(m.sum("raregen_broadcasts_total") >= 5000.0);
+    // No label carries a txid, a job id or an address.
+    for (name, labels) in m.samples.keys() {
+        assert!(
+            !labels.contains("txid") && !labels.contains("job") && !labels.contains("address"),
+            "{name}{{{labels}}}"
+        );
+    }
+
+    // The dashboard and the alerts name only series the daemon exports.
+    let mut named = BTreeSet::new();
+    for e in dashboard().iter().chain(alert_exprs().iter()) {
+        named.extend(metric_names(e));
+    }
+    let missing: Vec<&String> = named.iter().filter(|n| !m.names.contains(*n)).collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}");
+    assert!(named.len() >= 20, "{named:?}");
+
+    // `status --json` is the database's view.
+    let out = raregen(&env, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown: HashMap<String, i64> = status["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap().to_owned(),
+                r["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, queue);
+    assert_eq!(status["pool"]["available"].as_i64().unwrap(), available);
+    let batches = status["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 10, "the last 10 batches");
+    assert!(status["oldest_sending"].is_null());
+
+    assert!(daemon.stop().success());
+}
+
+/// A job stuck in `sending` (the process died between storing its transaction and
+/// broadcasting it) is re-broadcast by `raregen unstick` from the stored bytes.
+#[cfg(feature = "failpoints")]
+#[sqlx::test]
+async fn unstick_rebroadcasts_the_stored_bytes(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 10, 20_000).await;
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &node.url,
+        &wif,
+        // A Janitor that would not step in during the test.
+        &[("RAREGEN__JANITOR__STUCK_AFTER", "1h")],
+    )
+    .await;
+    let mut with_fp = env.clone();
+    with_fp.push((
+        "FAILPOINTS".into(),
+        "after-store-before-broadcast=1*sleep(60000)".into(),
+    ));
+    let mut daemon = Daemon::start(&with_fp, &[]);
+    let ids = e2e::submit(&daemon.base, "stuck", 1).await;
+    let started = std::time::Instant::now();
+    while count(
+        &pool,
+        "SELECT count(*) FROM publish_jobs WHERE status = 'sending'",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill9();
+    let (txid, raw): (String, Vec<u8>) =
+        sqlx::query_as("SELECT txid, raw_tx FROM publish_jobs WHERE id = $1")
+            .bind(ids[0])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        !node.mempool().await.contains(&txid),
+        "the transaction was never broadcast"
+    );
+
+    // Too young for --older-than 10m: left alone.
+    let out = raregen(&env, &["unstick", "--older-than", "10m"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("0 stuck job(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = raregen(&env, &["unstick", "--older-than", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.starts_with("1 stuck job(s) re-broadcast"), "{said}");
+    assert!(said.contains("1 sent"), "{said}");
+    let (status, after): (String, String) =
+        sqlx::query_as("SELECT status, txid FROM publish_jobs WHERE id = $1")
+            .bind(ids[0])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "sent");
+    assert_eq!(
+        after, txid,
+        "never signed again: the txid is the stored one"
+    );
+    e2e::wait_mempool(&node, 2, Duration::from_secs(10)).await;
+    assert!(node.mempool().await.contains(&txid));
+    assert_eq!(node.raw_transaction(&txid).await, raw, "the stored bytes");
+    // Its change is in the pool, one deeper.
+    assert_eq!(
+        count(
+            &pool,
+            &format!("SELECT count(*) FROM utxos WHERE txid = '{txid}' AND state = 'available'")
+        )
+        .await,
+        1
+    );
+}
+
+/// `raregen unstick` without a wallet key says what is missing, in one line.
+#[test]
+fn unstick_without_a_wallet_key_explains() {
+    let out = raregen(&[], &["unstick"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("wallet key"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// `raregen load-test` against nothing fails fast with a clear message.
+#[test]
+fn load_test_without_a_daemon_fails_clearly() {
+    let out = raregen(
+        &[],
+        &["load-test", "--count", "10", "--url", "http://127.0.0.1:9"],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no raregen API answers at http://127.0.0.1:9"),
+        "{err}"
+    );
+    let out = raregen(&[], &["load-test", "--count", "0"]);
+    assert!(text(&out.stderr).contains("--count must be at least 1"));
+}
+
+/// The README's first command, as CI can run it: `scripts/demo --once` with this
+/// build, a fresh demo database, a private node and a throwaway wallet.
+#[test]
+fn the_demo_publishes_its_jobs_and_stops_what_it_started() {
+    let node_port = free_port();
+    let api_port = free_port();
+    let out = Command::new(repo().join("scripts/demo"))
+        .args(["--once", "--jobs", "300"])
+        .env("RAREGEN_BIN", env!("CARGO_BIN_EXE_raregen"))
+        .env("DEMO_API_PORT", api_port.to_string())
+        .env("DEMO_NODE_PORT", node_port.to_string())
+        .env(
+            "DATABASE_URL",
+            std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/raregen".into()),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("300 submitted, 300 sent, 0 failed"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("http://127.0.0.1:{api_port}/metrics")),
+        "{stderr}"
+    );
+    // Everything it started is stopped.
+    for port in [api_port, node_port] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still answers"
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
