@@ -563,3 +563,69 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The `sh` blocks of docs/operations.md, in order.
+fn runbook_blocks() -> Vec<String> {
+    let doc = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in doc.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```sh") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), l) => {
+                block.push_str(l);
+                block.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// Every `sh` command of the runbook runs as written against a daemon publishing to a
+/// regtest node (raregen on the PATH, DATABASE_URL and RAREGEN_API set as the runbook
+/// says).
+#[sqlx::test]
+async fn the_runbook_commands_run_as_written(pool: PgPool) {
+    let blocks = runbook_blocks();
+    assert!(blocks.len() >= 10, "{} runnable blocks", blocks.len());
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
+    let mut env = e2e::serve_env(&pool, &node, &node.url, &wif, &[]).await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "runbook", 20).await;
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_raregen"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    env.push((
+        "PATH".into(),
+        format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    ));
+    env.push(("RAREGEN_API".into(), daemon.base.clone()));
+    for block in &blocks {
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", block])
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "runbook block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    assert!(daemon.stop().success());
+}
