@@ -174,9 +174,12 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
         })
         .collect();
     let done = store.record_sending(&sending).await.unwrap();
-    assert_eq!(done.len(), 4);
+    assert_eq!(done.stored.len(), 4);
     // The same record again is accepted (a retry after a lost answer).
-    assert_eq!(store.record_sending(&sending).await.unwrap().len(), 4);
+    assert_eq!(
+        store.record_sending(&sending).await.unwrap().stored.len(),
+        4
+    );
     let spending: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM utxos WHERE state = 'spending' AND reserved_by IS NOT NULL",
     )
@@ -201,10 +204,22 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
         txid: fake_txid(999),
         raw_tx: vec![1],
     };
-    assert!(
-        store.record_sending(&[thief]).await.unwrap().is_empty(),
-        "one spender per UTXO"
+    let thief_id = thief.fence.id;
+    let done = store
+        .record_sending(std::slice::from_ref(&thief))
+        .await
+        .unwrap();
+    assert!(done.stored.is_empty(), "one spender per UTXO");
+    assert_eq!(
+        done.utxo_taken,
+        vec![thief_id],
+        "the job is still ours: sign again"
     );
+    // A stale fence is neither stored nor told to sign again.
+    let mut stale = thief;
+    stale.fence.attempts += 1;
+    let done = store.record_sending(&[stale]).await.unwrap();
+    assert!(done.stored.is_empty() && done.utxo_taken.is_empty());
 
     // Another process (or this one after losing its claim) changes nothing.
     let intruder = PgStore::new(pool.clone(), "owner-b");

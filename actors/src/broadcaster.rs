@@ -248,8 +248,14 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
                     utxo_id: Some(utxo.id),
                 })
             }
-            // Fenced, or the UTXO was taken by another process: nothing was broadcast.
-            _ => {
+            // The UTXO was taken meanwhile (another process spent it, or it turned
+            // dirty): nothing was stored or broadcast; sign again with another.
+            Some(false) => {
+                deps.pool.do_send(Forget(utxo.id));
+                continue;
+            }
+            // Fenced: the claim is another's now; nothing was broadcast.
+            None => {
                 deps.pool.do_send(Forget(utxo.id));
                 return None;
             }

@@ -34,6 +34,6 @@ pub use chain::{
 };
 pub use ports::{
     BatchId, ClaimedBatch, ClaimedJob, Confirmation, DirtyUtxo, Fence, JanitorStore, JobId,
-    JobStore, JobsNotifier, PoolStore, Recorded, Retry, Sending, Sent, StoreError, StoredSplit,
-    StoredTx, StuckJob,
+    JobStore, JobsNotifier, PoolStore, Recorded, Retry, Sending, SendingRecorded, Sent, StoreError,
+    StoredSplit, StoredTx, StuckJob,
 };

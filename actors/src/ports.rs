@@ -67,6 +67,17 @@ pub struct Sent {
     pub change: Option<(u32, u64)>,
 }
 
+/// What a batch of write-ahead records did. A job in neither list was fenced (no
+/// longer this claim's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendingRecorded {
+    /// Stored: the job is `sending` with its transaction, its UTXO `spending`.
+    pub stored: Vec<JobId>,
+    /// Still this claim's, but its UTXO was taken (by another process, or dirty):
+    /// nothing changed; sign again with another UTXO.
+    pub utxo_taken: Vec<JobId>,
+}
+
 /// What a batched state change did: the jobs whose fence held, and the pool UTXOs it
 /// made available (change outputs, released inputs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -151,7 +162,7 @@ pub trait JobStore: Send + Sync + 'static {
     /// Write-ahead: stores signed transactions, moves their jobs to `sending` and their
     /// UTXOs to `spending`. A job whose UTXO was taken meanwhile is left out. Idempotent:
     /// the same record again is accepted.
-    async fn record_sending(&self, jobs: &[Sending]) -> Result<Vec<JobId>, StoreError>;
+    async fn record_sending(&self, jobs: &[Sending]) -> Result<SendingRecorded, StoreError>;
     /// Moves jobs to `sent`, their UTXOs to `spent`, and their change into the pool.
     async fn record_sent(&self, jobs: &[Sent]) -> Result<Recorded, StoreError>;
     /// Sends jobs back to `queued` with a backoff, or to `failed` once `max_attempts`
@@ -205,6 +216,10 @@ pub trait JanitorStore: Send + Sync + 'static {
     async fn heartbeat(&self, lease: Duration) -> Result<(), StoreError>;
     /// Marks this process stopped (its lease ends now).
     async fn stop_worker(&self) -> Result<(), StoreError>;
+    /// Processes running a pipeline against this database (this one included): those
+    /// whose lease is live or ended less than `ended_within` ago. They share the node's
+    /// rate limit.
+    async fn live_pipelines(&self, ended_within: Duration) -> Result<u32, StoreError>;
     /// Takes back the claims of processes whose lease ran out: jobs without a stored
     /// transaction go back to the queue; jobs with one wait for `adopt_stuck`.
     async fn reclaim_dead(&self) -> Result<u64, StoreError>;

@@ -87,7 +87,15 @@ impl Recorder {
                 match store.record_sending(&items).await {
                     Ok(done) => {
                         for (item, reply) in items.iter().zip(replies) {
-                            let _ = reply.send(Ok(done.contains(&item.fence.id)));
+                            let id = item.fence.id;
+                            let answer = if done.stored.contains(&id) {
+                                Ok(true)
+                            } else if done.utxo_taken.contains(&id) {
+                                Ok(false)
+                            } else {
+                                Err(StoreError::Fenced)
+                            };
+                            let _ = reply.send(answer);
                         }
                     }
                     Err(e) => reply_all(replies, e),
@@ -201,7 +209,8 @@ impl Handler<Pending> for Recorder {
     }
 }
 
-/// Write-ahead record of one job. `Ok(false)`: fenced, or its UTXO was taken.
+/// Write-ahead record of one job. `Ok(false)`: its UTXO was taken (sign again with
+/// another); `Err(Fenced)`: the claim is no longer this one's.
 #[derive(Message)]
 #[rtype(result = "Result<bool, StoreError>")]
 pub struct RecordSending(pub Sending);

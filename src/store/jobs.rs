@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use raregen_actors::{
-    ClaimedBatch, ClaimedJob, Fence, JobId, JobStore, Recorded, Retry, Sending, Sent,
-    SpendableUtxo, StoreError, StoredTx,
+    ClaimedBatch, ClaimedJob, Fence, JobId, JobStore, Recorded, Retry, Sending, SendingRecorded,
+    Sent, SpendableUtxo, StoreError, StoredTx,
 };
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -366,9 +366,9 @@ impl JobStore for PgStore {
         }))
     }
 
-    async fn record_sending(&self, jobs: &[Sending]) -> Result<Vec<JobId>, StoreError> {
+    async fn record_sending(&self, jobs: &[Sending]) -> Result<SendingRecorded, StoreError> {
         if jobs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(SendingRecorded::default());
         }
         let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
         let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
@@ -378,7 +378,7 @@ impl JobStore for PgStore {
         // The job must still be ours (fence) and its UTXO still available and clean (or
         // already taken by this very record: the statement is idempotent). Then both
         // change together: UTXO → spending, job → sending with its transaction.
-        sqlx::query_scalar(
+        let rows: Vec<(i64, bool)> = sqlx::query_as(
             "WITH u AS (
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bytea[])
                      AS u(id, attempts, utxo_id, txid, raw_tx)
@@ -396,13 +396,17 @@ impl JobStore for PgStore {
                    AND ((x.state = 'available' AND NOT x.dirty)
                         OR (x.state = 'spending' AND x.spent_by_txid = u.txid))
                  RETURNING u.id
+             ), stored AS (
+                 UPDATE publish_jobs j
+                 SET status = 'sending', utxo_id = u.utxo_id, txid = u.txid, raw_tx = u.raw_tx,
+                     sending_started_at = COALESCE(j.sending_started_at, now()), updated_at = now()
+                 FROM u JOIN took ON took.id = u.id
+                 WHERE j.id = u.id
+                 RETURNING j.id
              )
-             UPDATE publish_jobs j
-             SET status = 'sending', utxo_id = u.utxo_id, txid = u.txid, raw_tx = u.raw_tx,
-                 sending_started_at = COALESCE(j.sending_started_at, now()), updated_at = now()
-             FROM u JOIN took ON took.id = u.id
-             WHERE j.id = u.id
-             RETURNING j.id",
+             SELECT id, TRUE FROM stored
+             UNION ALL
+             SELECT id, FALSE FROM ours WHERE id NOT IN (SELECT id FROM took)",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -412,7 +416,16 @@ impl JobStore for PgStore {
         .bind(&self.owner)
         .fetch_all(&self.pool)
         .await
-        .map_err(store_error)
+        .map_err(store_error)?;
+        let mut out = SendingRecorded::default();
+        for (id, stored) in rows {
+            if stored {
+                out.stored.push(id);
+            } else {
+                out.utxo_taken.push(id);
+            }
+        }
+        Ok(out)
     }
 
     async fn record_sent(&self, jobs: &[Sent]) -> Result<Recorded, StoreError> {
