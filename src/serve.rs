@@ -45,6 +45,7 @@ pub fn pipeline_config(settings: &Settings) -> PipelineConfig {
             interval: settings.janitor.interval,
             stuck_after: settings.janitor.stuck_after,
             lease: settings.janitor.interval * 3,
+            rate_per: settings.rate_limit.per,
         },
     }
 }

@@ -218,3 +218,92 @@ async fn unthrottled_against_regtest(pool: PgPool) {
     );
     assert!(daemon.stop().success());
 }
+
+/// Two processes on one database and one node share the rate limit (design.md: "global
+/// across worker processes, kept in Postgres"): B joins mid-run and leaves mid-run;
+/// at the node's door no 2 s window holds more than 300 broadcasts, both processes
+/// published, and every job is on the node exactly once.
+#[sqlx::test]
+async fn two_processes_share_the_rate_limit(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 600, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__RATE_LIMIT__MAX", "300"),
+            ("RAREGEN__RATE_LIMIT__PER", "2s"),
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+        ],
+    )
+    .await;
+    let sent = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM publish_jobs WHERE status = 'sent'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let mut a = Daemon::start(&env, &[]);
+    e2e::submit(&a.base, "shared", 3_000).await;
+    while sent(pool.clone()).await < 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t0 = Instant::now();
+    let mut b = Daemon::start(&env, &[]);
+    while sent(pool.clone()).await < 1_800 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b_joined_to_stop = t0.elapsed();
+    assert!(b.stop().success(), "B stops gracefully");
+    let (done, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &a).await;
+    println!(
+        "B from start to stop {b_joined_to_stop:?}; all done {:?} after the submission",
+        t0.elapsed()
+    );
+    for line in a
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("shared"))
+        .take(30)
+    {
+        println!("A: {line}");
+    }
+    assert_eq!((done, failed), (3_000, 0), "{}", a.log());
+    assert!(a.stop().success());
+
+    let owners: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT owner, count(*) FROM publish_jobs WHERE status = 'sent' GROUP BY owner",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owners.len(), 2, "both processes published: {owners:?}");
+    assert!(owners.iter().all(|(_, n)| *n >= 100), "{owners:?}");
+    assert!(
+        b.log().contains("rate limit shared") && a.log().contains("\"processes\":2"),
+        "A learned of B:\n{}",
+        a.log()
+    );
+
+    let arrivals = proxy.arrivals.lock().unwrap().clone();
+    let most = e2e::max_in_window(&arrivals, Duration::from_secs(2));
+    println!(
+        "{owners:?}; {} broadcasts, most in a 2 s window: {most}",
+        arrivals.len()
+    );
+    assert!(most <= 300, "{most} broadcasts in one 2 s window");
+
+    e2e::wait_mempool(&node, 3_000, Duration::from_secs(60)).await;
+    let mut payloads: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (_, payload) in e2e::mempool_payloads(&node).await {
+        *payloads.entry(payload).or_default() += 1;
+    }
+    assert_eq!(payloads.len(), 3_000);
+    assert!(
+        payloads.values().all(|&n| n == 1),
+        "a payload published twice"
+    );
+}

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::StreamExt;
 
 use crate::broadcaster::{send_stored, Deps};
 use crate::chain::{OutpointState, TxPresence};
 use crate::ports::{Confirmation, DirtyUtxo, JanitorStore, PoolStore, StoredSplit};
 use crate::recorder::{RecordRetry, RecordSent};
+use crate::token_bucket::{SharedBy, SHARE_REFRESH};
 use crate::utxo_pool::Add;
 
 #[derive(Debug, Clone)]
@@ -21,6 +23,9 @@ pub struct JanitorConfig {
     pub stuck_after: Duration,
     /// How long a lease lasts without a heartbeat.
     pub lease: Duration,
+    /// `rate_limit.per`: a process that stopped less than this ago still shares the
+    /// node's budget (its broadcasts are still in the window).
+    pub rate_per: Duration,
 }
 
 pub struct Janitor {
@@ -56,6 +61,27 @@ impl Actor for Janitor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.notify(RunNow);
         ctx.run_interval(self.config.interval, |_, ctx| ctx.notify(RunNow));
+        self.share_budget(ctx);
+        ctx.run_interval(SHARE_REFRESH, |act, ctx| act.share_budget(ctx));
+    }
+}
+
+impl Janitor {
+    /// Tells the TokenBucket how many processes share the node's rate limit (from
+    /// their leases in Postgres), so that together they keep under it.
+    fn share_budget(&mut self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let tokens = self.deps.tokens.clone();
+        let per = self.config.rate_per;
+        ctx.spawn(
+            async move {
+                match store.live_pipelines(per).await {
+                    Ok(n) => tokens.do_send(SharedBy(n)),
+                    Err(e) => tracing::debug!(error = %e, "rate share not refreshed"),
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -146,9 +172,13 @@ async fn round(
     }
     match store.dirty_utxos(1_000).await {
         Ok(dirty) => {
+            let waiting = dirty.len();
             for d in dirty {
                 if let Err(e) = settle_dirty(store, pool_store, deps, d).await {
-                    tracing::warn!(error = %e, "janitor: dirty UTXO not settled");
+                    // Most likely the node or the database is away: the rest wait for
+                    // the next round (one warning, not one per UTXO).
+                    tracing::warn!(error = %e, dirty = waiting, "janitor: dirty UTXOs not settled");
+                    break;
                 }
             }
         }
@@ -275,9 +305,19 @@ async fn confirmations(
         .unconfirmed(500, config.stuck_after)
         .await
         .map_err(|e| e.to_string())?;
+    // Ask about several at a time (a node's answer takes a round trip); act on the
+    // answers in the store's order, parents before children.
+    let answers: Vec<_> = futures::stream::iter(sent)
+        .map(|(txid, raw_tx, settled)| async move {
+            let presence = deps.node.tx_presence(&txid).await;
+            (txid, raw_tx, settled, presence)
+        })
+        .buffered(8)
+        .collect()
+        .await;
     let mut confirmed = Vec::new();
-    for (txid, raw_tx, settled) in sent {
-        match deps.node.tx_presence(&txid).await {
+    for (txid, raw_tx, settled, presence) in answers {
+        match presence {
             Ok(TxPresence::Unknown) if settled => {
                 // The node said yes and no longer has it (it restarted, or dropped it):
                 // the same bytes again, under the rate limit.

@@ -93,7 +93,8 @@ impl Pipeline {
         node: Arc<dyn Node>,
     ) -> Pipeline {
         let stats = Arc::new(Stats::default());
-        let tokens = TokenBucket::new(config.rate_max, config.rate_per).start();
+        // Shared with the other processes on this database (the Janitor counts them).
+        let tokens = TokenBucket::shared(config.rate_max, config.rate_per).start();
         let recorder = Recorder::new(stores.jobs.clone(), config.max_attempts).start();
         let pool = UtxoPool::new(
             config.pool.clone(),
@@ -156,27 +157,34 @@ impl Pipeline {
         }
     }
 
+    /// Jobs claimed but not started go back to the queue (not an attempt).
+    async fn hand_back_unstarted(&self) {
+        let Ok(unstarted) = self.batch.send(Drain).await else {
+            return;
+        };
+        let fences: Vec<Fence> = unstarted
+            .iter()
+            .filter(|j| j.stored_tx.is_none())
+            .map(|j| Fence {
+                id: j.id,
+                attempts: j.attempts,
+            })
+            .collect();
+        if fences.is_empty() {
+            return;
+        }
+        match self.jobs.release_claims(&fences).await {
+            Ok(ids) => tracing::info!(jobs = ids.len(), "handed unstarted jobs back to the queue"),
+            Err(e) => tracing::warn!(error = %e, "could not hand jobs back; the Janitor will"),
+        }
+    }
+
     /// Graceful stop: no more claims; jobs not yet started go back to the queue; the
     /// jobs in flight finish (up to `grace`); this process's lease ends. What is still
     /// in flight after `grace` stays in the database for the next start to recover.
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.collector.send(StopClaiming).await;
-        if let Ok(unstarted) = self.batch.send(Drain).await {
-            let fences: Vec<Fence> = unstarted
-                .iter()
-                .filter(|j| j.stored_tx.is_none())
-                .map(|j| Fence {
-                    id: j.id,
-                    attempts: j.attempts,
-                })
-                .collect();
-            match self.jobs.release_claims(&fences).await {
-                Ok(ids) => {
-                    tracing::info!(jobs = ids.len(), "handed unstarted jobs back to the queue")
-                }
-                Err(e) => tracing::warn!(error = %e, "could not hand jobs back; the Janitor will"),
-            }
-        }
+        self.hand_back_unstarted().await;
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let in_flight = self.batch.send(Depth).await.map(|d| d.1).unwrap_or(0);
@@ -193,6 +201,8 @@ impl Pipeline {
         }
         // Let the recorder write the last groups (the records of the last broadcasts).
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // A claim that was under way when claiming stopped has landed by now.
+        self.hand_back_unstarted().await;
         if let Err(e) = self.janitor_store.stop_worker().await {
             tracing::warn!(error = %e, "could not end the lease");
         }

@@ -27,6 +27,9 @@ pub struct WindowLimiter {
     per: Duration,
     /// The budget now: `max`, or less after the node said 429.
     limit: u32,
+    /// This process's part of `max` when several processes share the node's budget
+    /// (`max / processes`, set by the Janitor from the leases in Postgres).
+    share: u32,
     /// Slots granted whose broadcast has not completed.
     open: u32,
     /// Completion times of the slots still counted (completed less than `per` ago).
@@ -53,6 +56,7 @@ impl WindowLimiter {
             max: max.max(1),
             per,
             limit: max.max(1),
+            share: max.max(1),
             open: 0,
             completed: VecDeque::with_capacity(max as usize),
             spacing: per / max.max(1) / 2,
@@ -79,7 +83,7 @@ impl WindowLimiter {
         if self.last_grant.is_some_and(|l| now < l + self.spacing) {
             return false;
         }
-        if self.open as usize + self.completed.len() < self.limit as usize {
+        if self.open as usize + self.completed.len() < self.cap() as usize {
             self.open += 1;
             self.last_grant = Some(now);
             true
@@ -103,7 +107,7 @@ impl WindowLimiter {
             .iter()
             .filter(|&&c| c + self.per > now)
             .count();
-        let slots_full = self.open as usize + recent >= self.limit as usize;
+        let slots_full = self.open as usize + recent >= self.cap() as usize;
         let mut at = if slots_full {
             self.completed
                 .iter()
@@ -160,29 +164,72 @@ impl WindowLimiter {
     /// Slots free now (for the metrics).
     pub fn tokens_left(&mut self, now: Instant) -> u32 {
         self.prune(now);
-        self.limit
+        self.cap()
             .saturating_sub(self.open + self.completed.len() as u32)
     }
 
+    /// The budget per window now: the share, less after a 429.
     pub fn limit(&self) -> u32 {
-        self.limit
+        self.cap()
+    }
+
+    fn cap(&self) -> u32 {
+        self.limit.min(self.share)
+    }
+
+    /// This process may use `share` of the budget (0: none), from `not_before` on.
+    /// A smaller share takes effect at once (no grant while the slots taken exceed
+    /// it); grants are spaced for the new share.
+    pub fn set_share(&mut self, share: u32, not_before: Option<Instant>) {
+        self.share = share.min(self.max);
+        self.spacing = self.per / self.share.max(1) / 2;
+        if let Some(t) = not_before {
+            self.paused_until = Some(self.paused_until.map_or(t, |p| p.max(t)));
+        }
+    }
+
+    pub fn share(&self) -> u32 {
+        self.share
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
     }
 }
+
+/// How often the Janitor tells the TokenBucket how many processes share the budget.
+pub const SHARE_REFRESH: Duration = Duration::from_secs(1);
 
 /// The actor around [`WindowLimiter`]: queues the waiting broadcasters in order.
 pub struct TokenBucket {
     limiter: WindowLimiter,
+    per: Duration,
     waiting: VecDeque<oneshot::Sender<()>>,
     timer: Option<SpawnHandle>,
+    /// Processes sharing the budget, once known ([`SharedBy`]).
+    sharing: Option<u32>,
 }
 
 impl TokenBucket {
+    /// The whole budget, for this process alone.
     pub fn new(max: u32, per: Duration) -> TokenBucket {
         TokenBucket {
             limiter: WindowLimiter::new(max, per, Instant::now()),
+            per,
             waiting: VecDeque::new(),
             timer: None,
+            sharing: None,
         }
+    }
+
+    /// A budget shared with the other processes on the same database: no grant until
+    /// the first [`SharedBy`] says how many there are; then `max / n` each. A process
+    /// that joins others waits until they have all seen it and their windows have
+    /// passed (`SHARE_REFRESH` + `per`), so the sum never exceeds `max` in a window.
+    pub fn shared(max: u32, per: Duration) -> TokenBucket {
+        let mut bucket = TokenBucket::new(max, per);
+        bucket.limiter.set_share(0, None);
+        bucket
     }
 
     /// Grants slots to waiters while there are free ones; otherwise sets a timer.
@@ -287,6 +334,41 @@ impl Handler<RateLimited> for TokenBucket {
         self.limiter
             .rate_limited(Instant::now(), msg.retry_after, rand::random::<f64>());
         tracing::warn!(retry_after = ?msg.retry_after, budget = self.limiter.limit(), "node rate-limited us: pausing broadcasts");
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.serve(ctx);
+    }
+}
+
+/// `n` processes (this one included) share the node's budget now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SharedBy(pub u32);
+
+impl Handler<SharedBy> for TokenBucket {
+    type Result = ();
+
+    fn handle(&mut self, msg: SharedBy, ctx: &mut Context<Self>) {
+        let n = msg.0.max(1);
+        if self.sharing == Some(n) {
+            return;
+        }
+        let now = Instant::now();
+        // Joining others: they learn of us within SHARE_REFRESH (and shrink at once);
+        // what they granted before still counts for `per`.
+        let not_before =
+            (self.sharing.is_none() && n > 1).then(|| now + SHARE_REFRESH * 2 + self.per);
+        let share = self.limiter.max() / n;
+        if share == 0 {
+            tracing::warn!(
+                processes = n,
+                "more processes than rate_limit.max: this one gets no share"
+            );
+        }
+        tracing::info!(processes = n, share, per = ?self.per, waits = ?not_before.map(|t| t - now), "rate limit shared");
+        self.sharing = Some(n);
+        self.limiter.set_share(share, not_before);
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }
@@ -533,5 +615,96 @@ mod tests {
         l.complete(t);
         assert_eq!(l.tokens_left(t + Duration::from_millis(500)), 6);
         assert_eq!(l.tokens_left(t + Duration::from_secs(2)), 7);
+    }
+
+    #[test]
+    fn a_share_caps_the_grants_and_a_newcomer_waits() {
+        let start = Instant::now();
+        let per = Duration::from_secs(1);
+        let mut l = WindowLimiter::new(10, per, start);
+        // No share yet (a shared bucket before the Janitor's first count): nothing.
+        l.set_share(0, None);
+        assert!(!l.try_grant(start));
+        assert_eq!(l.tokens_left(start), 0);
+        // Two processes: 5 each, spaced for 5 per second.
+        l.set_share(5, None);
+        let mut t = start;
+        let mut granted = Vec::new();
+        while t < start + per {
+            if l.try_grant(t) {
+                l.complete(t);
+                granted.push(t);
+            }
+            t += Duration::from_millis(1);
+        }
+        assert_eq!(granted.len(), 5, "{granted:?}");
+        assert!(
+            granted[1] - granted[0] >= per / 5 / 2,
+            "spacing follows the share"
+        );
+        // Joining others: not before the given instant, then the whole share.
+        let mut l = WindowLimiter::new(10, per, start);
+        let join = start + Duration::from_secs(3);
+        l.set_share(10, Some(join));
+        assert!(!l.try_grant(start + Duration::from_secs(2)));
+        assert_eq!(l.next_free(start), Some(join));
+        assert!(l.try_grant(join));
+        // Shrinking below the slots already taken: no grant until they are under it.
+        let mut l = WindowLimiter::new(10, per, start);
+        let step = Duration::from_millis(50);
+        for i in 0..4 {
+            assert!(l.try_grant(start + step * i));
+            l.complete(start + step * i);
+        }
+        l.set_share(3, None);
+        let t = start + step * 4;
+        assert!(!l.try_grant(t), "4 slots taken, share 3");
+        assert_eq!(l.tokens_left(t), 0);
+        assert!(l.try_grant(start + per + step * 2), "two slots freed");
+    }
+
+    /// Two processes following the protocol (the newcomer waits, the other shrinks when
+    /// it learns of it) never exceed `max` together in any window.
+    #[test]
+    fn two_processes_sharing_never_exceed_max_together() {
+        let start = Instant::now();
+        let per = Duration::from_secs(3);
+        let max = 500;
+        let mut a = WindowLimiter::new(max, per, start);
+        let mut b = WindowLimiter::new(max, per, start);
+        b.set_share(0, None);
+        let mut times = Vec::new();
+        let joins = start + Duration::from_millis(4_500);
+        let a_learns = joins + SHARE_REFRESH;
+        let leaves = start + Duration::from_secs(20);
+        let mut t = start;
+        let step = Duration::from_millis(1);
+        let (mut b_joined, mut a_learned, mut b_left) = (false, false, false);
+        while t < start + Duration::from_secs(30) {
+            if !b_joined && t >= joins {
+                b.set_share(max / 2, Some(t + SHARE_REFRESH * 2 + per));
+                b_joined = true;
+            }
+            if !a_learned && t >= a_learns {
+                a.set_share(max / 2, None);
+                a_learned = true;
+            }
+            // B stops; A learns `per` after its lease ended.
+            if !b_left && t >= leaves + per {
+                a.set_share(max, None);
+                b_left = true;
+            }
+            for (l, active) in [(&mut a, true), (&mut b, t < leaves)] {
+                if active && l.try_grant(t) {
+                    // 5 ms at the node.
+                    l.complete(t + Duration::from_millis(5));
+                    times.push(t);
+                }
+            }
+            t += step;
+        }
+        times.sort();
+        assert!(max_in_window(&times, per) <= max as usize);
+        assert!(times.len() > 4_000, "{} grants", times.len());
     }
 }

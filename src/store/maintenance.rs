@@ -134,6 +134,21 @@ impl JanitorStore for PgStore {
         Ok(())
     }
 
+    async fn live_pipelines(&self, ended_within: Duration) -> Result<u32, StoreError> {
+        // A stopped worker's lease ends when it stops (stop_worker), a dead one's when
+        // its last heartbeat's lease runs out.
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM workers
+             WHERE mode IN ('batch', 'single')
+               AND lease_until > now() - make_interval(secs => $1)",
+        )
+        .bind(ended_within.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(n.max(1) as u32)
+    }
+
     async fn stop_worker(&self) -> Result<(), StoreError> {
         sqlx::query("UPDATE workers SET stopped_at = now(), lease_until = now() WHERE id = $1")
             .bind(&self.owner)
@@ -303,14 +318,22 @@ impl JanitorStore for PgStore {
         limit: u32,
         settled: Duration,
     ) -> Result<Vec<(String, Vec<u8>, bool)>, StoreError> {
+        // Parents before children: the pool's splits first (in the order they were
+        // made), then the jobs in the order they were sent (a lane's next job spends
+        // the change of the one before). A node that lost its mempool then gets each
+        // transaction after the one it spends, not as an orphan.
         sqlx::query_as(
-            "(SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2) AS settled
-              FROM publish_jobs WHERE status = 'sent' AND confirmed_at IS NULL AND raw_tx IS NOT NULL
-              ORDER BY sent_at LIMIT $1)
-             UNION ALL
-             (SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2)
-              FROM pool_transactions WHERE status = 'sent' AND confirmed_at IS NULL
-              ORDER BY id LIMIT $1)",
+            "SELECT txid, raw_tx, settled FROM (
+                 (SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2) AS settled,
+                         0 AS k, created_at AS at
+                  FROM pool_transactions WHERE status = 'sent' AND confirmed_at IS NULL
+                  ORDER BY id LIMIT $1)
+                 UNION ALL
+                 (SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2),
+                         1, sent_at
+                  FROM publish_jobs WHERE status = 'sent' AND confirmed_at IS NULL AND raw_tx IS NOT NULL
+                  ORDER BY sent_at LIMIT $1)
+             ) t ORDER BY k, at",
         )
         .bind(i64::from(limit))
         .bind(settled.as_secs_f64())
