@@ -245,3 +245,72 @@ async fn the_node_away_for_30_seconds(pool: PgPool) {
     assert!(daemon.stop().success());
     assert_exactly_once(&pool, &node, 300).await;
 }
+
+/// The node itself stopped for 30 s mid-run and started again (bcoin keeps its chain
+/// on disk but comes back with an empty mempool): broadcasts in between have no answer
+/// (Unknown, UTXOs dirty), no job fails; once the node is back the Janitor settles the
+/// dirty UTXOs and sends again, parents first, every transaction the node lost: every
+/// job ends on the node exactly once, with the txid it was first signed with.
+#[sqlx::test]
+async fn the_node_stopped_for_30_seconds_and_started_again(pool: PgPool) {
+    let dir = std::env::temp_dir().join(format!(
+        "raregen-node-stop-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut node = RegtestNode::start_with(dir.clone(), port, true).await;
+    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
+    let mut env = e2e::serve_env(&pool, &node, &node.url, &wif, FAST).await;
+    env.push(("RAREGEN__RATE_LIMIT__MAX".into(), "50".into()));
+    env.push(("RAREGEN__RATE_LIMIT__PER".into(), "1s".into()));
+    env.push(("RAREGEN__NODE__TIMEOUT".into(), "2s".into()));
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "stopped", 300).await;
+    waits_for("some jobs sent", Duration::from_secs(30), || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM publish_jobs WHERE status = 'sent'",
+        )
+        .await
+            >= 50
+    })
+    .await;
+    node.stop();
+    let stopped_at_sent = count(
+        &pool,
+        "SELECT count(*) FROM publish_jobs WHERE status = 'sent'",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let failed = count(
+        &pool,
+        "SELECT count(*) FROM publish_jobs WHERE status = 'failed'",
+    )
+    .await;
+    assert_eq!(failed, 0, "no job fails while the node is down");
+    node.start_again().await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180), &daemon).await;
+    assert_eq!((sent, failed), (300, 0), "{}", daemon.log());
+    // The node lost its mempool with the restart (bcoin answered "ok" to what it then
+    // dropped as orphans): the Janitor sends the vanished transactions again, parents
+    // first. Wait for that with the daemon running.
+    let splits: i64 = count(
+        &pool,
+        "SELECT count(*) FROM pool_transactions WHERE status = 'sent'",
+    )
+    .await;
+    let waited = e2e::wait_mempool(&node, 300 + splits as usize, Duration::from_secs(120)).await;
+    assert!(daemon.stop().success());
+    println!(
+        "{stopped_at_sent} sent when the node stopped; all 300 recorded after it came back; \
+         the node held them all {waited:?} later"
+    );
+    assert_exactly_once(&pool, &node, 300).await;
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -141,6 +141,12 @@ impl RegtestNode {
     /// Starts the node again on the same port and data folder.
     pub async fn restart(&mut self) {
         self.stop();
+        self.start_again().await;
+    }
+
+    /// Starts a node stopped with [`RegtestNode::stop`] again (same port, same data
+    /// folder: with `persistent`, the same chain and mempool).
+    pub async fn start_again(&mut self) {
         self.child = spawn(&self.dir, self.port, self.persistent, &self.password);
         self.wait_ready().await;
     }

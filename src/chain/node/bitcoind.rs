@@ -144,7 +144,9 @@ impl Node for BitcoindClient {
 
     async fn tx_presence(&self, txid: &str) -> Result<TxPresence, NodeError> {
         match self.call("getmempoolentry", json!([txid])).await {
-            Ok(_) => return Ok(TxPresence::InMempool),
+            // bcoin answers `null` for a transaction it does not hold (Core: error -5).
+            Ok(v) if !v.is_null() => return Ok(TxPresence::InMempool),
+            Ok(_) => {}
             Err(RpcFailure::Rpc { code, message }) if is_not_found(code, &message) => {}
             Err(e) => return Err(e.into()),
         }
