@@ -22,6 +22,8 @@ const DB: &str = "raregen_bench_pipeline";
 async fn sink(body: web::Json<serde_json::Value>) -> HttpResponse {
     let result = match body["method"].as_str() {
         Some("sendrawtransaction") => serde_json::json!("00".repeat(32)),
+        // Everything sent is "in the mempool" (an entry; `null` would mean absent).
+        Some("getmempoolentry") => serde_json::json!({ "vsize": 200 }),
         _ => serde_json::json!(null),
     };
     HttpResponse::Ok().json(serde_json::json!({"result": result, "error": null, "id": body["id"]}))

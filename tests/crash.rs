@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::e2e::{self, Daemon, Proxy};
-use common::regtest::RegtestNode;
+use common::regtest::{free_port, RegtestNode};
 use sqlx::PgPool;
 
 /// Fast recovery for tests: leases of 3 s, stuck after 2 s.
@@ -258,12 +258,7 @@ async fn the_node_stopped_for_30_seconds_and_started_again(pool: PgPool) {
         std::process::id(),
         rand::random::<u32>()
     ));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut node = RegtestNode::start_with(dir.clone(), port, true).await;
+    let mut node = RegtestNode::start_with(dir.clone(), free_port(), true).await;
     let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
     let mut env = e2e::serve_env(&pool, &node, &node.url, &wif, FAST).await;
     env.push(("RAREGEN__RATE_LIMIT__MAX".into(), "50".into()));

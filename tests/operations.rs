@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::e2e::{self, Daemon};
-use common::regtest::RegtestNode;
+use common::regtest::{free_port, RegtestNode};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -554,14 +554,6 @@ fn the_demo_publishes_its_jobs_and_stops_what_it_started() {
             "port {port} still answers"
         );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The `sh` blocks of docs/operations.md, in order.

@@ -22,7 +22,8 @@ pub struct RegtestNode {
     client: BitcoindClient,
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now (for a node or a daemon to bind).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
