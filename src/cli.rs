@@ -46,29 +46,7 @@ pub enum Command {
     },
     /// Submit N jobs through the HTTP API, follow them until sent or failed, and report
     /// throughput and latency. Exits non-zero if any job failed or the timeout passed.
-    LoadTest {
-        /// Jobs to submit.
-        #[arg(long, value_name = "N")]
-        count: u64,
-        /// The API's base URL (default: http:// + api.listen).
-        #[arg(long, value_name = "URL")]
-        url: Option<String>,
-        /// Jobs per bulk request (at most 10000).
-        #[arg(long, default_value_t = 1000, value_name = "N")]
-        bulk_size: usize,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 4, value_name = "N")]
-        concurrency: usize,
-        /// Give up waiting after this long (humantime: 90s, 10m).
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-        /// Pad each payload to at least this many bytes.
-        #[arg(long, default_value_t = 0, value_name = "BYTES")]
-        payload_bytes: usize,
-        /// Print the summary as JSON (and no progress).
-        #[arg(long)]
-        json: bool,
-    },
+    LoadTest(load_test::LoadTest),
     /// Re-broadcast the stored transactions of jobs stuck in `sending` (never re-signs).
     Unstick {
         /// Only jobs sending for longer than this (humantime).
@@ -168,29 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 serve::run(settings).await
             }
             Command::Status { json } => status::run(&settings, json).await,
-            Command::LoadTest {
-                count,
-                url,
-                bulk_size,
-                concurrency,
-                timeout,
-                payload_bytes,
-                json,
-            } => {
-                load_test::main(
-                    &settings,
-                    load_test::LoadTest {
-                        count,
-                        url,
-                        bulk_size,
-                        concurrency,
-                        timeout,
-                        payload_bytes,
-                        json,
-                    },
-                )
-                .await
-            }
+            Command::LoadTest(opts) => load_test::main(&settings, opts).await,
             Command::Unstick { older_than, limit } => {
                 unstick::main(settings, older_than, limit).await
             }

@@ -22,15 +22,29 @@ use crate::api::MAX_BULK_JOBS;
 use crate::config::Settings;
 use crate::store::JobState;
 
-#[derive(Debug, Clone)]
+/// `raregen load-test`'s options (the command line's, as clap reads them).
+#[derive(Debug, Clone, clap::Args)]
 pub struct LoadTest {
+    /// Jobs to submit.
+    #[arg(long, value_name = "N")]
     pub count: u64,
-    /// The API's base URL; default: `http://` + `api.listen`.
+    /// The API's base URL (default: http:// + api.listen).
+    #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// Jobs per bulk request (at most 10000).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
     pub bulk_size: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
     pub concurrency: usize,
+    /// Give up waiting after this long (humantime: 90s, 10m).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Pad each payload to at least this many bytes.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub payload_bytes: usize,
+    /// Print the summary as JSON (and no progress).
+    #[arg(long)]
     pub json: bool,
 }
 
