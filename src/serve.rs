@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use raregen_actors::collector::CollectMode;
 use raregen_actors::janitor::JanitorConfig;
+use raregen_actors::leaser::LeaserConfig;
 use raregen_actors::pipeline::{Pipeline, PipelineConfig, Stores};
 use raregen_actors::utxo_pool::PoolConfig;
 use raregen_actors::{JanitorStore, JobsNotifier};
@@ -44,9 +45,39 @@ pub fn pipeline_config(settings: &Settings) -> PipelineConfig {
         janitor: JanitorConfig {
             interval: settings.janitor.interval,
             stuck_after: settings.janitor.stuck_after,
-            lease: settings.janitor.interval * 3,
-            rate_per: settings.rate_limit.per,
         },
+        lease: LeaserConfig {
+            lease: lease(settings),
+            // A process counts for the rate limit until its last broadcast's window
+            // has passed: `per` after the longest a broadcast can take.
+            share_grace: settings.rate_limit.per + settings.node.timeout,
+        },
+    }
+}
+
+/// How long this process's lease lasts without a heartbeat: three Janitor intervals
+/// (the Leaser renews it six times per lease).
+pub fn lease(settings: &Settings) -> Duration {
+    settings.janitor.interval * 3
+}
+
+/// A P2WPKH pool on a node where SegWit is not active yet (bcoin's regtest below
+/// height 432) can publish nothing, and bcoin says why only in its own log: say it here,
+/// in one line with the fix.
+async fn warn_if_segwit_inactive(settings: &Settings) {
+    use crate::config::{AddressType, NodeKind};
+    if settings.node.kind != NodeKind::Bitcoind
+        || settings.chain.address_type != AddressType::P2wpkh
+    {
+        return;
+    }
+    let Ok(client) = node::BitcoindClient::new(&settings.node) else {
+        return;
+    };
+    match client.segwit().await {
+        Ok(Some(state)) if !state.active => tracing::error!("{}", state.advice()),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not ask the node whether SegWit is active"),
     }
 }
 
@@ -61,9 +92,11 @@ pub async fn start_pipeline(
         settings.chain.fee_rate,
         settings.chain.max_payload_bytes,
     ));
+    crate::wallet::ensure_pool_is_ours(store.pool(), signer.wallet()).await?;
     let node = node::from_settings(&settings.node)?;
+    warn_if_segwit_inactive(settings).await;
     // The lease first: from now on our claims are live.
-    store.heartbeat(settings.janitor.interval * 3).await?;
+    store.heartbeat(lease(settings)).await?;
     let notifier: Option<Arc<dyn JobsNotifier>> = match settings.mode {
         Mode::Single => Some(Arc::new(PgNotifier::start(store.pool()).await?)),
         Mode::Batch => None,

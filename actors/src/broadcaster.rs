@@ -23,7 +23,7 @@ use crate::chain::{BroadcastOutcome, Node, SignError, Signer};
 use crate::ports::{BatchId, ClaimedJob, Fence, Retry, Sending, Sent, StoreError, StoredTx};
 use crate::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
 use crate::stats::Stats;
-use crate::token_bucket::{Acquire, RateLimited, TokenBucket};
+use crate::token_bucket::{RateLimited, TokenBucket};
 use crate::utxo_pool::{Forget, Release, Reserve, Spent, UtxoPool};
 
 /// What every broadcaster (and the Janitor's re-broadcasts) works with.
@@ -267,7 +267,7 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
 pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
     let change = deps.signer.change_of(&stored.raw_tx);
     loop {
-        let grant = deps.tokens.send(Acquire).await;
+        let grant = crate::token_bucket::acquire(&deps.tokens).await;
         let started = Instant::now();
         let outcome = deps.node.broadcast(&stored.raw_tx).await;
         // The slot's last `per` starts now that the node has answered.

@@ -1,5 +1,5 @@
-//! Janitor: every `interval`, refreshes this process's lease and recovers what is
-//! stuck. Jobs held by dead processes are taken back; jobs in `sending` for longer than
+//! Janitor: every `interval`, recovers what is stuck (the lease is the Leaser's, on its
+//! own timer, so that a long round never lets it lapse). Jobs held by dead processes are taken back; jobs in `sending` for longer than
 //! `stuck_after` are re-broadcast from their stored bytes (never re-signed); dirty UTXOs
 //! are settled by asking the node; sent transactions are checked for presence and
 //! confirmations. Every state has a timeout owned here.
@@ -14,22 +14,24 @@ use crate::broadcaster::{send_stored, Deps};
 use crate::chain::{OutpointState, TxPresence};
 use crate::ports::{Confirmation, DirtyUtxo, JanitorStore, PoolStore, StoredSplit};
 use crate::recorder::{RecordRetry, RecordSent};
-use crate::token_bucket::{SharedBy, SHARE_REFRESH};
 use crate::utxo_pool::Add;
 
 #[derive(Debug, Clone)]
 pub struct JanitorConfig {
     pub interval: Duration,
     pub stuck_after: Duration,
-    /// How long a lease lasts without a heartbeat.
-    pub lease: Duration,
-    /// `rate_limit.per`: a process that stopped less than this ago still shares the
-    /// node's budget (its broadcasts are still in the window).
-    pub rate_per: Duration,
 }
+
+/// Re-sends of a transaction the node said it accepted and then did not hold, before
+/// its job is given up as failed (the node refused it after answering).
+pub const MAX_UNHELD_RESENDS: u32 = 5;
+
+/// Per transaction: how many times it was re-sent because the node did not hold it.
+type Unheld = std::sync::Mutex<std::collections::HashMap<String, u32>>;
 
 pub struct Janitor {
     config: JanitorConfig,
+    unheld: Arc<Unheld>,
     store: Arc<dyn JanitorStore>,
     pool_store: Arc<dyn PoolStore>,
     deps: Arc<Deps>,
@@ -46,6 +48,7 @@ impl Janitor {
     ) -> Janitor {
         Janitor {
             config,
+            unheld: Arc::default(),
             store,
             pool_store,
             deps,
@@ -61,27 +64,6 @@ impl Actor for Janitor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.notify(RunNow);
         ctx.run_interval(self.config.interval, |_, ctx| ctx.notify(RunNow));
-        self.share_budget(ctx);
-        ctx.run_interval(SHARE_REFRESH, |act, ctx| act.share_budget(ctx));
-    }
-}
-
-impl Janitor {
-    /// Tells the TokenBucket how many processes share the node's rate limit (from
-    /// their leases in Postgres), so that together they keep under it.
-    fn share_budget(&mut self, ctx: &mut Context<Self>) {
-        let store = self.store.clone();
-        let tokens = self.deps.tokens.clone();
-        let per = self.config.rate_per;
-        ctx.spawn(
-            async move {
-                match store.live_pipelines(per).await {
-                    Ok(n) => tokens.do_send(SharedBy(n)),
-                    Err(e) => tracing::debug!(error = %e, "rate share not refreshed"),
-                }
-            }
-            .into_actor(self),
-        );
     }
 }
 
@@ -107,8 +89,9 @@ impl Handler<RunNow> for Janitor {
         let pool_store = self.pool_store.clone();
         let deps = self.deps.clone();
         let config = self.config.clone();
+        let unheld = self.unheld.clone();
         ctx.spawn(
-            async move { round(&*store, &*pool_store, &deps, &config).await }
+            async move { round(&*store, &*pool_store, &deps, &config, &unheld).await }
                 .into_actor(self)
                 .map(|_, act, _| {
                     act.running = false;
@@ -131,11 +114,8 @@ async fn round(
     pool_store: &dyn PoolStore,
     deps: &Deps,
     config: &JanitorConfig,
+    unheld: &Unheld,
 ) {
-    if let Err(e) = store.heartbeat(config.lease).await {
-        tracing::warn!(error = %e, "janitor: heartbeat failed");
-        return;
-    }
     match store.reclaim_dead().await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(jobs = n, "janitor: took back the claims of dead processes"),
@@ -184,7 +164,7 @@ async fn round(
         }
         Err(e) => tracing::warn!(error = %e, "janitor: dirty UTXOs not read"),
     }
-    if let Err(e) = confirmations(store, deps, config).await {
+    if let Err(e) = confirmations(store, deps, config, unheld).await {
         tracing::warn!(error = %e, "janitor: confirmations not checked");
     }
 }
@@ -217,33 +197,38 @@ async fn settle_dirty(
             }
             return Ok(());
         }
-        let retry = crate::ports::Retry {
-            fence: job.fence,
-            error: "the broadcast's outcome was unknown and the node does not have the transaction"
-                .into(),
-            not_before: chrono::Utc::now(),
-        };
+        // The outcome was unknown and the node does not have the transaction (yet: an
+        // explorer or a node may answer late). Never a new signature on another UTXO
+        // for that: both could be mined. The same bytes again, under the rate limit.
         match node
             .outpoint(&d.txid, d.vout)
             .await
             .map_err(|e| e.to_string())?
         {
-            OutpointState::Unspent { .. } => {
-                // Nobody spent it: the UTXO is clean, the job is tried again with a
-                // fresh transaction.
-                store.utxo_clean(d.id).await.map_err(|e| e.to_string())?;
-                if let Ok(Ok(Some(utxo))) = deps
-                    .recorder
-                    .send(RecordRetry(retry, Some(d.id), false))
-                    .await
-                {
-                    deps.pool.do_send(Add(vec![utxo]));
-                }
-            }
-            OutpointState::Gone { .. } => {
-                // Spent by something else: the UTXO is gone; the job gets another.
+            OutpointState::Gone {
+                spent_by: Some(other),
+            } if other != job.txid => {
+                // Proven spent by another transaction: the UTXO is gone, and this
+                // job's transaction can never be mined; the job gets another.
                 store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
+                let retry = crate::ports::Retry {
+                    fence: job.fence,
+                    error: format!("its UTXO was spent by another transaction ({other})"),
+                    not_before: chrono::Utc::now(),
+                };
                 let _ = deps.recorder.send(RecordRetry(retry, None, false)).await;
+            }
+            _ => {
+                // Clean while we ask again: the re-send's outcome settles the UTXO
+                // (accepted: spent; refused: released; unknown again: dirty again).
+                store.utxo_clean(d.id).await.map_err(|e| e.to_string())?;
+                deps.stats.observe_rebroadcast();
+                let stored = crate::ports::StoredTx {
+                    txid: job.txid,
+                    raw_tx: job.raw_tx,
+                    utxo_id: job.utxo_id,
+                };
+                send_stored(deps, job.fence, stored).await;
             }
         }
         return Ok(());
@@ -300,6 +285,7 @@ async fn confirmations(
     store: &dyn JanitorStore,
     deps: &Deps,
     config: &JanitorConfig,
+    unheld: &Unheld,
 ) -> Result<(), String> {
     let sent = store
         .unconfirmed(500, config.stuck_after)
@@ -316,13 +302,37 @@ async fn confirmations(
         .collect()
         .await;
     let mut confirmed = Vec::new();
+    let mut still_unheld = std::collections::HashMap::new();
+    let previously = std::mem::take(&mut *unheld.lock().expect("unheld"));
     for (txid, raw_tx, settled, presence) in answers {
         match presence {
             Ok(TxPresence::Unknown) if settled => {
+                let resends = previously.get(&txid).copied().unwrap_or(0);
+                if resends >= MAX_UNHELD_RESENDS {
+                    // Accepted again and again, never held: the node refuses it after
+                    // answering (bcoin verifies after it answers). Not an endless loop:
+                    // the job fails with the best reason we have.
+                    let reason = format!(
+                        "the node accepted this transaction {} times but never held it: it \
+                         refused it after answering (see the node's log; e.g. a wallet key \
+                         that does not own the pool's coins, or a consensus rule the node \
+                         enforces)",
+                        resends + 1
+                    );
+                    match store.fail_unheld(&txid, &reason).await {
+                        Ok(0) => {}
+                        Ok(_) => tracing::error!(%txid, reason, "janitor: job failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, %txid, "janitor: could not fail an unheld job")
+                        }
+                    }
+                    continue;
+                }
+                still_unheld.insert(txid.clone(), resends + 1);
                 // The node said yes and no longer has it (it restarted, or dropped it):
                 // the same bytes again, under the rate limit.
                 deps.stats.observe_rebroadcast();
-                let grant = deps.tokens.send(crate::token_bucket::Acquire).await;
+                let grant = crate::token_bucket::acquire(&deps.tokens).await;
                 let outcome = deps.node.broadcast(&raw_tx).await;
                 drop(grant);
                 tracing::warn!(%txid, ?outcome, "janitor: re-sent a transaction the node no longer had");
@@ -336,10 +346,19 @@ async fn confirmations(
                 block_height,
                 block_hash,
             }),
+            Ok(TxPresence::Unknown) => {
+                if let Some(&n) = previously.get(&txid) {
+                    still_unheld.insert(txid, n);
+                }
+            }
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => {
+                *unheld.lock().expect("unheld") = previously;
+                return Err(e.to_string());
+            }
         }
     }
+    *unheld.lock().expect("unheld") = still_unheld;
     if !confirmed.is_empty() {
         store
             .record_confirmations(&confirmed)

@@ -11,6 +11,7 @@ pub mod broadcaster;
 pub mod chain;
 pub mod collector;
 pub mod janitor;
+pub mod leaser;
 pub mod pipeline;
 pub mod ports;
 pub mod recorder;

@@ -10,6 +10,7 @@ use crate::broadcaster::{Broadcaster, Deps};
 use crate::chain::{Node, Signer};
 use crate::collector::{CollectMode, Collector, CollectorConfig, StopClaiming};
 use crate::janitor::{Janitor, JanitorConfig};
+use crate::leaser::{Leaser, LeaserConfig};
 use crate::ports::{Fence, JanitorStore, JobStore, JobsNotifier, PoolStore};
 use crate::recorder::{Pending, Recorder};
 use crate::stats::Stats;
@@ -27,6 +28,7 @@ pub struct PipelineConfig {
     pub max_attempts: u32,
     pub pool: PoolConfig,
     pub janitor: JanitorConfig,
+    pub lease: LeaserConfig,
 }
 
 /// The stores the pipeline needs (one Postgres store implements them all).
@@ -45,6 +47,7 @@ pub struct Pipeline {
     pub pool: Addr<UtxoPool>,
     pub recorder: Addr<Recorder>,
     pub janitor: Addr<Janitor>,
+    pub leaser: Addr<Leaser>,
     pub broadcasters: Vec<Addr<Broadcaster>>,
     pub stats: Arc<Stats>,
     jobs: Arc<dyn JobStore>,
@@ -93,8 +96,17 @@ impl Pipeline {
         node: Arc<dyn Node>,
     ) -> Pipeline {
         let stats = Arc::new(Stats::default());
-        // Shared with the other processes on this database (the Janitor counts them).
+        // Shared with the other processes on this database (the Leaser counts them),
+        // and used only while this process's lease runs.
         let tokens = TokenBucket::shared(config.rate_max, config.rate_per).start();
+        // Its own thread: nothing else this process does can delay a heartbeat.
+        let leaser = {
+            let (lease, store, tokens) =
+                (config.lease.clone(), stores.janitor.clone(), tokens.clone());
+            Leaser::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                Leaser::new(lease, store, tokens)
+            })
+        };
         let recorder = Recorder::new(stores.jobs.clone(), config.max_attempts).start();
         let pool = UtxoPool::new(
             config.pool.clone(),
@@ -150,6 +162,7 @@ impl Pipeline {
             pool,
             recorder,
             janitor,
+            leaser,
             broadcasters,
             stats,
             jobs: stores.jobs,
@@ -186,9 +199,23 @@ impl Pipeline {
         let _ = self.collector.send(StopClaiming).await;
         self.hand_back_unstarted().await;
         let deadline = tokio::time::Instant::now() + grace;
+        let mut said = None;
         loop {
             let in_flight = self.batch.send(Depth).await.map(|d| d.1).unwrap_or(0);
-            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if in_flight > 0 && !matches!(said, Some(at) if now < at + Duration::from_secs(5)) {
+                // Say what the stop waits for, and again every 5 s.
+                let for_slot = self.tokens.send(TokensLeft).await.map(|t| t.2).unwrap_or(0);
+                tracing::info!(
+                    jobs = in_flight,
+                    waiting_for_rate_limit = for_slot,
+                    waiting_for_utxo_or_node = in_flight.saturating_sub(for_slot),
+                    left = ?deadline.saturating_duration_since(now),
+                    "stopping: waiting for the jobs in flight to finish"
+                );
+                said = Some(now);
+            }
+            if in_flight == 0 || now >= deadline {
                 if in_flight > 0 {
                     tracing::warn!(
                         jobs = in_flight,

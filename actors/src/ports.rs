@@ -247,6 +247,10 @@ pub trait JanitorStore: Send + Sync + 'static {
         limit: u32,
         settled: Duration,
     ) -> Result<Vec<(String, Vec<u8>, bool)>, StoreError>;
+    /// A sent job whose transaction the node accepted and then never held: `failed`
+    /// with `reason`; its change leaves the pool and its input is dirty until the
+    /// node has been asked about it. Returns the jobs changed (0 or 1).
+    async fn fail_unheld(&self, txid: &str, reason: &str) -> Result<u64, StoreError>;
     /// Records confirmations: jobs' and splits' `confirmed_at`, outputs' depth 0.
     async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError>;
 }

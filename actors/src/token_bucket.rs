@@ -208,6 +208,10 @@ pub struct TokenBucket {
     timer: Option<SpawnHandle>,
     /// Processes sharing the budget, once known ([`SharedBy`]).
     sharing: Option<u32>,
+    /// A shared budget is used only while this process's lease runs ([`LeaseUntil`]):
+    /// the others count us, and leave our claims alone, only until then.
+    lease_until: Option<Instant>,
+    needs_lease: bool,
 }
 
 impl TokenBucket {
@@ -219,6 +223,8 @@ impl TokenBucket {
             waiting: VecDeque::new(),
             timer: None,
             sharing: None,
+            lease_until: None,
+            needs_lease: false,
         }
     }
 
@@ -229,12 +235,22 @@ impl TokenBucket {
     pub fn shared(max: u32, per: Duration) -> TokenBucket {
         let mut bucket = TokenBucket::new(max, per);
         bucket.limiter.set_share(0, None);
+        bucket.needs_lease = true;
         bucket
+    }
+
+    /// No lease, no grant (a shared budget only).
+    fn lease_lapsed(&self, now: Instant) -> bool {
+        self.needs_lease && !matches!(self.lease_until, Some(until) if now < until)
     }
 
     /// Grants slots to waiters while there are free ones; otherwise sets a timer.
     fn serve(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
+        if self.lease_lapsed(now) {
+            // Fail closed: the next LeaseUntil serves the waiters.
+            return;
+        }
         while !self.waiting.is_empty() {
             // A waiter that gave up (its broadcaster stopped) needs no slot.
             if self.waiting.front().is_some_and(|w| w.is_closed()) {
@@ -269,6 +285,29 @@ impl Actor for TokenBucket {
 /// holder panicked) starts its last `per`.
 pub struct Grant {
     bucket: Option<Addr<TokenBucket>>,
+}
+
+impl Grant {
+    /// False when the limiter stopped before granting: no broadcast may follow.
+    pub fn is_granted(&self) -> bool {
+        self.bucket.is_some()
+    }
+}
+
+/// Waits for a slot: the only way to get one. Fails closed: while the limiter does not
+/// answer (stopped, restarting, its mailbox full) nothing is granted and the caller
+/// waits, so no broadcast ever goes out without a slot.
+pub async fn acquire(tokens: &Addr<TokenBucket>) -> Grant {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match tokens.send(Acquire).await {
+            Ok(grant) if grant.is_granted() => return grant,
+            Ok(_) => tracing::warn!("rate limiter stopped before granting; not broadcasting"),
+            Err(e) => tracing::warn!(error = %e, "rate limiter unavailable; not broadcasting"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
 }
 
 impl Drop for Grant {
@@ -334,6 +373,34 @@ impl Handler<RateLimited> for TokenBucket {
         self.limiter
             .rate_limited(Instant::now(), msg.retry_after, rand::random::<f64>());
         tracing::warn!(retry_after = ?msg.retry_after, budget = self.limiter.limit(), "node rate-limited us: pausing broadcasts");
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.serve(ctx);
+    }
+}
+
+/// This process's lease is known to run until `until` (sent by the Leaser after each
+/// heartbeat). `lapsed`: it had ended before this renewal, so the others may have
+/// stopped counting us: rejoin as a newcomer does.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeaseUntil {
+    pub until: Instant,
+    pub lapsed: bool,
+}
+
+impl Handler<LeaseUntil> for TokenBucket {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaseUntil, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if msg.lapsed {
+            let share = self.limiter.share();
+            self.limiter
+                .set_share(share, Some(now + SHARE_REFRESH * 2 + self.per));
+        }
+        self.lease_until = Some(self.lease_until.map_or(msg.until, |u| u.max(msg.until)));
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::chain::{BroadcastOutcome, Node, Signer, SpendableUtxo, TxPresence};
 use crate::ports::{JobId, PoolStore, StoredSplit};
-use crate::token_bucket::{Acquire, RateLimited, TokenBucket};
+use crate::token_bucket::{RateLimited, TokenBucket};
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -209,7 +209,7 @@ pub async fn publish_split(
     split: &StoredSplit,
 ) -> Result<Vec<SpendableUtxo>, crate::ports::StoreError> {
     loop {
-        let grant = tokens.send(Acquire).await;
+        let grant = crate::token_bucket::acquire(tokens).await;
         let outcome = node.broadcast(&split.raw_tx).await;
         drop(grant);
         match outcome {
@@ -222,10 +222,12 @@ pub async fn publish_split(
                 reason,
                 input_problem,
             } => {
+                tracing::warn!(txid = %split.txid, %reason, "the node refused a split");
                 store.split_rejected(split, &reason, input_problem).await?;
                 return Ok(Vec::new());
             }
             BroadcastOutcome::Unknown { reason } => {
+                tracing::warn!(txid = %split.txid, %reason, "a split's broadcast has an unknown outcome; the Janitor will ask the node");
                 store.split_unknown(split, &reason).await?;
                 return Ok(Vec::new());
             }
@@ -244,6 +246,11 @@ pub async fn publish_split(
             }
         }
     }
+    tracing::warn!(
+        txid = %split.txid,
+        "the node accepted a split but does not hold it: it refused it after answering \
+         (see the node's log); the Janitor will ask again"
+    );
     store
         .split_unknown(split, "accepted by the node but not seen in its mempool")
         .await?;

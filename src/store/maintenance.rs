@@ -67,7 +67,11 @@ impl PoolStore for PgStore {
         .await
         .map_err(store_error)?;
         if taken.is_none() {
-            return Err(StoreError::Fenced);
+            return Err(StoreError::Other(format!(
+                "the coin to split ({}:{}) is not available now: spent, reserved, or waiting \
+                 for the Janitor to ask the node about an earlier spend",
+                input.txid, input.vout
+            )));
         }
         let id = utxos::store_split(&mut tx, input, signed, outputs, amount, &script).await?;
         tx.commit().await.map_err(store_error)?;
@@ -340,6 +344,34 @@ impl JanitorStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)
+    }
+
+    async fn fail_unheld(&self, txid: &str, reason: &str) -> Result<u64, StoreError> {
+        let failed: Option<i64> = sqlx::query_scalar(
+            "WITH job AS (
+                 UPDATE publish_jobs SET status = 'failed', last_error = $2, updated_at = now()
+                 WHERE txid = $1 AND status = 'sent' AND confirmed_at IS NULL
+                 RETURNING id, utxo_id, processing_batch_id
+             ), input AS (
+                 -- Maybe never spent: the Janitor asks the node (clean or retired).
+                 UPDATE utxos x SET state = 'available', dirty = TRUE, reserved_by = NULL,
+                                    updated_at = now()
+                 FROM job WHERE x.id = job.utxo_id AND x.state = 'spent'
+             ), change AS (
+                 UPDATE utxos x SET state = 'retired', dirty = FALSE, updated_at = now()
+                 FROM job WHERE x.txid = $1 AND x.state = 'available'
+             ), batch AS (
+                 UPDATE batches b SET sent = greatest(b.sent - 1, 0), failed = b.failed + 1
+                 FROM job WHERE b.id = job.processing_batch_id
+             )
+             SELECT count(*) FROM job",
+        )
+        .bind(txid)
+        .bind(reason)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(failed.unwrap_or(0) as u64)
     }
 
     async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError> {
