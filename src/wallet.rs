@@ -36,6 +36,7 @@ impl Wallet {
         let node = node::from_settings(&settings.node)?;
         let pool = store::connect_or_create(&settings.database).await?;
         store::migrate(&pool).await?;
+        ensure_pool_is_ours(&pool, builder.wallet()).await?;
         Ok(Wallet {
             settings,
             pool,
@@ -255,6 +256,9 @@ pub struct Mined {
     pub height: u64,
     pub imported: usize,
     pub sats: u64,
+    /// What to do when the pool's P2WPKH coins cannot be spent yet (SegWit not active
+    /// on the node: bcoin's regtest below height 432).
+    pub segwit_advice: Option<String>,
 }
 
 impl Wallet {
@@ -316,11 +320,19 @@ impl Wallet {
             let (imported, _, sats) = self.import(&outpoints).await?;
             (imported, sats)
         };
+        let segwit_advice = match self.settings.chain.address_type {
+            crate::config::AddressType::P2wpkh => match rpc.segwit().await {
+                Ok(Some(state)) if !state.active => Some(state.advice()),
+                _ => None,
+            },
+            crate::config::AddressType::P2pkh => None,
+        };
         Ok(Mined {
             blocks,
             height,
             imported,
             sats,
+            segwit_advice,
         })
     }
 }
@@ -344,8 +356,45 @@ pub fn address(settings: &Settings) -> anyhow::Result<String> {
 }
 
 /// `raregen wallet balance`.
+/// Refuses a pool whose coins pay to another script than the key's: with the wrong key
+/// every transaction would be signed for coins it cannot spend, and a node that answers
+/// before it verifies (bcoin, some explorers) would say "accepted" to each of them.
+pub async fn ensure_pool_is_ours(pool: &PgPool, key: &WalletKey) -> anyhow::Result<()> {
+    let foreign = utxos::foreign_utxos(pool, key.script_pubkey().as_bytes()).await?;
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let (count, sats) = foreign
+        .iter()
+        .fold((0, 0), |(c, s), (_, n, sats)| (c + n, s + sats));
+    let payees: Vec<String> = foreign
+        .iter()
+        .map(|(script, n, _)| {
+            let script = bitcoin::Script::from_bytes(script);
+            let to = bitcoin::Address::from_script(script, key.network())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| format!("script {}", hex::encode(script.as_bytes())));
+            format!("{n} to {to}")
+        })
+        .collect();
+    bail!(
+        "the UTXO pool holds {count} coin(s) ({sats} sats) that pay to another address than \
+         this wallet key's ({}): {}. The wallet key (RAREGEN_WALLET_KEY or \
+         chain.wallet_key_file) is not the one these coins were funded with: use that key, \
+         or point database.url at another database",
+        key.address(),
+        payees.join(", ")
+    )
+}
+
 pub async fn balance(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let pool = store::connect(&settings.database).await?;
+    // Without a key the balance is shown as it is; with one, only if the coins are its.
+    match WalletKey::from_settings(settings) {
+        Ok(key) => ensure_pool_is_ours(&pool, &key).await?,
+        Err(crate::chain::WalletError::Missing) => {}
+        Err(e) => return Err(e.into()),
+    }
     let summary = PoolSummary::load(&pool).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -41,6 +41,48 @@ impl Cli {
         stderr
     }
 
+    /// Runs `raregen serve` until its log shows `needle` (at most 60 s), then stops it;
+    /// returns the log.
+    fn serve_until(&self, needle: &str) -> String {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_raregen"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = String::new();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    log.push_str(&line);
+                    log.push('\n');
+                    if line.contains(needle) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        log
+    }
+
     fn succeeds(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
@@ -240,4 +282,64 @@ async fn wallet_commands_explain_missing_pieces(pool: PgPool) {
     assert!(!message.contains("nodesecret"));
     let message = no_node.fails(&["wallet", "split", "--outputs", "2", "--amount", "1000"]);
     assert!(message.contains("no available UTXO"), "{message}");
+}
+
+/// A new user's two silent traps, said at once: a wallet key that does not own the
+/// pool's coins (every command that spends them refuses, naming the addresses), and a
+/// chain where SegWit is not active yet (`wallet mine` and `serve` say so, with the fix).
+#[sqlx::test]
+async fn a_foreign_pool_or_an_inactive_segwit_is_said_at_once(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let db = common::database_url(&pool).await;
+    let (first, first_wif) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
+    let (second, second_wif) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
+    let with = |wif: &secrecy::SecretString| {
+        let mut env = node.env();
+        env.push(("DATABASE_URL".into(), db.clone()));
+        env.push(("RAREGEN_WALLET_KEY".into(), wif.expose_secret().to_owned()));
+        env.push(("RAREGEN__API__LISTEN".into(), "127.0.0.1:0".into()));
+        Cli { env }
+    };
+    let owner = with(&first_wif);
+
+    // 110 blocks: 10 coinbases mature, but bcoin's regtest activates SegWit at 432.
+    let out = owner.succeeds(&["wallet", "mine", "--blocks", "110", "--import-max", "2"]);
+    assert!(out.contains("imported 2 matured coinbase(s)"), "{out}");
+    assert!(
+        out.contains("SegWit is not active") && out.contains("432") && out.contains("p2pkh"),
+        "wallet mine explains what stops the pool: {out}"
+    );
+    let log = owner.serve_until("raregen serving");
+    assert!(
+        log.contains("SegWit is not active") && log.contains("ERROR"),
+        "serve says it in its log: {log}"
+    );
+
+    // Another key on the same pool: refused by every command that would sign.
+    let stranger = with(&second_wif);
+    for args in [
+        &["wallet", "split", "--outputs", "2", "--amount", "1000"][..],
+        &["wallet", "balance"],
+        &["wallet", "mine", "--blocks", "1"],
+        &["wallet", "import", &format!("{}:0", "ab".repeat(32))],
+    ] {
+        let message = stranger.fails(args);
+        assert!(
+            message.contains("2 coin(s)")
+                && message.contains(&first.address().to_string())
+                && message.contains(&second.address().to_string())
+                && message.contains("RAREGEN_WALLET_KEY"),
+            "{args:?}: {message}"
+        );
+        assert!(!message.contains(second_wif.expose_secret()));
+    }
+    let serve = stranger.run(&["serve"]);
+    let log = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "serve refuses a foreign pool");
+    assert!(
+        log.contains("2 coin(s)") && log.contains(&first.address().to_string()),
+        "{log}"
+    );
+    // The owner's commands still work.
+    owner.succeeds(&["wallet", "balance"]);
 }

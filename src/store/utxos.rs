@@ -16,6 +16,24 @@ pub struct NewUtxo {
     pub coinbase: bool,
 }
 
+/// Coins still in play (not spent, not retired) that pay to another script than
+/// `script`, by script: (script, count, sats), the most numerous first.
+pub async fn foreign_utxos(
+    pool: &PgPool,
+    script: &[u8],
+) -> Result<Vec<(Vec<u8>, i64, i64)>, StoreError> {
+    sqlx::query_as(
+        "SELECT script_pubkey, count(*), coalesce(sum(satoshis), 0)::bigint FROM utxos
+         WHERE state IN ('pending', 'available', 'reserved', 'spending')
+           AND script_pubkey <> $1
+         GROUP BY script_pubkey ORDER BY count(*) DESC LIMIT 5",
+    )
+    .bind(script)
+    .fetch_all(pool)
+    .await
+    .map_err(store_error)
+}
+
 /// Adds coins to the pool as available. Returns, in order, whether each was new (an
 /// outpoint already in the pool is left as it is).
 pub async fn insert_utxos(pool: &PgPool, utxos: &[NewUtxo]) -> Result<Vec<bool>, StoreError> {
