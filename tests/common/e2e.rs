@@ -225,6 +225,56 @@ pub async fn wait_mempool(node: &RegtestNode, n: usize, limit: Duration) -> Dura
     started.elapsed()
 }
 
+/// Exactly-once at the node: every `sent` job's payload is in the node's mempool in
+/// exactly one transaction, the job's recorded txid, and no payload of a job that is
+/// not `sent` is there at all. Waits up to `limit` for bcoin's verification queue.
+/// Returns the number of sent jobs checked.
+pub async fn assert_published_once(pool: &PgPool, node: &RegtestNode, limit: Duration) -> usize {
+    let jobs: Vec<(i64, Vec<u8>, Option<String>, String)> =
+        sqlx::query_as("SELECT id, payload, txid, status FROM publish_jobs ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let sent = jobs.iter().filter(|j| j.3 == "sent").count();
+    let started = Instant::now();
+    loop {
+        let on_node = mempool_payloads(node).await;
+        let mut by_payload: std::collections::HashMap<&[u8], Vec<&str>> = Default::default();
+        for (txid, payload) in &on_node {
+            by_payload.entry(payload).or_default().push(txid);
+        }
+        let wrong: Vec<String> = jobs
+            .iter()
+            .filter_map(|(id, payload, txid, status)| {
+                let found = by_payload
+                    .get(payload.as_slice())
+                    .cloned()
+                    .unwrap_or_default();
+                let expected: Vec<&str> = match status.as_str() {
+                    "sent" => txid.as_deref().into_iter().collect(),
+                    _ => Vec::new(),
+                };
+                (found != expected).then(|| format!("job {id} ({status}): on the node {found:?}"))
+            })
+            .collect();
+        if wrong.is_empty() {
+            assert_eq!(
+                on_node.len(),
+                sent,
+                "no other transaction carries a payload"
+            );
+            return sent;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{} jobs not published exactly once, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Every OP_RETURN payload in the node's mempool, with the txid carrying it.
 pub async fn mempool_payloads(node: &RegtestNode) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
