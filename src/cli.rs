@@ -79,8 +79,10 @@ pub enum WalletCommand {
     },
     /// Regtest only: mine blocks to the pool's address and import the matured coinbases.
     Mine {
-        /// Blocks to mine (a coinbase matures after 100 more; bcoin's regtest activates
-        /// segwit, which P2WPKH needs, at about 432).
+        /// Blocks to mine. The default, 450, is what a fresh regtest chain needs: a
+        /// coinbase matures after 100 more blocks, and bcoin's regtest activates SegWit
+        /// (which P2WPKH coins need) only at height 432; below it the node refuses every
+        /// spend of the pool (no-witness-yet). Says so when the chain is still below.
         #[arg(long, default_value_t = 450)]
         blocks: u32,
         /// Import at most this many matured coinbases.
@@ -115,13 +117,23 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `outer: cause: root cause`, on one line.
+/// `outer: cause: root cause`, on one line. A cause whose text the line already holds
+/// is left out: many errors (sqlx's, `std::io`'s inside ours) print their source in their
+/// own message, and the chain would otherwise say it twice.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-        .replace('\n', " ")
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -181,6 +193,9 @@ async fn run_wallet(settings: Settings, command: WalletCommand) -> anyhow::Resul
                 "mined {} block(s), height {}; imported {} matured coinbase(s), {} sats",
                 done.blocks, done.height, done.imported, done.sats
             );
+            if let Some(advice) = done.segwit_advice {
+                println!("warning: {advice}");
+            }
         }
         WalletCommand::Split { outputs, amount } => {
             let w = wallet::Wallet::open(settings).await?;

@@ -27,9 +27,11 @@ const SECRET_KEYS: &[&str] = &["api.api_key", "node.password", "database.url"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}{via}: {source}")]
     Read {
         path: PathBuf,
+        /// Where the path came from when not `--config`, e.g. ` (named by RAREGEN_CONFIG)`.
+        via: &'static str,
         source: std::io::Error,
     },
     #[error("config file {path} is not valid TOML: {message}")]
@@ -251,8 +253,16 @@ impl Settings {
     /// Loads the layers from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let env_file = std::env::var_os(ENV_CONFIG_FILE).map(PathBuf::from);
+        let from_env = file.is_none() && env_file.is_some();
         let file = file.map(Path::to_path_buf).or(env_file);
-        Self::load_from(file.as_deref(), std::env::vars())
+        Self::load_from(file.as_deref(), std::env::vars()).map_err(|e| match e {
+            ConfigError::Read { path, source, .. } if from_env => ConfigError::Read {
+                path,
+                via: " (named by RAREGEN_CONFIG)",
+                source,
+            },
+            other => other,
+        })
     }
 
     /// Loads the layers with the environment given (tests pass their own).
@@ -269,6 +279,7 @@ impl Settings {
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
+                via: "",
                 source,
             })?;
             let layer: Table = text
@@ -301,7 +312,8 @@ impl Settings {
                 let message = if SECRET_KEYS.contains(&key.as_str()) {
                     "invalid value (not shown: the key is secret)".to_owned()
                 } else {
-                    e.into_inner().to_string()
+                    // The bare message: the error's Display adds "in `key`" and newlines.
+                    plain_serde_message(e.into_inner().message())
                 };
                 bad_value(&origins, key, message)
             })?;
@@ -449,6 +461,71 @@ impl Settings {
         }
         Ok(Some(SecretString::from(key.to_owned())))
     }
+}
+
+/// A serde message in words a user knows: `invalid type: string "x", expected i16`
+/// becomes `expected an integer from -32768 to 32767, got "x"`, with no Rust type names
+/// (for the config loader and the HTTP API). Other messages are returned as they are.
+pub(crate) fn plain_serde_message(message: &str) -> String {
+    let Some((head, expected)) = message.rsplit_once(", expected ") else {
+        return message.to_owned();
+    };
+    let expected = plain_expected(expected);
+    let got = head
+        .strip_prefix("invalid type: ")
+        .or_else(|| head.strip_prefix("invalid value: "));
+    match got {
+        Some(got) => format!("expected {expected}, got {}", plain_unexpected(got)),
+        None => format!("{head}, expected {expected}"),
+    }
+}
+
+/// What serde's visitors expect, in JSON/TOML words.
+fn plain_expected(expected: &str) -> String {
+    let words = match expected {
+        "i8" => "an integer from -128 to 127",
+        "i16" => "an integer from -32768 to 32767",
+        "i32" => "an integer from -2147483648 to 2147483647",
+        "i64" | "i128" | "isize" => "an integer",
+        "u8" => "an integer from 0 to 255",
+        "u16" => "an integer from 0 to 65535",
+        "u32" => "an integer from 0 to 4294967295",
+        "u64" | "u128" | "usize" => "an integer of at least 0",
+        "f32" | "f64" => "a number",
+        "a borrowed string" | "a string" | "string" => "a string",
+        "a sequence" => "an array",
+        "a map" => "an object",
+        "a boolean" => "true or false",
+        "a duration" => "a duration such as \"500ms\", \"3s\" or \"2m\"",
+        other if other.starts_with("struct ") => "an object",
+        other => other,
+    };
+    words.to_owned()
+}
+
+/// serde's description of the value it got (`integer `5``, `string "x"`, `map`), as the
+/// value itself or its JSON/TOML kind; long strings are cut.
+fn plain_unexpected(got: &str) -> String {
+    for kind in ["integer ", "floating point ", "boolean ", "character "] {
+        if let Some(value) = got.strip_prefix(kind) {
+            return value.trim_matches('`').to_owned();
+        }
+    }
+    if let Some(quoted) = got.strip_prefix("string ") {
+        const MAX: usize = 80;
+        if quoted.chars().count() > MAX {
+            let cut: String = quoted.chars().take(MAX).collect();
+            return format!("{cut}…\"");
+        }
+        return quoted.to_owned();
+    }
+    match got {
+        "map" => "an object",
+        "sequence" => "an array",
+        "unit value" | "Option value" => "null",
+        other => other,
+    }
+    .to_owned()
 }
 
 fn bad_value(origins: &Origins, key: String, message: String) -> ConfigError {

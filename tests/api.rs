@@ -223,6 +223,46 @@ async fn idempotency_same_payload_same_job_other_payload_conflict(pool: PgPool) 
 }
 
 #[sqlx::test]
+async fn replaying_a_key_draws_no_job_ids(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let job = json!({"payload": "replayed", "idempotency_key": "order-15"});
+    let first = app.post_json("/v1/jobs", &job).await;
+    assert_eq!(first.status(), 201);
+    let n = first.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    for _ in 0..2 {
+        let again = app.post_json("/v1/jobs", &job).await;
+        assert_eq!(again.status(), 200);
+        assert_eq!(again.json::<Value>().await.unwrap()["id"], n);
+    }
+    let bulk = app
+        .post_json("/v1/jobs/bulk", &json!({"jobs": [job.clone(), job]}))
+        .await;
+    assert_eq!(bulk.status(), 201);
+    assert_eq!(bulk.json::<Value>().await.unwrap()["ids"], json!([n, n]));
+
+    let next = app.post_json("/v1/jobs", &json!({"payload": "new"})).await;
+    assert_eq!(next.status(), 201);
+    assert_eq!(
+        next.json::<Value>().await.unwrap()["id"].as_i64().unwrap(),
+        n + 1,
+        "the replays used up ids"
+    );
+    // A bulk of one replay and one new job draws one id.
+    let bulk = app
+        .post_json(
+            "/v1/jobs/bulk",
+            &json!({"jobs": [{"payload": "replayed", "idempotency_key": "order-15"},
+                             {"payload": "newer", "idempotency_key": "order-16"}]}),
+        )
+        .await;
+    assert_eq!(bulk.status(), 201);
+    assert_eq!(
+        bulk.json::<Value>().await.unwrap()["ids"],
+        json!([n, n + 2])
+    );
+}
+
+#[sqlx::test]
 async fn concurrent_submissions_with_one_key_make_one_job(pool: PgPool) {
     let app = spawn_app(pool).await;
     let mut handles = Vec::new();
@@ -465,6 +505,59 @@ async fn bad_input_gets_a_4xx_and_stores_nothing(pool: PgPool) {
         .post_raw("/v1/jobs", r#"{"payload": "a", "colour": "red"}"#)
         .await;
     assert!(error_of(resp).await.2.contains("colour"));
+}
+
+#[sqlx::test]
+async fn type_errors_speak_json_not_rust(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "priority": 40000}"#,
+            "priority: expected an integer from -32768 to 32767, got 40000",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "priority": "x"}"#,
+            r#"priority: expected an integer from -32768 to 32767, got "x""#,
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "priority": 1.5}"#,
+            "priority: expected an integer from -32768 to 32767, got 1.5",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "idempotency_key": 12}"#,
+            "idempotency_key: expected a string, got 12",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload": ["a"]}"#,
+            "payload: expected a string, got an array",
+        ),
+        (
+            "/v1/jobs/bulk",
+            r#"{"jobs": {"payload": "a"}}"#,
+            "jobs: expected an array, got an object",
+        ),
+        (
+            "/v1/jobs/bulk",
+            r#"{"jobs": ["a"]}"#,
+            r#"jobs[0]: expected an object, got "a""#,
+        ),
+        (
+            "/v1/jobs/lookup",
+            r#"{"ids": [1, "two"]}"#,
+            r#"ids[1]: expected an integer, got "two""#,
+        ),
+    ];
+    for (path, body, want) in cases {
+        let (status, code, message) = error_of(app.post_raw(path, *body).await).await;
+        assert_eq!((status, code.as_str()), (422, "invalid_field"), "{body}");
+        assert_eq!(message, *want, "{body}");
+    }
+    assert_eq!(app.job_count().await, 0);
 }
 
 #[sqlx::test]

@@ -116,9 +116,11 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
 }
 
 #[test]
-fn an_unreachable_database_is_one_clear_line_without_the_password() {
+fn an_unreachable_database_is_one_clear_line_at_once_without_the_password() {
+    // A pool that waited for a connection would end with "pool timed out" after
+    // acquire_timeout (an hour here); the refusal itself is what must be said, at once.
     let out = raregen("postgres://postgres:hunter2@127.0.0.1:1/raregen")
-        .env("RAREGEN__DATABASE__ACQUIRE_TIMEOUT", "2s")
+        .env("RAREGEN__DATABASE__ACQUIRE_TIMEOUT", "1h")
         .arg("status")
         .output()
         .unwrap();
@@ -126,11 +128,112 @@ fn an_unreachable_database_is_one_clear_line_without_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(
-        stderr
-            .contains("cannot connect to Postgres at postgres://postgres:***@127.0.0.1:1/raregen"),
+        stderr.starts_with("raregen: cannot connect to Postgres at 127.0.0.1:1: "),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("Connection refused") && stderr.contains("is it running?"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("DATABASE_URL / database.url is postgres://postgres:***@127.0.0.1:1/raregen"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("timed out"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+/// The test server's URL with another database name.
+fn server_url_with_database(name: &str) -> String {
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (base, _) = server
+        .rsplit_once('/')
+        .expect("DATABASE_URL ends in a database name");
+    format!("{base}/{name}")
+}
+
+/// The one line on stderr of a failed run.
+fn failure_line(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    stderr.trim_end().to_owned()
+}
+
+#[test]
+fn a_missing_database_is_named_once_with_a_hint() {
+    let name = format!("raregen_missing_{}", std::process::id());
+    let line = failure_line(raregen(&server_url_with_database(&name)).arg("status"));
+    assert_eq!(
+        line.matches(&format!("database \"{name}\" does not exist"))
+            .count(),
+        1,
+        "{line}"
+    );
+    assert!(
+        line.contains("DATABASE_URL / database.url") && line.contains("`raregen migrate`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_named_once() {
+    let path = "/nonexistent/raregen-issue15.toml";
+    let url = "postgres://postgres@127.0.0.1:5432/postgres";
+    let line = failure_line(raregen(url).args(["--config", path, "status"]));
+    assert_eq!(
+        line,
+        format!("raregen: cannot read config file {path}: No such file or directory (os error 2)")
+    );
+    let line = failure_line(raregen(url).env("RAREGEN_CONFIG", path).arg("status"));
+    assert_eq!(
+        line,
+        format!(
+            "raregen: cannot read config file {path} (named by RAREGEN_CONFIG): \
+             No such file or directory (os error 2)"
+        )
+    );
+}
+
+#[test]
+fn a_bad_duration_says_what_a_duration_looks_like() {
+    let url = "postgres://postgres@127.0.0.1:5432/postgres";
+    let line = failure_line(
+        raregen(url)
+            .env("RAREGEN__RATE_LIMIT__PER", "soon")
+            .arg("status"),
+    );
+    assert_eq!(
+        line,
+        "raregen: config key `rate_limit.per` (from environment variable RAREGEN__RATE_LIMIT__PER): \
+         expected a duration such as \"500ms\", \"3s\" or \"2m\", got \"soon\""
+    );
+
+    let file = std::env::temp_dir().join(format!("raregen-cli-{}.toml", std::process::id()));
+    for (toml, want) in [
+        (
+            "[rate_limit]\nper = 3\n",
+            "config key `rate_limit.per` (from {file}): \
+             expected a duration such as \"500ms\", \"3s\" or \"2m\", got 3",
+        ),
+        (
+            "[rate_limit]\nmax = \"lots\"\n",
+            "config key `rate_limit.max` (from {file}): \
+             expected an integer from 0 to 4294967295, got \"lots\"",
+        ),
+    ] {
+        std::fs::write(&file, toml).unwrap();
+        let line = failure_line(raregen(url).arg("--config").arg(&file).arg("status"));
+        let want = format!(
+            "raregen: {}",
+            want.replace("{file}", &file.display().to_string())
+        );
+        assert_eq!(line, want);
+    }
+    let _ = std::fs::remove_file(&file);
 }
 
 #[sqlx::test]

@@ -66,6 +66,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         } else {
             format!("{path}: ")
         };
-        ApiError::unprocessable("invalid_field", format!("{at}{}", e.into_inner()))
+        // serde names Rust types ("expected i16"); the client sees JSON words.
+        let message = crate::config::plain_serde_message(&e.into_inner().to_string());
+        ApiError::unprocessable("invalid_field", format!("{at}{message}"))
     })
 }

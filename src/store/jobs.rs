@@ -119,79 +119,90 @@ impl PgStore {
             }
         }
         let unique: Vec<usize> = (0..jobs.len()).filter(|&i| alias[i].is_none()).collect();
+        let mut outcome: Vec<Option<InsertOutcome>> = vec![None; jobs.len()];
 
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        // Ids are taken first so that each job's id is known by its position; the
-        // insert then names them explicitly.
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT nextval(pg_get_serial_sequence('publish_jobs', 'id')) FROM generate_series(1, $1)",
-        )
-        .bind(unique.len() as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let payloads: Vec<&[u8]> = unique.iter().map(|&i| jobs[i].payload.as_slice()).collect();
-        let keys: Vec<Option<&str>> = unique
+        // Keys already stored are answered from the table, before any id is drawn: a
+        // replay must not consume ids from the sequence.
+        let keys: Vec<&str> = unique
             .iter()
-            .map(|&i| jobs[i].idempotency_key.as_deref())
+            .filter_map(|&i| jobs[i].idempotency_key.as_deref())
             .collect();
-        let priorities: Vec<i16> = unique.iter().map(|&i| jobs[i].priority).collect();
-        let inserted: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO publish_jobs (id, payload, idempotency_key, priority)
-             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::smallint[])
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
-        )
-        .bind(&ids)
-        .bind(&payloads)
-        .bind(&keys)
-        .bind(&priorities)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(store_error)?;
-
-        let mut outcome: Vec<Option<InsertOutcome>> = vec![None; jobs.len()];
-        let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
-        let mut taken_keys: Vec<&str> = Vec::new();
-        for (slot, &i) in unique.iter().enumerate() {
-            if inserted.contains(&ids[slot]) {
-                outcome[i] = Some(InsertOutcome::Created(ids[slot]));
-            } else {
-                taken_keys.push(
-                    jobs[i]
-                        .idempotency_key
-                        .as_deref()
-                        .expect("only keyed jobs conflict"),
-                );
+        if !keys.is_empty() {
+            let existing = stored_keys(&mut tx, &keys).await?;
+            for &i in &unique {
+                if let Some(key) = jobs[i].idempotency_key.as_deref() {
+                    outcome[i] = existing.get(key).map(|stored| stored.outcome_for(&jobs[i]));
+                }
             }
         }
-        if !taken_keys.is_empty() {
-            let rows = sqlx::query(
-                "SELECT id, idempotency_key, payload FROM publish_jobs WHERE idempotency_key = ANY($1)",
+        let new: Vec<usize> = unique
+            .iter()
+            .copied()
+            .filter(|&i| outcome[i].is_none())
+            .collect();
+
+        if !new.is_empty() {
+            // Ids are taken first so that each job's id is known by its position; the
+            // insert then names them explicitly. A key first submitted by two requests
+            // at once is still drawn an id by both, and the loser's id is left unused
+            // (a gap in the ids, nothing more); the ON CONFLICT below settles the race.
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT nextval(pg_get_serial_sequence('publish_jobs', 'id')) FROM generate_series(1, $1)",
             )
-            .bind(&taken_keys)
+            .bind(new.len() as i64)
             .fetch_all(&mut *tx)
             .await
             .map_err(store_error)?;
-            let existing: HashMap<String, (i64, Vec<u8>)> = rows
-                .into_iter()
-                .map(|r| (r.get("idempotency_key"), (r.get("id"), r.get("payload"))))
+            let payloads: Vec<&[u8]> = new.iter().map(|&i| jobs[i].payload.as_slice()).collect();
+            let keys: Vec<Option<&str>> = new
+                .iter()
+                .map(|&i| jobs[i].idempotency_key.as_deref())
                 .collect();
-            for &i in &unique {
-                if outcome[i].is_some() {
-                    continue;
-                }
-                let key = jobs[i].idempotency_key.as_deref().expect("keyed");
-                let (id, payload) = existing.get(key).ok_or_else(|| {
-                    StoreError::Other(format!(
-                        "job with idempotency key {key:?} vanished during insert"
-                    ))
-                })?;
-                outcome[i] = Some(if *payload == jobs[i].payload {
-                    InsertOutcome::Existing(*id)
+            let priorities: Vec<i16> = new.iter().map(|&i| jobs[i].priority).collect();
+            let inserted: Vec<i64> = sqlx::query_scalar(
+                "INSERT INTO publish_jobs (id, payload, idempotency_key, priority)
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::smallint[])
+                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&ids)
+            .bind(&payloads)
+            .bind(&keys)
+            .bind(&priorities)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_error)?;
+
+            let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
+            let mut raced_keys: Vec<&str> = Vec::new();
+            for (slot, &i) in new.iter().enumerate() {
+                if inserted.contains(&ids[slot]) {
+                    outcome[i] = Some(InsertOutcome::Created(ids[slot]));
                 } else {
-                    InsertOutcome::Conflict(*id)
-                });
+                    raced_keys.push(
+                        jobs[i]
+                            .idempotency_key
+                            .as_deref()
+                            .expect("only keyed jobs conflict"),
+                    );
+                }
+            }
+            if !raced_keys.is_empty() {
+                // Another transaction stored these keys after the look-up above.
+                let existing = stored_keys(&mut tx, &raced_keys).await?;
+                for &i in &new {
+                    if outcome[i].is_some() {
+                        continue;
+                    }
+                    let key = jobs[i].idempotency_key.as_deref().expect("keyed");
+                    let stored = existing.get(key).ok_or_else(|| {
+                        StoreError::Other(format!(
+                            "job with idempotency key {key:?} vanished during insert"
+                        ))
+                    })?;
+                    outcome[i] = Some(stored.outcome_for(&jobs[i]));
+                }
             }
         }
         for i in 0..jobs.len() {
@@ -263,6 +274,49 @@ impl PgStore {
     pub async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
         queue_counts(&self.pool).await
     }
+}
+
+/// A job already stored under an idempotency key.
+struct StoredKey {
+    id: JobId,
+    payload: Vec<u8>,
+}
+
+impl StoredKey {
+    /// The same payload is that job; another payload is a conflict.
+    fn outcome_for(&self, job: &NewJob) -> InsertOutcome {
+        if self.payload == job.payload {
+            InsertOutcome::Existing(self.id)
+        } else {
+            InsertOutcome::Conflict(self.id)
+        }
+    }
+}
+
+/// The jobs stored under `keys`, by key.
+async fn stored_keys(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    keys: &[&str],
+) -> Result<HashMap<String, StoredKey>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, idempotency_key, payload FROM publish_jobs WHERE idempotency_key = ANY($1)",
+    )
+    .bind(keys)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.get("idempotency_key"),
+                StoredKey {
+                    id: r.get("id"),
+                    payload: r.get("payload"),
+                },
+            )
+        })
+        .collect())
 }
 
 /// Jobs per state, from the table itself (never from counters that drift).

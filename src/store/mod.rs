@@ -42,9 +42,17 @@ pub fn lazy_pool(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
 }
 
 /// A pool with one connection made now, so a bad URL or a down server is reported at once.
+///
+/// One direct connection is tried first: its error is the real one (refused, unknown
+/// host, authentication, missing database), where a pool would retry until
+/// `database.acquire_timeout` and then only say that it timed out.
 pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let options = connect_options(db)?;
+    probe(db, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!(describe_connect_error(db, &options, &e)))?;
     pool_options(db)
-        .connect_with(connect_options(db)?)
+        .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to Postgres at {}", db.redacted_url()))
 }
@@ -53,17 +61,90 @@ pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
 /// exist (for `migrate` and `serve` on a fresh server).
 pub async fn connect_or_create(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
     use sqlx::migrate::MigrateDatabase;
-    match pool_options(db).connect_with(connect_options(db)?).await {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+    let options = connect_options(db)?;
+    match probe(db, &options).await {
+        Err(ProbeError::Sqlx(sqlx::Error::Database(e))) if is_missing_database(&*e) => {
             sqlx::Postgres::create_database(db.url.expose_secret())
                 .await
                 .with_context(|| format!("creating the database of {}", db.redacted_url()))?;
             tracing::info!(database = %db.redacted_url(), "created the database");
-            connect(db).await
         }
-        other => {
-            other.with_context(|| format!("cannot connect to Postgres at {}", db.redacted_url()))
+        Err(e) => anyhow::bail!(describe_connect_error(db, &options, &e)),
+        Ok(()) => {
+            return pool_options(db)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot connect to Postgres at {}", db.redacted_url()))
         }
+    }
+    connect(db).await
+}
+
+/// Why the direct connection attempt failed.
+enum ProbeError {
+    Sqlx(sqlx::Error),
+    /// No answer within `database.acquire_timeout` (a firewall dropping packets).
+    Timeout,
+}
+
+/// One connection, made and closed, bounded by `database.acquire_timeout`.
+async fn probe(db: &DatabaseSettings, options: &PgConnectOptions) -> Result<(), ProbeError> {
+    match tokio::time::timeout(db.acquire_timeout, options.connect()).await {
+        Ok(Ok(conn)) => {
+            // Closing politely is best effort: the connection did its job.
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(ProbeError::Sqlx(e)),
+        Err(_) => Err(ProbeError::Timeout),
+    }
+}
+
+fn is_missing_database(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code().as_deref() == Some("3D000")
+}
+
+/// One line saying what failed and what to check; never the password.
+fn describe_connect_error(
+    db: &DatabaseSettings,
+    options: &PgConnectOptions,
+    e: &ProbeError,
+) -> String {
+    let server = match options.get_socket() {
+        Some(socket) => format!("Postgres at socket {}", socket.display()),
+        None => format!("Postgres at {}:{}", options.get_host(), options.get_port()),
+    };
+    let url = db.redacted_url();
+    match e {
+        ProbeError::Timeout => format!(
+            "cannot connect to {server}: no answer within {} (database.acquire_timeout) — \
+             is it running and reachable? (DATABASE_URL / database.url is {url})",
+            humantime::format_duration(db.acquire_timeout)
+        ),
+        ProbeError::Sqlx(sqlx::Error::Io(io)) => format!(
+            "cannot connect to {server}: {io} — is it running? (DATABASE_URL / database.url is {url})"
+        ),
+        ProbeError::Sqlx(sqlx::Error::Database(e)) if is_missing_database(&**e) => format!(
+            "{} on {server} — set DATABASE_URL / database.url (now {url}) to an existing \
+             database, or run `raregen migrate`, which creates it",
+            e.message()
+        ),
+        ProbeError::Sqlx(sqlx::Error::Database(e))
+            if e.code().is_some_and(|c| c == "28P01" || c == "28000") =>
+        {
+            format!(
+                "{server} refused the connection: {} — check the user and password in \
+                 DATABASE_URL / database.url (now {url})",
+                e.message()
+            )
+        }
+        ProbeError::Sqlx(sqlx::Error::Database(e)) => format!(
+            "cannot connect to {server}: {} (DATABASE_URL / database.url is {url})",
+            e.message()
+        ),
+        ProbeError::Sqlx(other) => format!(
+            "cannot connect to {server}: {other} (DATABASE_URL / database.url is {url})"
+        ),
     }
 }
 
