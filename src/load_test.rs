@@ -257,7 +257,7 @@ pub async fn run(settings: &Settings, opts: LoadTest) -> anyhow::Result<Summary>
         {
             last_line = Instant::now();
             eprintln!(
-                "load-test: {:>6.1}s submitted {submitted} sent {sent} failed {failed} waiting {}",
+                "load-test: {:>6.1} s: {submitted} submitted, {sent} sent, {failed} failed, {} waiting",
                 elapsed,
                 pending.len()
             );
@@ -329,8 +329,14 @@ fn progress_bar(count: u64, quiet: bool) -> ProgressBar {
 /// The summary as an operator reads it.
 pub fn render(s: &Summary) -> String {
     let secs = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.3} s", v));
+    // The run's id only matters to find its jobs again: say so.
+    let keys = match s.submitted {
+        0 => String::new(),
+        1 => format!(" (job idempotency key {}-0)", s.run),
+        n => format!(" (job idempotency keys {}-0 to -{})", s.run, n - 1),
+    };
     let mut out = format!(
-        "load-test {}\n\
+        "load-test run {}{keys}\n\
          jobs:        {} submitted, {} sent, {} failed, {} unfinished\n\
          submission:  {:.2} s ({:.0} jobs/s)\n\
          broadcast:   {:.1} jobs/s sustained (first to last sent), {:.1} s in all\n\
