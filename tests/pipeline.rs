@@ -419,3 +419,48 @@ async fn accepted_but_never_held_ends_failed_not_in_an_endless_loop(pool: PgPool
         sent
     );
 }
+
+/// An outcome that is unknown is never answered with a new signature: the door answers
+/// every 7th broadcast 504 at once and hands it to the node 6 s later, after the
+/// Janitor has looked (its interval is 1 s) and found neither the transaction nor a
+/// spend of its UTXO. Re-signing the job on another UTXO then would publish it twice
+/// when the late copy lands; the same bytes again cannot.
+#[sqlx::test]
+async fn an_unknown_outcome_is_answered_with_the_same_bytes(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    proxy.late.set(7, Duration::from_secs(6));
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "late", 300).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
+    assert_eq!((sent, failed), (300, 0), "{}", daemon.log());
+    proxy.late.set(0, Duration::ZERO);
+    proxy.late.drained().await;
+    let late = proxy
+        .late
+        .forwarded
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(late >= 30, "the door answered {late} broadcasts late");
+    assert!(daemon.stop().success());
+    let resigned: i64 = sqlx::query_scalar("SELECT count(*) FROM publish_jobs WHERE attempts > 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    println!("{late} broadcasts forwarded late; {resigned} jobs claimed more than once");
+    assert_eq!(
+        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
+        300
+    );
+}

@@ -292,11 +292,41 @@ pub async fn mempool_payloads(node: &RegtestNode) -> Vec<(String, Vec<u8>)> {
 
 /// A proxy in front of the node: forwards every JSON-RPC call and timestamps each
 /// `sendrawtransaction` as it arrives (the node's door). It can be made to refuse
-/// connections' requests (`down`) to play a node that is away.
+/// connections' requests (`down`) to play a node that is away, and to answer some
+/// broadcasts late in the worst way ([`Late`]).
 pub struct Proxy {
     pub url: String,
     pub arrivals: Arc<Mutex<Vec<Instant>>>,
     pub down: Arc<AtomicBool>,
+    pub late: Arc<Late>,
+}
+
+/// A lying door: every `every`-th `sendrawtransaction` (0: none) is answered 504 at
+/// once and forwarded to the node `delay` later, so that the node gets the transaction
+/// after raregen has been told the outcome is unknown, and after it has asked.
+#[derive(Default)]
+pub struct Late {
+    pub every: std::sync::atomic::AtomicU32,
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    seen: std::sync::atomic::AtomicU32,
+    /// Forwards done late, and still waiting to be done.
+    pub forwarded: std::sync::atomic::AtomicU32,
+    pub pending: std::sync::atomic::AtomicU32,
+}
+
+impl Late {
+    pub fn set(&self, every: u32, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.every.store(every, Ordering::SeqCst);
+    }
+
+    /// Waits until every late forward has reached the node.
+    pub async fn drained(&self) {
+        while self.pending.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 struct ProxyState {
@@ -304,20 +334,37 @@ struct ProxyState {
     client: reqwest::Client,
     arrivals: Arc<Mutex<Vec<Instant>>>,
     down: Arc<AtomicBool>,
+    late: Arc<Late>,
 }
 
 async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     if state.down.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().body("node away");
     }
-    if body.windows(18).any(|w| w == b"sendrawtransaction") {
-        state.arrivals.lock().unwrap().push(Instant::now());
-    }
     let mut out = state.client.post(&state.target).body(body.to_vec());
     if let Some(auth) = req.headers().get("authorization") {
         out = out.header("authorization", auth.to_str().unwrap());
     }
     out = out.header("content-type", "application/json");
+    if body.windows(18).any(|w| w == b"sendrawtransaction") {
+        let every = state.late.every.load(Ordering::SeqCst);
+        let n = state.late.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if every > 0 && n % every == 0 {
+            let late = state.late.clone();
+            let delay = Duration::from_millis(late.delay_ms.load(Ordering::SeqCst));
+            late.pending.fetch_add(1, Ordering::SeqCst);
+            let arrivals = state.arrivals.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                arrivals.lock().unwrap().push(Instant::now());
+                let _ = out.send().await;
+                late.forwarded.fetch_add(1, Ordering::SeqCst);
+                late.pending.fetch_sub(1, Ordering::SeqCst);
+            });
+            return HttpResponse::GatewayTimeout().body("upstream timed out");
+        }
+        state.arrivals.lock().unwrap().push(Instant::now());
+    }
     match out.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -336,11 +383,13 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let down = Arc::new(AtomicBool::new(false));
+        let late = Arc::new(Late::default());
         let state = web::Data::new(ProxyState {
             target: target.to_owned(),
             client: reqwest::Client::new(),
             arrivals: arrivals.clone(),
             down: down.clone(),
+            late: late.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -356,6 +405,7 @@ impl Proxy {
             url: format!("http://{addr}"),
             arrivals,
             down,
+            late,
         }
     }
 }
