@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::e2e::{self, Daemon, Proxy};
 use common::regtest::RegtestNode;
+use raregen::chain::WalletKey;
+use raregen::config::{AddressType, Network};
 use sqlx::PgPool;
 
 /// 5,000 jobs in batch mode at 500 broadcasts per 3 s.
@@ -323,16 +325,18 @@ async fn two_processes_share_the_rate_limit(pool: PgPool) {
 
 /// A node that answers "accepted" and then does not hold the transaction (bcoin answers
 /// before it verifies): the job does not stay `sent` with a re-send every round
-/// forever; after a bounded number of re-sends it fails, with the reason, and nothing
-/// else is disturbed. Here one pool coin does not exist on the chain (bcoin takes the
-/// spend, then drops it as an orphan), as a coin of another key would be refused after
-/// the answer.
+/// forever; after a bounded number of re-sends it fails, with the reason, and so do the
+/// jobs that spent its change (they can never be mined either); nothing else is
+/// disturbed. Here one pool coin is a real, unspent coin of another key, recorded as
+/// ours: bcoin takes each spend of it and then refuses the signature.
 #[sqlx::test]
 async fn accepted_but_never_held_ends_failed_not_in_an_endless_loop(pool: PgPool) {
     let node = RegtestNode::start().await;
     let wif = e2e::funded_wallet(&node, &pool, 4, 20_000).await;
-    // The coin that does not exist: unconfirmed depth 0, so it is handed out first.
-    let ghost = "ee".repeat(32);
+    let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
+    let theirs = node.mine_to(stranger.script_pubkey(), 101).await;
+    // Unconfirmed depth 0 (the lanes are at 1), so it is handed out first.
+    let ghost = theirs[0].clone();
     sqlx::query(
         "INSERT INTO utxos (txid, vout, satoshis, script_pubkey)
          SELECT $1, 0, 20000, script_pubkey FROM utxos LIMIT 1",
@@ -406,7 +410,7 @@ async fn accepted_but_never_held_ends_failed_not_in_an_endless_loop(pool: PgPool
         before <= failed * raregen_actors::janitor::MAX_UNHELD_RESENDS as usize,
         "{before} re-sends for {failed} failed jobs"
     );
-    // The coin that never existed has left the pool for good.
+    // The coin the node refuses has left the pool: no other job is failed on it.
     let state: String = sqlx::query_scalar("SELECT state FROM utxos WHERE txid = $1")
         .bind(&ghost)
         .fetch_one(&pool)
@@ -463,4 +467,129 @@ async fn an_unknown_outcome_is_answered_with_the_same_bytes(pool: PgPool) {
         e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
         300
     );
+}
+
+/// A job that waits, however long, is not lost: throttled to 20 broadcasts per 2 s with
+/// the Janitor looking for lost claims every second (`stuck_after` 2 s), 120 claimed
+/// jobs wait up to 12 s for a slot, and none is sent back to the queue and claimed again
+/// (each claim is an attempt: a re-claimed job would be one step nearer `failed`).
+#[sqlx::test]
+async fn jobs_waiting_for_a_slot_are_not_requeued(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 150, 20_000).await;
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &node.url,
+        &wif,
+        &[
+            ("RAREGEN__RATE_LIMIT__MAX", "20"),
+            ("RAREGEN__RATE_LIMIT__PER", "2s"),
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "2s"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
+    e2e::submit(&daemon.base, "patient", 120).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
+    assert_eq!((sent, failed), (120, 0), "{}", daemon.log());
+    assert!(daemon.stop().success());
+    let claims: i64 = sqlx::query_scalar("SELECT sum(attempts) FROM publish_jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(claims, 120, "a waiting job was requeued and claimed again");
+    assert!(
+        !daemon.log().contains("requeued claimed jobs"),
+        "{}",
+        daemon.log()
+    );
+    e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await;
+}
+
+/// The commands that broadcast outside `serve` join its rate limit: `raregen unstick
+/// --older-than 0s` (which takes over the jobs the daemon is sending and sends their
+/// bytes again) and `raregen wallet split`, run again and again beside a daemon
+/// publishing at its full budget: at the node's door no 2 s window holds more than
+/// 300 broadcasts, and every job is on the node once.
+#[sqlx::test]
+async fn unstick_and_split_beside_a_busy_daemon_stay_under_the_limit(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 600, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__RATE_LIMIT__MAX", "300"),
+            ("RAREGEN__RATE_LIMIT__PER", "2s"),
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "beside", 2_400).await;
+    loop {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM publish_jobs WHERE status = 'sent'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if sent >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cli = |args: &'static [&'static str]| {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_raregen"))
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(env)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let mut unstuck = 0;
+    for _ in 0..3 {
+        let (unstick, split) = tokio::join!(
+            cli(&["unstick", "--older-than", "0s"]),
+            cli(&["wallet", "split", "--outputs", "50", "--amount", "20000"]),
+        );
+        let (unstick, split) = (unstick.unwrap(), split.unwrap());
+        let said = String::from_utf8_lossy(&unstick.stdout).into_owned();
+        assert!(
+            unstick.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&unstick.stderr)
+        );
+        assert!(
+            split.status.success(),
+            "{}",
+            String::from_utf8_lossy(&split.stderr)
+        );
+        unstuck += said
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+    }
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
+    assert_eq!((sent, failed), (2_400, 0), "{}", daemon.log());
+    assert!(daemon.stop().success());
+    assert!(unstuck > 0, "unstick took over jobs the daemon was sending");
+    let arrivals = proxy.arrivals.lock().unwrap().clone();
+    let most = e2e::max_in_window(&arrivals, Duration::from_secs(2));
+    println!(
+        "{} broadcasts ({unstuck} by unstick, 3 splits); most in a 2 s window: {most}",
+        arrivals.len()
+    );
+    assert!(most <= 300, "{most} broadcasts in one 2 s window");
+    e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await;
 }

@@ -97,6 +97,23 @@ impl Handler<JobDone> for Batch {
     }
 }
 
+/// Every job this actor holds: waiting for a broadcaster or in flight.
+#[derive(Message)]
+#[rtype(result = "Vec<JobId>")]
+pub struct Held;
+
+impl Handler<Held> for Batch {
+    type Result = Vec<JobId>;
+
+    fn handle(&mut self, _: Held, _: &mut Context<Self>) -> Vec<JobId> {
+        self.queue
+            .iter()
+            .map(|(_, j)| j.id)
+            .chain(self.job_batch.keys().copied())
+            .collect()
+    }
+}
+
 impl Batch {
     fn done_in(&mut self, batch: BatchId, n: usize) {
         if let Some(left) = self.open.get_mut(&batch) {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures::StreamExt;
 
-use crate::broadcaster::{send_stored, Deps};
-use crate::chain::{OutpointState, TxPresence};
+use crate::broadcaster::Deps;
+use crate::chain::{BroadcastOutcome, OutpointState, TxPresence};
 use crate::ports::{Confirmation, DirtyUtxo, JanitorStore, PoolStore, StoredSplit};
-use crate::recorder::{RecordRetry, RecordSent};
+use crate::recorder::{MarkDirty, RecordRetry, RecordSent};
 use crate::utxo_pool::Add;
 
 #[derive(Debug, Clone)]
@@ -26,12 +26,24 @@ pub struct JanitorConfig {
 /// its job is given up as failed (the node refused it after answering).
 pub const MAX_UNHELD_RESENDS: u32 = 5;
 
-/// Per transaction: how many times it was re-sent because the node did not hold it.
-type Unheld = std::sync::Mutex<std::collections::HashMap<String, u32>>;
+/// Rounds a dirty UTXO's job may stay unsettled (the node has neither its transaction
+/// nor takes the same bytes again) before the job is given up as failed. Never signed
+/// again: a first copy whose outcome was unknown may still arrive somewhere.
+pub const MAX_UNSETTLED_ROUNDS: u32 = 10;
+
+/// What the Janitor remembers between rounds (lost on a restart: the counts start
+/// again, so a give-up comes later, never sooner).
+#[derive(Default)]
+struct Memory {
+    /// Per transaction: re-sends the node accepted without then holding it.
+    unheld: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Per dirty UTXO: rounds its job's transaction stayed unsettled.
+    unsettled: std::sync::Mutex<std::collections::HashMap<i64, u32>>,
+}
 
 pub struct Janitor {
     config: JanitorConfig,
-    unheld: Arc<Unheld>,
+    memory: Arc<Memory>,
     store: Arc<dyn JanitorStore>,
     pool_store: Arc<dyn PoolStore>,
     deps: Arc<Deps>,
@@ -48,7 +60,7 @@ impl Janitor {
     ) -> Janitor {
         Janitor {
             config,
-            unheld: Arc::default(),
+            memory: Arc::default(),
             store,
             pool_store,
             deps,
@@ -89,9 +101,9 @@ impl Handler<RunNow> for Janitor {
         let pool_store = self.pool_store.clone();
         let deps = self.deps.clone();
         let config = self.config.clone();
-        let unheld = self.unheld.clone();
+        let memory = self.memory.clone();
         ctx.spawn(
-            async move { round(&*store, &*pool_store, &deps, &config, &unheld).await }
+            async move { round(&*store, &*pool_store, &deps, &config, &memory).await }
                 .into_actor(self)
                 .map(|_, act, _| {
                     act.running = false;
@@ -114,14 +126,28 @@ async fn round(
     pool_store: &dyn PoolStore,
     deps: &Deps,
     config: &JanitorConfig,
-    unheld: &Unheld,
+    memory: &Memory,
 ) {
     match store.reclaim_dead().await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(jobs = n, "janitor: took back the claims of dead processes"),
         Err(e) => tracing::warn!(error = %e, "janitor: reclaim failed"),
     }
-    match store.requeue_lost(config.stuck_after).await {
+    // What the pipeline holds in memory is not lost, however long it has waited (for a
+    // slot under throttling, for a UTXO): asked first, so that a job handed out after
+    // this answer is one claimed before it, still held.
+    let held = match deps.batch.send(crate::batch::Held).await {
+        Ok(held) => Some(held),
+        Err(e) => {
+            tracing::warn!(error = %e, "janitor: the Batch actor did not answer; nothing requeued");
+            None
+        }
+    };
+    let lost = match held {
+        Some(held) => store.requeue_lost(config.stuck_after, &held).await,
+        None => Ok(0),
+    };
+    match lost {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
             jobs = n,
@@ -139,13 +165,7 @@ async fn round(
                 );
             }
             for job in stuck {
-                deps.stats.observe_rebroadcast();
-                let stored = crate::ports::StoredTx {
-                    txid: job.txid,
-                    raw_tx: job.raw_tx,
-                    utxo_id: job.utxo_id,
-                };
-                send_stored(deps, job.fence, stored).await;
+                resend_same(deps, &job).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "janitor: stuck jobs not read"),
@@ -153,8 +173,17 @@ async fn round(
     match store.dirty_utxos(1_000).await {
         Ok(dirty) => {
             let waiting = dirty.len();
+            {
+                // Forget the UTXOs that are no longer dirty.
+                let ids: std::collections::HashSet<i64> = dirty.iter().map(|d| d.id).collect();
+                memory
+                    .unsettled
+                    .lock()
+                    .expect("unsettled")
+                    .retain(|id, _| ids.contains(id));
+            }
             for d in dirty {
-                if let Err(e) = settle_dirty(store, pool_store, deps, d).await {
+                if let Err(e) = settle_dirty(store, pool_store, deps, memory, d).await {
                     // Most likely the node or the database is away: the rest wait for
                     // the next round (one warning, not one per UTXO).
                     tracing::warn!(error = %e, dirty = waiting, "janitor: dirty UTXOs not settled");
@@ -164,8 +193,55 @@ async fn round(
         }
         Err(e) => tracing::warn!(error = %e, "janitor: dirty UTXOs not read"),
     }
-    if let Err(e) = confirmations(store, deps, config, unheld).await {
+    if let Err(e) = confirmations(store, deps, config, &memory.unheld).await {
         tracing::warn!(error = %e, "janitor: confirmations not checked");
+    }
+}
+
+/// The job's transaction is on the node: `sent`, its change into the pool.
+async fn record_sent(deps: &Deps, job: &crate::ports::StuckJob) {
+    let sent = crate::ports::Sent {
+        fence: job.fence,
+        sent_at: chrono::Utc::now(),
+        change: deps.signer.change_of(&job.raw_tx),
+    };
+    if let Ok(Ok(change)) = deps.recorder.send(RecordSent(sent, job.txid.clone())).await {
+        deps.pool.do_send(Add(change.into_iter().collect()));
+    }
+}
+
+/// The Janitor's re-send of a job's stored bytes, whose earlier outcome is unknown:
+/// accepted (or already known) → `sent`; anything else leaves the job `sending` and
+/// its UTXO dirty for the next round. A refusal here never sends the job back for a
+/// new signature: it speaks of these bytes now, not of a copy that may still arrive
+/// elsewhere (the one case for a new signature is a spend of the UTXO by another
+/// transaction, in [`settle_dirty`]).
+async fn resend_same(deps: &Deps, job: &crate::ports::StuckJob) {
+    deps.stats.observe_rebroadcast();
+    loop {
+        let grant = crate::token_bucket::acquire(&deps.tokens).await;
+        let started = tokio::time::Instant::now();
+        let outcome = deps.node.broadcast(&job.raw_tx).await;
+        drop(grant);
+        deps.stats.observe_broadcast(&outcome, started.elapsed());
+        match outcome {
+            BroadcastOutcome::Accepted => {
+                record_sent(deps, job).await;
+                return;
+            }
+            BroadcastOutcome::RateLimited { retry_after } => {
+                deps.tokens
+                    .do_send(crate::token_bucket::RateLimited { retry_after });
+            }
+            other => {
+                tracing::warn!(job = job.fence.id, txid = %job.txid, outcome = ?other, "janitor: re-send not settled; asking again next round");
+                let _ = deps.recorder.send(MarkDirty(job.fence)).await;
+                if let Some(id) = job.utxo_id {
+                    deps.pool.do_send(crate::utxo_pool::Forget(id));
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -174,6 +250,7 @@ async fn settle_dirty(
     store: &dyn JanitorStore,
     pool_store: &dyn PoolStore,
     deps: &Deps,
+    memory: &Memory,
     d: DirtyUtxo,
 ) -> Result<(), String> {
     let node = &deps.node;
@@ -187,50 +264,69 @@ async fn settle_dirty(
     if let Some(job) = d.job {
         if ours_known {
             // Our transaction is on the node: the job is sent.
-            let sent = crate::ports::Sent {
-                fence: job.fence,
-                sent_at: chrono::Utc::now(),
-                change: deps.signer.change_of(&job.raw_tx),
-            };
-            if let Ok(Ok(change)) = deps.recorder.send(RecordSent(sent, job.txid.clone())).await {
-                deps.pool.do_send(Add(change.into_iter().collect()));
-            }
+            record_sent(deps, &job).await;
             return Ok(());
         }
         // The outcome was unknown and the node does not have the transaction (yet: an
         // explorer or a node may answer late). Never a new signature on another UTXO
         // for that: both could be mined. The same bytes again, under the rate limit.
-        match node
+        let outpoint = node
             .outpoint(&d.txid, d.vout)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if let OutpointState::Gone {
+            spent_by: Some(other),
+        } = &outpoint
         {
-            OutpointState::Gone {
-                spent_by: Some(other),
-            } if other != job.txid => {
-                // Proven spent by another transaction: the UTXO is gone, and this
-                // job's transaction can never be mined; the job gets another.
-                store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
-                let retry = crate::ports::Retry {
-                    fence: job.fence,
-                    error: format!("its UTXO was spent by another transaction ({other})"),
-                    not_before: chrono::Utc::now(),
-                };
-                let _ = deps.recorder.send(RecordRetry(retry, None, false)).await;
+            if *other == job.txid {
+                // Spent by our own transaction: the node has it.
+                record_sent(deps, &job).await;
+                return Ok(());
             }
-            _ => {
-                // Clean while we ask again: the re-send's outcome settles the UTXO
-                // (accepted: spent; refused: released; unknown again: dirty again).
-                store.utxo_clean(d.id).await.map_err(|e| e.to_string())?;
-                deps.stats.observe_rebroadcast();
-                let stored = crate::ports::StoredTx {
-                    txid: job.txid,
-                    raw_tx: job.raw_tx,
-                    utxo_id: job.utxo_id,
-                };
-                send_stored(deps, job.fence, stored).await;
-            }
+            // Proven spent by another transaction: the UTXO is gone, and this job's
+            // transaction can never be mined; the job gets another.
+            store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
+            let retry = crate::ports::Retry {
+                fence: job.fence,
+                error: format!("its UTXO was spent by another transaction ({other})"),
+                not_before: chrono::Utc::now(),
+            };
+            let _ = deps.recorder.send(RecordRetry(retry, None, false)).await;
+            return Ok(());
         }
+        let rounds = {
+            let mut unsettled = memory.unsettled.lock().expect("unsettled");
+            let n = unsettled.entry(d.id).or_default();
+            *n += 1;
+            *n
+        };
+        if rounds > MAX_UNSETTLED_ROUNDS {
+            // Bounded: the job ends, with what we know, and is never signed again.
+            let unspent = matches!(outpoint, OutpointState::Unspent { .. });
+            let reason = format!(
+                "its transaction {} had an unknown outcome and the node neither holds it nor \
+                 takes it again after {} rounds ({}); it was not signed again, so if a copy \
+                 is mined after all the job is published once",
+                job.txid,
+                rounds - 1,
+                if unspent {
+                    "its coin is unspent: released to the pool"
+                } else {
+                    "its coin is spent or never existed: retired"
+                }
+            );
+            match store.fail_unsettled(job.fence, &reason, unspent).await {
+                Ok(Some(utxo)) => deps.pool.do_send(Add(vec![utxo])),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            tracing::error!(job = job.fence.id, txid = %job.txid, reason, "janitor: job failed");
+            return Ok(());
+        }
+        // Clean while we ask again: the re-send's outcome settles the UTXO (accepted:
+        // spent; anything else: dirty again, for the next round).
+        store.utxo_clean(d.id).await.map_err(|e| e.to_string())?;
+        resend_same(deps, &job).await;
         return Ok(());
     }
     if let Some(split_id) = d.split_id {
@@ -285,7 +381,7 @@ async fn confirmations(
     store: &dyn JanitorStore,
     deps: &Deps,
     config: &JanitorConfig,
-    unheld: &Unheld,
+    unheld: &std::sync::Mutex<std::collections::HashMap<String, u32>>,
 ) -> Result<(), String> {
     let sent = store
         .unconfirmed(500, config.stuck_after)
@@ -294,9 +390,9 @@ async fn confirmations(
     // Ask about several at a time (a node's answer takes a round trip); act on the
     // answers in the store's order, parents before children.
     let answers: Vec<_> = futures::stream::iter(sent)
-        .map(|(txid, raw_tx, settled)| async move {
-            let presence = deps.node.tx_presence(&txid).await;
-            (txid, raw_tx, settled, presence)
+        .map(|u| async move {
+            let presence = deps.node.tx_presence(&u.txid).await;
+            (u, presence)
         })
         .buffered(8)
         .collect()
@@ -304,11 +400,32 @@ async fn confirmations(
     let mut confirmed = Vec::new();
     let mut still_unheld = std::collections::HashMap::new();
     let previously = std::mem::take(&mut *unheld.lock().expect("unheld"));
-    for (txid, raw_tx, settled, presence) in answers {
+    for (u, presence) in answers {
+        let crate::ports::Unconfirmed {
+            txid,
+            raw_tx,
+            settled,
+            input,
+        } = u;
         match presence {
             Ok(TxPresence::Unknown) if settled => {
                 let resends = previously.get(&txid).copied().unwrap_or(0);
                 if resends >= MAX_UNHELD_RESENDS {
+                    // Give up only on what cannot be mined any more: its coin unspent on
+                    // the node proves the transaction is neither in a block nor in the
+                    // node's mempool. Spent (by it, in a block the node cannot show
+                    // without a transaction index, or by a conflict): left as it is.
+                    let unspent = match &input {
+                        Some((in_txid, in_vout)) => matches!(
+                            deps.node.outpoint(in_txid, *in_vout).await,
+                            Ok(OutpointState::Unspent { .. })
+                        ),
+                        None => false,
+                    };
+                    if !unspent {
+                        still_unheld.insert(txid, resends);
+                        continue;
+                    }
                     // Accepted again and again, never held: the node refuses it after
                     // answering (bcoin verifies after it answers). Not an endless loop:
                     // the job fails with the best reason we have.
@@ -328,13 +445,23 @@ async fn confirmations(
                     }
                     continue;
                 }
-                still_unheld.insert(txid.clone(), resends + 1);
                 // The node said yes and no longer has it (it restarted, or dropped it):
                 // the same bytes again, under the rate limit.
                 deps.stats.observe_rebroadcast();
                 let grant = crate::token_bucket::acquire(&deps.tokens).await;
                 let outcome = deps.node.broadcast(&raw_tx).await;
                 drop(grant);
+                // Only "accepted" again counts towards giving up: a refusal or no answer
+                // says nothing about whether the node would hold it.
+                let counted = resends + u32::from(outcome == BroadcastOutcome::Accepted);
+                if counted > 0 {
+                    still_unheld.insert(txid.clone(), counted);
+                }
+                if let BroadcastOutcome::RateLimited { retry_after } = outcome {
+                    // Everyone pauses; this one is asked about again next round.
+                    deps.tokens
+                        .do_send(crate::token_bucket::RateLimited { retry_after });
+                }
                 tracing::warn!(%txid, ?outcome, "janitor: re-sent a transaction the node no longer had");
             }
             Ok(TxPresence::Confirmed {

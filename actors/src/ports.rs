@@ -113,6 +113,17 @@ pub struct DirtyUtxo {
     pub split_id: Option<i64>,
 }
 
+/// A sent transaction (a job's or a split's) not yet seen in a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unconfirmed {
+    pub txid: String,
+    pub raw_tx: Vec<u8>,
+    /// Sent longer ago than the `settled` duration asked for.
+    pub settled: bool,
+    /// The pool coin it spends (txid, vout), when known.
+    pub input: Option<(String, u32)>,
+}
+
 /// A transaction of ours found in a block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmation {
@@ -232,25 +243,37 @@ pub trait JanitorStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StuckJob>, StoreError>;
     /// Jobs of this process claimed longer ago than `older_than` that never stored a
-    /// transaction (lost in memory): back to the queue.
-    async fn requeue_lost(&self, older_than: Duration) -> Result<u64, StoreError>;
+    /// transaction and that the pipeline no longer holds (`held`: every job waiting or
+    /// in flight in memory): lost, back to the queue. A job that merely waits (for a
+    /// slot, a UTXO, a broadcaster) is held, however long it waits.
+    async fn requeue_lost(&self, older_than: Duration, held: &[JobId]) -> Result<u64, StoreError>;
     /// Dirty UTXOs (their jobs adopted), at most `limit`.
     async fn dirty_utxos(&self, limit: u32) -> Result<Vec<DirtyUtxo>, StoreError>;
     /// The node says the outpoint is unspent and our transaction unknown: clean again.
     async fn utxo_clean(&self, id: i64) -> Result<Option<SpendableUtxo>, StoreError>;
     /// The outpoint was spent by somebody else: gone for good.
     async fn utxo_retire(&self, id: i64) -> Result<(), StoreError>;
-    /// Sent transactions (jobs and splits) with no confirmation yet, oldest first:
-    /// (txid, raw bytes, sent longer ago than `settled`).
+    /// Sent transactions (jobs and splits) with no confirmation yet, parents first.
     async fn unconfirmed(
         &self,
         limit: u32,
         settled: Duration,
-    ) -> Result<Vec<(String, Vec<u8>, bool)>, StoreError>;
-    /// A sent job whose transaction the node accepted and then never held: `failed`
-    /// with `reason`; its change leaves the pool and its input is dirty until the
-    /// node has been asked about it. Returns the jobs changed (0 or 1).
+    ) -> Result<Vec<Unconfirmed>, StoreError>;
+    /// A sent job whose transaction the node accepted and then never held (and whose
+    /// coin the node says is unspent): `failed` with `reason`, and with it every job
+    /// whose transaction spends its outputs, down the lane (none of them can be
+    /// mined); their outputs and the first coin leave the pool (retired). Returns the
+    /// jobs failed.
     async fn fail_unheld(&self, txid: &str, reason: &str) -> Result<u64, StoreError>;
+    /// A `sending` job whose transaction never settled (the Janitor gave up on it):
+    /// `failed` with `reason`, its stored transaction kept for the record; its UTXO
+    /// released to the pool (`release`, returned) or retired.
+    async fn fail_unsettled(
+        &self,
+        job: Fence,
+        reason: &str,
+        release: bool,
+    ) -> Result<Option<SpendableUtxo>, StoreError>;
     /// Records confirmations: jobs' and splits' `confirmed_at`, outputs' depth 0.
     async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError>;
 }

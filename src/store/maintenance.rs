@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use raregen_actors::ports::Unconfirmed;
 use raregen_actors::{
     Confirmation, DirtyUtxo, Fence, JanitorStore, JobsNotifier, PoolStore, SignedTx, SpendableUtxo,
     StoreError, StoredSplit, StuckJob,
@@ -143,7 +144,7 @@ impl JanitorStore for PgStore {
         // its last heartbeat's lease runs out.
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM workers
-             WHERE mode IN ('batch', 'single')
+             WHERE mode IN ('batch', 'single', 'cli')
                AND lease_until > now() - make_interval(secs => $1)",
         )
         .bind(ended_within.as_secs_f64())
@@ -219,14 +220,16 @@ impl JanitorStore for PgStore {
             .collect())
     }
 
-    async fn requeue_lost(&self, older_than: Duration) -> Result<u64, StoreError> {
+    async fn requeue_lost(&self, older_than: Duration, held: &[i64]) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE publish_jobs SET status = 'queued', owner = NULL, updated_at = now()
              WHERE status = 'processing_batch' AND raw_tx IS NULL AND owner = $1
-               AND claimed_at < now() - make_interval(secs => $2)",
+               AND claimed_at < now() - make_interval(secs => $2)
+               AND id <> ALL($3)",
         )
         .bind(&self.owner)
         .bind(older_than.as_secs_f64())
+        .bind(held)
         .execute(&self.pool)
         .await
         .map_err(store_error)?;
@@ -255,7 +258,7 @@ impl JanitorStore for PgStore {
             .collect();
         // The jobs are adopted, so that their outcome can be recorded under our fence.
         let adopted: Vec<(i64, i32, String, Vec<u8>, Option<i64>)> = sqlx::query_as(
-            "UPDATE publish_jobs SET owner = $2, updated_at = now()
+            "UPDATE publish_jobs SET owner = $2, sending_started_at = now(), updated_at = now()
              WHERE id = ANY($1) AND status = 'sending'
              RETURNING id, attempts, txid, raw_tx, utxo_id",
         )
@@ -321,57 +324,137 @@ impl JanitorStore for PgStore {
         &self,
         limit: u32,
         settled: Duration,
-    ) -> Result<Vec<(String, Vec<u8>, bool)>, StoreError> {
+    ) -> Result<Vec<Unconfirmed>, StoreError> {
         // Parents before children: the pool's splits first (in the order they were
         // made), then the jobs in the order they were sent (a lane's next job spends
         // the change of the one before). A node that lost its mempool then gets each
         // transaction after the one it spends, not as an orphan.
-        sqlx::query_as(
-            "SELECT txid, raw_tx, settled FROM (
+        let rows = sqlx::query(
+            "SELECT t.txid, t.raw_tx, t.settled, x.txid AS input_txid, x.vout AS input_vout
+             FROM (
                  (SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2) AS settled,
-                         0 AS k, created_at AS at
+                         0 AS k, created_at AS at, input_utxo_id AS input
                   FROM pool_transactions WHERE status = 'sent' AND confirmed_at IS NULL
                   ORDER BY id LIMIT $1)
                  UNION ALL
                  (SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2),
-                         1, sent_at
+                         1, sent_at, utxo_id
                   FROM publish_jobs WHERE status = 'sent' AND confirmed_at IS NULL AND raw_tx IS NOT NULL
                   ORDER BY sent_at LIMIT $1)
-             ) t ORDER BY k, at",
+             ) t LEFT JOIN utxos x ON x.id = t.input
+             ORDER BY t.k, t.at",
         )
         .bind(i64::from(limit))
         .bind(settled.as_secs_f64())
         .fetch_all(&self.pool)
         .await
-        .map_err(store_error)
+        .map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let input_txid: Option<String> = r.get("input_txid");
+                let input_vout: Option<i32> = r.get("input_vout");
+                Unconfirmed {
+                    txid: r.get("txid"),
+                    raw_tx: r.get("raw_tx"),
+                    settled: r.get("settled"),
+                    input: input_txid.zip(input_vout.map(|v| v as u32)),
+                }
+            })
+            .collect())
     }
 
     async fn fail_unheld(&self, txid: &str, reason: &str) -> Result<u64, StoreError> {
-        let failed: Option<i64> = sqlx::query_scalar(
-            "WITH job AS (
-                 UPDATE publish_jobs SET status = 'failed', last_error = $2, updated_at = now()
-                 WHERE txid = $1 AND status = 'sent' AND confirmed_at IS NULL
-                 RETURNING id, utxo_id, processing_batch_id
-             ), input AS (
-                 -- Maybe never spent: the Janitor asks the node (clean or retired).
-                 UPDATE utxos x SET state = 'available', dirty = TRUE, reserved_by = NULL,
-                                    updated_at = now()
-                 FROM job WHERE x.id = job.utxo_id AND x.state = 'spent'
-             ), change AS (
-                 UPDATE utxos x SET state = 'retired', dirty = FALSE, updated_at = now()
-                 FROM job WHERE x.txid = $1 AND x.state = 'available'
+        // The transaction and every one that spends its outputs, down the lane: none of
+        // them can ever be mined. All fail; their outputs leave the pool; so does the
+        // coin the first one spent (unspent, the Janitor checked): a node that takes a
+        // spend of it and never holds one is refusing the coin itself (another key's, a
+        // wrong amount); `raregen wallet import` brings it back if it was not.
+        let failed: i64 = sqlx::query_scalar(
+            "WITH RECURSIVE chain(txid, depth) AS (
+                 SELECT $1::text, 0
+                 UNION
+                 SELECT j.txid, c.depth + 1
+                 FROM chain c
+                 JOIN utxos x ON x.txid = c.txid
+                 JOIN publish_jobs j ON j.utxo_id = x.id
+                      AND j.status IN ('sent', 'sending') AND j.confirmed_at IS NULL
+                 WHERE c.depth < 10000
+             ), before AS (
+                 SELECT p.id, p.status FROM publish_jobs p
+                 WHERE p.txid IN (SELECT txid FROM chain)
+                   AND p.status IN ('sent', 'sending') AND p.confirmed_at IS NULL
+                 FOR UPDATE OF p
+             ), job AS (
+                 UPDATE publish_jobs p
+                 SET status = 'failed',
+                     last_error = CASE WHEN p.txid = $1 THEN $2
+                                       ELSE 'it spends an output of ' || $1 || ', a transaction the node never held' END,
+                     owner = NULL, sending_started_at = NULL, updated_at = now()
+                 FROM before WHERE p.id = before.id
+                 RETURNING p.id, p.utxo_id, p.processing_batch_id, p.txid, p.txid = $1 AS root
+             ), coin AS (
+                 UPDATE utxos x SET state = 'retired', dirty = FALSE, reserved_by = NULL,
+                                    reserved_at = NULL, updated_at = now()
+                 FROM job WHERE job.root AND x.id = job.utxo_id AND x.state IN ('spending', 'spent')
+             ), outputs AS (
+                 UPDATE utxos x SET state = 'retired', dirty = FALSE, reserved_by = NULL,
+                                    reserved_at = NULL, updated_at = now()
+                 FROM job WHERE x.txid = job.txid AND x.state <> 'retired'
              ), batch AS (
-                 UPDATE batches b SET sent = greatest(b.sent - 1, 0), failed = b.failed + 1
-                 FROM job WHERE b.id = job.processing_batch_id
+                 UPDATE batches b
+                 SET sent = greatest(b.sent - s.was_sent, 0), failed = b.failed + s.n
+                 FROM (SELECT job.processing_batch_id AS id,
+                              (count(*) FILTER (WHERE before.status = 'sent'))::int AS was_sent,
+                              count(*)::int AS n
+                       FROM job JOIN before ON before.id = job.id GROUP BY 1) s
+                 WHERE b.id = s.id
              )
              SELECT count(*) FROM job",
         )
         .bind(txid)
         .bind(reason)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(failed as u64)
+    }
+
+    async fn fail_unsettled(
+        &self,
+        job: Fence,
+        reason: &str,
+        release: bool,
+    ) -> Result<Option<SpendableUtxo>, StoreError> {
+        let row = sqlx::query(
+            "WITH job AS (
+                 UPDATE publish_jobs SET status = 'failed', last_error = $3, owner = NULL,
+                                         sending_started_at = NULL, updated_at = now()
+                 WHERE id = $1 AND attempts = $2 AND owner = $4 AND status = 'sending'
+                 RETURNING id, utxo_id, processing_batch_id
+             ), batch AS (
+                 UPDATE batches b SET failed = b.failed + 1
+                 FROM job WHERE b.id = job.processing_batch_id
+             )
+             UPDATE utxos x
+             SET state = CASE WHEN $5 THEN 'available' ELSE 'retired' END, dirty = FALSE,
+                 reserved_by = NULL, reserved_at = NULL,
+                 spent_by_txid = CASE WHEN $5 THEN NULL ELSE x.spent_by_txid END,
+                 updated_at = now()
+             FROM job WHERE x.id = job.utxo_id AND x.state IN ('reserved', 'spending')
+             RETURNING x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth, x.state",
+        )
+        .bind(job.id)
+        .bind(job.attempts)
+        .bind(reason)
+        .bind(&self.owner)
+        .bind(release)
         .fetch_optional(&self.pool)
         .await
         .map_err(store_error)?;
-        Ok(failed.unwrap_or(0) as u64)
+        Ok(row
+            .filter(|r| r.get::<String, _>("state") == "available")
+            .map(|r| utxo_from(&r)))
     }
 
     async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError> {
