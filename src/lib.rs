@@ -9,6 +9,7 @@ pub mod config;
 pub mod load_test;
 pub mod monitor;
 pub mod serve;
+pub mod shared_limit;
 pub mod status;
 pub mod store;
 pub mod telemetry;

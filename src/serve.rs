@@ -33,6 +33,7 @@ pub fn pipeline_config(settings: &Settings) -> PipelineConfig {
         collect_interval: settings.collector.interval,
         rate_max: settings.rate_limit.max,
         rate_per: settings.rate_limit.per,
+        broadcast_timeout: settings.node.timeout,
         workers: settings.broadcaster.workers,
         max_attempts: settings.broadcaster.max_attempts,
         pool: PoolConfig {

@@ -8,9 +8,9 @@
 //! back to the queue; unknown or an input problem → its UTXO is marked dirty for the
 //! Janitor, which asks the node what became of it.
 //!
-//! Broadcasts are paced at `rate_limit.max` per `rate_limit.per`.
+//! Broadcasts go through the shared rate limit ([`SharedLimit`]): beside running
+//! daemons, all of them together stay under `rate_limit.max` per `rate_limit.per`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use crate::chain::{node, TxBuilder, WalletKey};
 use crate::config::Settings;
+use crate::shared_limit::SharedLimit;
 use crate::store::{self, PgStore};
-use crate::worker;
 
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -50,22 +50,19 @@ pub async fn run(settings: &Settings, older_than: Duration, limit: u32) -> anyho
     );
     let node = node::from_settings(&settings.node)?;
     let pool = store::connect(&settings.database).await?;
-    let store = Arc::new(PgStore::new(pool.clone(), worker::new_worker_id()).with_mode("cli"));
-    // A live lease, so that a running daemon's Janitor leaves our adopted jobs alone.
-    let lease = Duration::from_secs(60);
-    store.heartbeat(lease).await?;
+    // A live lease (so that a running daemon's Janitor leaves our adopted jobs alone)
+    // and a share of the node's budget.
+    let limit_share = SharedLimit::join(settings, pool.clone()).await?;
     let result = unstick(
         settings,
-        store.as_ref(),
+        &limit_share,
         &signer,
         node.as_ref(),
         older_than,
         limit,
     )
     .await;
-    if let Err(e) = store.stop_worker().await {
-        tracing::warn!(error = %e, "could not end the lease");
-    }
+    limit_share.leave().await;
     let mut done = result?;
     done.left_to_janitor = sqlx::query_scalar(
         "SELECT count(*) FROM publish_jobs j JOIN utxos x ON x.id = j.utxo_id
@@ -78,33 +75,20 @@ pub async fn run(settings: &Settings, older_than: Duration, limit: u32) -> anyho
 
 async fn unstick(
     settings: &Settings,
-    store: &PgStore,
+    limit_share: &SharedLimit,
     signer: &dyn Signer,
     node: &dyn Node,
     older_than: Duration,
     limit: u32,
 ) -> anyhow::Result<Unstuck> {
+    let store: &PgStore = limit_share.store();
     let stuck = store.adopt_stuck(older_than, limit).await?;
-    let gap = settings.rate_limit.per / settings.rate_limit.max.max(1);
     let mut done = Unstuck {
         adopted: stuck.len(),
         ..Unstuck::default()
     };
-    for (i, job) in stuck.into_iter().enumerate() {
-        if i > 0 {
-            tokio::time::sleep(gap).await;
-        }
-        let mut tries = 0;
-        let outcome = loop {
-            tries += 1;
-            match node.broadcast(&job.raw_tx).await {
-                BroadcastOutcome::RateLimited { retry_after } if tries < 10 => {
-                    tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
-                }
-                other => break other,
-            }
-        };
-        match outcome {
+    for job in stuck {
+        match limit_share.broadcast(node, &job.raw_tx).await {
             BroadcastOutcome::Accepted => {
                 let sent = Sent {
                     fence: job.fence,

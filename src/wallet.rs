@@ -9,13 +9,15 @@ use sqlx::PgPool;
 
 use crate::chain::{node, TxBuilder, WalletKey};
 use crate::config::Settings;
+use crate::shared_limit::SharedLimit;
 use crate::store::utxos::{self, NewUtxo};
 use crate::store::{self, PoolSummary};
 
 /// Confirmations a coinbase output needs before it may be spent.
 pub const COINBASE_MATURITY: u32 = 100;
-/// How long to wait for a node that answered "ok" to show the transaction.
-const PRESENCE_WAIT: Duration = Duration::from_secs(5);
+/// How long to wait for a node that answered "ok" to show the transaction (bcoin
+/// verifies after it answers; a busy one takes seconds to get there).
+const PRESENCE_WAIT: Duration = Duration::from_secs(30);
 
 /// What the wallet commands need.
 pub struct Wallet {
@@ -23,6 +25,9 @@ pub struct Wallet {
     pub pool: PgPool,
     pub builder: TxBuilder,
     pub node: Arc<dyn Node>,
+    /// Broadcast under the rate limit shared with the daemons on the database (the
+    /// CLI); `false` broadcasts at once (tests setting up a wallet outside actix).
+    pub shared_limit: bool,
 }
 
 impl Wallet {
@@ -42,6 +47,7 @@ impl Wallet {
             pool,
             builder,
             node,
+            shared_limit: true,
         })
     }
 
@@ -126,9 +132,26 @@ impl Wallet {
     /// (write-ahead: stored before it is broadcast). Splits left unfinished by an
     /// earlier run are re-broadcast from their stored bytes first.
     pub async fn split(&self, outputs: u32, amount: u64) -> anyhow::Result<SplitDone> {
+        let share = match self.shared_limit {
+            true => Some(SharedLimit::join(&self.settings, self.pool.clone()).await?),
+            false => None,
+        };
+        let done = self.split_under(share.as_ref(), outputs, amount).await;
+        if let Some(share) = share {
+            share.leave().await;
+        }
+        done
+    }
+
+    async fn split_under(
+        &self,
+        share: Option<&SharedLimit>,
+        outputs: u32,
+        amount: u64,
+    ) -> anyhow::Result<SplitDone> {
         for unfinished in utxos::unfinished_splits(&self.pool).await? {
             tracing::info!(txid = %unfinished.txid, "re-broadcasting an unfinished split");
-            self.publish_split(&unfinished).await?;
+            self.publish_split(share, &unfinished).await?;
         }
         let mut tx = self.pool.begin().await?;
         let input = utxos::lock_largest_available(&mut tx, self.settings.utxo_pool.max_chain_depth)
@@ -162,7 +185,7 @@ impl Wallet {
             raw_tx: signed.raw_tx,
             input_utxo_id: input.id,
         };
-        self.publish_split(&split).await?;
+        self.publish_split(share, &split).await?;
         Ok(SplitDone {
             txid: signed.txid,
             outputs,
@@ -174,8 +197,16 @@ impl Wallet {
     }
 
     /// Broadcasts a stored split and records what became of it.
-    async fn publish_split(&self, split: &raregen_actors::StoredSplit) -> anyhow::Result<()> {
-        match self.node.broadcast(&split.raw_tx).await {
+    async fn publish_split(
+        &self,
+        share: Option<&SharedLimit>,
+        split: &raregen_actors::StoredSplit,
+    ) -> anyhow::Result<()> {
+        let outcome = match share {
+            Some(share) => share.broadcast(self.node.as_ref(), &split.raw_tx).await,
+            None => self.node.broadcast(&split.raw_tx).await,
+        };
+        match outcome {
             BroadcastOutcome::Accepted => {}
             BroadcastOutcome::Rejected {
                 reason,

@@ -362,3 +362,45 @@ fn token_bucket_never_grants_more_than_max_per_window() {
         );
     });
 }
+
+/// A shared budget grants only while this process's lease runs: nothing before the
+/// first lease, nothing once it has ended, and after a lapse nothing until the other
+/// processes have had time to count us again (`SHARE_REFRESH * 2 + per`).
+#[test]
+fn token_bucket_no_lease_no_grant() {
+    use raregen_actors::token_bucket::{LeaseUntil, SharedBy, SHARE_REFRESH};
+    actix::System::new().block_on(async {
+        let per = Duration::from_millis(200);
+        let bucket = TokenBucket::shared(100, per).start();
+        bucket.send(SharedBy(1)).await.unwrap();
+        let no_lease = tokio::time::timeout(Duration::from_millis(300), bucket.send(Acquire)).await;
+        assert!(no_lease.is_err(), "granted before any lease");
+
+        let now = tokio::time::Instant::now();
+        let until = now + Duration::from_millis(400);
+        bucket.do_send(LeaseUntil {
+            until,
+            lapsed: false,
+        });
+        let grant = bucket.send(Acquire).await.unwrap();
+        assert!(grant.is_granted());
+        drop(grant);
+
+        tokio::time::sleep_until(until).await;
+        let lapsed = tokio::time::timeout(Duration::from_millis(300), bucket.send(Acquire)).await;
+        assert!(lapsed.is_err(), "granted after the lease ended");
+
+        let renewed = tokio::time::Instant::now();
+        bucket.do_send(LeaseUntil {
+            until: renewed + Duration::from_secs(30),
+            lapsed: true,
+        });
+        let grant = bucket.send(Acquire).await.unwrap();
+        assert!(grant.is_granted());
+        assert!(
+            renewed.elapsed() >= SHARE_REFRESH * 2 + per - Duration::from_millis(10),
+            "rejoined after {:?}",
+            renewed.elapsed()
+        );
+    });
+}

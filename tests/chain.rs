@@ -56,7 +56,10 @@ async fn setup(pool: &PgPool, address_type: AddressType) -> Setup {
     env.push(("DATABASE_URL".into(), db));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let settings = common::settings(&env);
-    let wallet = Wallet::open(settings).await.unwrap();
+    let mut wallet = Wallet::open(settings).await.unwrap();
+    // These tests run outside an actix System: no shared limiter (the CLI's splits go
+    // through it; tests/pipeline.rs runs them beside a daemon).
+    wallet.shared_limit = false;
     Setup {
         node,
         wallet,

@@ -73,11 +73,20 @@ impl Leaser {
         self.beating = true;
         let store = self.store.clone();
         let lease = self.config.lease;
+        // Two beats' worth: a slow database still renews, a dead connection does not
+        // hold back the beats after it.
+        let patience = self.config.lease / 3;
         ctx.spawn(
             async move {
                 let sent = Instant::now();
                 crate::fail_point!("leaser-heartbeat");
-                store.heartbeat(lease).await.map(|()| sent + lease)
+                // A heartbeat stuck on a dead connection must not hold back the next.
+                match tokio::time::timeout(patience, store.heartbeat(lease)).await {
+                    Ok(done) => done.map(|()| sent + lease),
+                    Err(_) => Err(crate::ports::StoreError::Unavailable(format!(
+                        "no answer within {patience:?}"
+                    ))),
+                }
             }
             .into_actor(self)
             .map(|res, act, _| {
@@ -148,5 +157,18 @@ impl Handler<LeaseEnd> for Leaser {
 
     fn handle(&mut self, _: LeaseEnd, _: &mut Context<Self>) -> Option<Instant> {
         self.until
+    }
+}
+
+/// Stops renewing the lease (a command that broadcast outside `serve` is done).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Leaser {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }

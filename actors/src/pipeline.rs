@@ -24,6 +24,8 @@ pub struct PipelineConfig {
     pub collect_interval: Duration,
     pub rate_max: u32,
     pub rate_per: Duration,
+    /// The longest a broadcast can take (`node.timeout`).
+    pub broadcast_timeout: Duration,
     pub workers: u32,
     pub max_attempts: u32,
     pub pool: PoolConfig,
@@ -98,7 +100,9 @@ impl Pipeline {
         let stats = Arc::new(Stats::default());
         // Shared with the other processes on this database (the Leaser counts them),
         // and used only while this process's lease runs.
-        let tokens = TokenBucket::shared(config.rate_max, config.rate_per).start();
+        let tokens = TokenBucket::shared(config.rate_max, config.rate_per)
+            .with_broadcast_timeout(config.broadcast_timeout)
+            .start();
         // Its own thread: nothing else this process does can delay a heartbeat.
         let leaser = {
             let (lease, store, tokens) =
@@ -230,6 +234,8 @@ impl Pipeline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         // A claim that was under way when claiming stopped has landed by now.
         self.hand_back_unstarted().await;
+        // No heartbeat after the lease has ended.
+        let _ = self.leaser.send(crate::leaser::Stop).await;
         if let Err(e) = self.janitor_store.stop_worker().await {
             tracing::warn!(error = %e, "could not end the lease");
         }

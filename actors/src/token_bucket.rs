@@ -204,7 +204,8 @@ pub const SHARE_REFRESH: Duration = Duration::from_secs(1);
 pub struct TokenBucket {
     limiter: WindowLimiter,
     per: Duration,
-    waiting: VecDeque<oneshot::Sender<()>>,
+    /// Each waiter is sent, with its slot, the end of the lease it is granted under.
+    waiting: VecDeque<oneshot::Sender<Option<Instant>>>,
     timer: Option<SpawnHandle>,
     /// Processes sharing the budget, once known ([`SharedBy`]).
     sharing: Option<u32>,
@@ -212,6 +213,9 @@ pub struct TokenBucket {
     /// the others count us, and leave our claims alone, only until then.
     lease_until: Option<Instant>,
     needs_lease: bool,
+    /// Added to the wait of a process that joins (or rejoins) others: the longest a
+    /// broadcast they granted before they saw us can take to reach the node.
+    join_extra: Duration,
 }
 
 impl TokenBucket {
@@ -225,6 +229,7 @@ impl TokenBucket {
             sharing: None,
             lease_until: None,
             needs_lease: false,
+            join_extra: Duration::ZERO,
         }
     }
 
@@ -237,6 +242,16 @@ impl TokenBucket {
         bucket.limiter.set_share(0, None);
         bucket.needs_lease = true;
         bucket
+    }
+
+    /// A joiner also waits out the others' broadcasts in flight: at most `timeout`.
+    pub fn with_broadcast_timeout(mut self, timeout: Duration) -> TokenBucket {
+        self.join_extra = timeout;
+        self
+    }
+
+    fn join_wait(&self) -> Duration {
+        SHARE_REFRESH * 2 + self.per + self.join_extra
     }
 
     /// No lease, no grant (a shared budget only).
@@ -261,7 +276,8 @@ impl TokenBucket {
                 break;
             }
             let waiter = self.waiting.pop_front().expect("not empty");
-            if waiter.send(()).is_err() {
+            let lease = self.needs_lease.then_some(self.lease_until).flatten();
+            if waiter.send(lease).is_err() {
                 self.limiter.complete(now);
             }
         }
@@ -285,12 +301,30 @@ impl Actor for TokenBucket {
 /// holder panicked) starts its last `per`.
 pub struct Grant {
     bucket: Option<Addr<TokenBucket>>,
+    /// The lease the grant was made under (shared budgets): the broadcast must start
+    /// before it ends.
+    lease_until: Option<Instant>,
 }
 
 impl Grant {
     /// False when the limiter stopped before granting: no broadcast may follow.
     pub fn is_granted(&self) -> bool {
         self.bucket.is_some()
+    }
+
+    /// Granted, and the lease it was granted under still runs.
+    pub fn usable_now(&self) -> bool {
+        self.is_granted() && self.lease_until.is_none_or_now_before()
+    }
+}
+
+trait LeaseCheck {
+    fn is_none_or_now_before(&self) -> bool;
+}
+
+impl LeaseCheck for Option<Instant> {
+    fn is_none_or_now_before(&self) -> bool {
+        !matches!(self, Some(until) if Instant::now() >= *until)
     }
 }
 
@@ -301,7 +335,13 @@ pub async fn acquire(tokens: &Addr<TokenBucket>) -> Grant {
     let mut wait = Duration::from_millis(100);
     loop {
         match tokens.send(Acquire).await {
-            Ok(grant) if grant.is_granted() => return grant,
+            Ok(grant) if grant.usable_now() => return grant,
+            Ok(grant) if grant.is_granted() => {
+                // The lease ended between the grant and now (a starved process): the
+                // slot is given back unused, and we wait for the renewed lease.
+                drop(grant);
+                tracing::warn!("lease ended before the granted broadcast; waiting for it");
+            }
             Ok(_) => tracing::warn!("rate limiter stopped before granting; not broadcasting"),
             Err(e) => tracing::warn!(error = %e, "rate limiter unavailable; not broadcasting"),
         }
@@ -349,9 +389,15 @@ impl Handler<Acquire> for TokenBucket {
         self.serve(ctx);
         let me = ctx.address();
         Box::pin(async move {
-            let granted = rx.await.is_ok();
-            Grant {
-                bucket: granted.then_some(me),
+            match rx.await {
+                Ok(lease_until) => Grant {
+                    bucket: Some(me),
+                    lease_until,
+                },
+                Err(_) => Grant {
+                    bucket: None,
+                    lease_until: None,
+                },
             }
         })
     }
@@ -397,8 +443,7 @@ impl Handler<LeaseUntil> for TokenBucket {
         let now = Instant::now();
         if msg.lapsed {
             let share = self.limiter.share();
-            self.limiter
-                .set_share(share, Some(now + SHARE_REFRESH * 2 + self.per));
+            self.limiter.set_share(share, Some(now + self.join_wait()));
         }
         self.lease_until = Some(self.lease_until.map_or(msg.until, |u| u.max(msg.until)));
         if let Some(t) = self.timer.take() {
@@ -424,8 +469,7 @@ impl Handler<SharedBy> for TokenBucket {
         let now = Instant::now();
         // Joining others: they learn of us within SHARE_REFRESH (and shrink at once);
         // what they granted before still counts for `per`.
-        let not_before =
-            (self.sharing.is_none() && n > 1).then(|| now + SHARE_REFRESH * 2 + self.per);
+        let not_before = (self.sharing.is_none() && n > 1).then(|| now + self.join_wait());
         let share = self.limiter.max() / n;
         if share == 0 {
             tracing::warn!(

@@ -55,6 +55,7 @@ pub async fn funded_wallet_at(
         node: raregen::chain::node::from_settings(&settings.node).unwrap(),
         pool: pool.clone(),
         settings,
+        shared_limit: false,
     };
     wallet
         .import(&[format!("{}:0", coinbases[0])])

@@ -1,0 +1,83 @@
+//! The rate limit for the commands that broadcast outside `serve` (`raregen unstick`,
+//! `raregen wallet split`). They join the budget of the processes on the database as a
+//! daemon does — a lease of their own (mode `cli`), counted by the others, the same
+//! TokenBucket and Leaser — so that running one beside daemons never puts more than
+//! `rate_limit.max` broadcasts in a window of `rate_limit.per` at the node's door.
+//! Joining running daemons waits until they have seen the newcomer (about
+//! `2 s + rate_limit.per`); alone, it starts at once.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use raregen_actors::leaser::{Leaser, LeaserConfig, Stop};
+use raregen_actors::token_bucket::{acquire, RateLimited, TokenBucket};
+use raregen_actors::{BroadcastOutcome, JanitorStore, Node};
+use sqlx::PgPool;
+
+use crate::config::Settings;
+use crate::store::PgStore;
+use crate::worker;
+
+/// A share of the node's budget, held until [`SharedLimit::leave`].
+pub struct SharedLimit {
+    tokens: Addr<TokenBucket>,
+    store: Arc<PgStore>,
+    leaser: Addr<Leaser>,
+}
+
+impl SharedLimit {
+    /// Takes a lease and a share of the budget. Must run inside an actix System (the
+    /// CLI's).
+    pub async fn join(settings: &Settings, pool: PgPool) -> anyhow::Result<SharedLimit> {
+        let store = Arc::new(PgStore::new(pool, worker::new_worker_id()).with_mode("cli"));
+        let lease = crate::serve::lease(settings);
+        // The lease first, so that the others count us from the first share refresh.
+        store.heartbeat(lease).await?;
+        let tokens = TokenBucket::shared(settings.rate_limit.max, settings.rate_limit.per)
+            .with_broadcast_timeout(settings.node.timeout)
+            .start();
+        let leaser = {
+            let config = LeaserConfig {
+                lease,
+                share_grace: settings.rate_limit.per + settings.node.timeout,
+            };
+            let (store, tokens) = (store.clone(), tokens.clone());
+            Leaser::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                Leaser::new(config, store, tokens)
+            })
+        };
+        Ok(SharedLimit {
+            tokens,
+            store,
+            leaser,
+        })
+    }
+
+    /// The store holding this share's lease (its identity owns what it adopts).
+    pub fn store(&self) -> &Arc<PgStore> {
+        &self.store
+    }
+
+    /// One broadcast under the limit: waits for a slot (and again after a 429).
+    pub async fn broadcast(&self, node: &dyn Node, raw_tx: &[u8]) -> BroadcastOutcome {
+        loop {
+            let grant = acquire(&self.tokens).await;
+            let outcome = node.broadcast(raw_tx).await;
+            drop(grant);
+            match outcome {
+                BroadcastOutcome::RateLimited { retry_after } => {
+                    self.tokens.do_send(RateLimited { retry_after });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Ends the lease (the others stop counting us one `per` after our last broadcast).
+    pub async fn leave(self) {
+        self.leaser.do_send(Stop);
+        if let Err(e) = self.store.stop_worker().await {
+            tracing::warn!(error = %e, "could not end the lease");
+        }
+    }
+}
