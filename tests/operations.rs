@@ -563,10 +563,13 @@ fn the_demo_publishes_its_jobs_and_stops_what_it_started() {
         stdout.contains("300 submitted, 300 sent, 0 failed"),
         "{stdout}\n{stderr}"
     );
+    // What the demo says goes to stdout, in order, and ends with what it stopped.
+    let done = stdout.find("demo done (--once)").expect(&stdout);
     assert!(
-        stderr.contains(&format!("http://127.0.0.1:{api_port}/metrics")),
-        "{stderr}"
+        stdout.find("300 submitted").is_some_and(|at| at < done),
+        "{stdout}"
     );
+    assert!(stdout[done..].contains("stopped"), "{stdout}");
     // Everything it started is stopped.
     for port in [api_port, node_port] {
         assert!(
