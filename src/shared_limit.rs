@@ -18,11 +18,17 @@ use crate::config::Settings;
 use crate::store::PgStore;
 use crate::worker;
 
+/// How long a command waits for one slot before it gives up.
+pub const SLOT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A share of the node's budget, held until [`SharedLimit::leave`].
 pub struct SharedLimit {
     tokens: Addr<TokenBucket>,
     store: Arc<PgStore>,
     leaser: Addr<Leaser>,
+    /// The Leaser's own thread, stopped on leave.
+    arbiter: Arbiter,
+    settings_max: u32,
 }
 
 impl SharedLimit {
@@ -36,13 +42,14 @@ impl SharedLimit {
         let tokens = TokenBucket::shared(settings.rate_limit.max, settings.rate_limit.per)
             .with_broadcast_timeout(settings.node.timeout)
             .start();
+        let arbiter = Arbiter::new();
         let leaser = {
             let config = LeaserConfig {
                 lease,
                 share_grace: settings.rate_limit.per + settings.node.timeout,
             };
             let (store, tokens) = (store.clone(), tokens.clone());
-            Leaser::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            Leaser::start_in_arbiter(&arbiter.handle(), move |_| {
                 Leaser::new(config, store, tokens)
             })
         };
@@ -50,6 +57,8 @@ impl SharedLimit {
             tokens,
             store,
             leaser,
+            arbiter,
+            settings_max: settings.rate_limit.max,
         })
     }
 
@@ -58,26 +67,42 @@ impl SharedLimit {
         &self.store
     }
 
-    /// One broadcast under the limit: waits for a slot (and again after a 429).
-    pub async fn broadcast(&self, node: &dyn Node, raw_tx: &[u8]) -> BroadcastOutcome {
+    /// One broadcast under the limit: waits for a slot (and again after a 429). An
+    /// error when no slot comes within [`SLOT_PATIENCE`] (more processes share the
+    /// limit than it has broadcasts per window, or the node keeps saying 429).
+    pub async fn broadcast(
+        &self,
+        node: &dyn Node,
+        raw_tx: &[u8],
+    ) -> anyhow::Result<BroadcastOutcome> {
         loop {
-            let grant = acquire(&self.tokens).await;
+            let grant = tokio::time::timeout(SLOT_PATIENCE, acquire(&self.tokens))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no share of the rate limit within {}: rate_limit.max = {} is shared \
+                         by every process on the database (see `raregen status`)",
+                        humantime::format_duration(SLOT_PATIENCE),
+                        self.settings_max
+                    )
+                })?;
             let outcome = node.broadcast(raw_tx).await;
             drop(grant);
             match outcome {
                 BroadcastOutcome::RateLimited { retry_after } => {
                     self.tokens.do_send(RateLimited { retry_after });
                 }
-                other => return other,
+                other => return Ok(other),
             }
         }
     }
 
     /// Ends the lease (the others stop counting us one `per` after our last broadcast).
     pub async fn leave(self) {
-        self.leaser.do_send(Stop);
+        let _ = self.leaser.send(Stop).await;
         if let Err(e) = self.store.stop_worker().await {
             tracing::warn!(error = %e, "could not end the lease");
         }
+        self.arbiter.stop();
     }
 }

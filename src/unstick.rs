@@ -3,10 +3,10 @@
 //! The seed reset stuck jobs to `queued`, so they were signed again with another UTXO,
 //! and a job whose first transaction had reached the node was published twice. Here a
 //! job stuck in `sending` is adopted (fenced like any claim) and its *stored* bytes
-//! are broadcast again: the txid cannot change. The node's answer settles it as the
-//! pipeline would: accepted (or already known) → `sent`; rejected for a job problem →
-//! back to the queue; unknown or an input problem → its UTXO is marked dirty for the
-//! Janitor, which asks the node what became of it.
+//! are broadcast again: the txid cannot change. Accepted (or already known) → `sent`;
+//! anything else (refused, unknown, an input problem) → its UTXO is marked dirty for
+//! the Janitor, which asks the node what became of it. Never a new signature: the
+//! first copy's outcome was unknown, and it may still be mined.
 //!
 //! Broadcasts go through the shared rate limit ([`SharedLimit`]): beside running
 //! daemons, all of them together stay under `rate_limit.max` per `rate_limit.per`.
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use raregen_actors::{BroadcastOutcome, JanitorStore, JobStore, Node, Retry, Sent, Signer};
+use raregen_actors::{BroadcastOutcome, JanitorStore, JobStore, Node, Sent, Signer};
 use serde::Serialize;
 
 use crate::chain::{node, TxBuilder, WalletKey};
@@ -30,9 +30,8 @@ pub struct Unstuck {
     pub adopted: usize,
     /// Of those, accepted by the node (or already known to it): now `sent`.
     pub sent: usize,
-    /// Rejected for a reason of the job's own: back in the queue (or `failed`).
-    pub requeued: usize,
-    /// Unknown outcome or an input problem: UTXO marked dirty for the Janitor.
+    /// Refused, unknown outcome or an input problem: UTXO marked dirty for the
+    /// Janitor, which asks the node (never signed again).
     pub dirty: usize,
     /// Jobs stuck in `sending` whose UTXO was already dirty: left to the Janitor.
     pub left_to_janitor: i64,
@@ -53,15 +52,7 @@ pub async fn run(settings: &Settings, older_than: Duration, limit: u32) -> anyho
     // A live lease (so that a running daemon's Janitor leaves our adopted jobs alone)
     // and a share of the node's budget.
     let limit_share = SharedLimit::join(settings, pool.clone()).await?;
-    let result = unstick(
-        settings,
-        &limit_share,
-        &signer,
-        node.as_ref(),
-        older_than,
-        limit,
-    )
-    .await;
+    let result = unstick(&limit_share, &signer, node.as_ref(), older_than, limit).await;
     limit_share.leave().await;
     let mut done = result?;
     done.left_to_janitor = sqlx::query_scalar(
@@ -74,7 +65,6 @@ pub async fn run(settings: &Settings, older_than: Duration, limit: u32) -> anyho
 }
 
 async fn unstick(
-    settings: &Settings,
     limit_share: &SharedLimit,
     signer: &dyn Signer,
     node: &dyn Node,
@@ -82,42 +72,32 @@ async fn unstick(
     limit: u32,
 ) -> anyhow::Result<Unstuck> {
     let store: &PgStore = limit_share.store();
-    let stuck = store.adopt_stuck(older_than, limit).await?;
+    // No pipeline in this process: nothing of ours is held in memory.
+    let stuck = store.adopt_stuck(older_than, limit, &[]).await?;
     let mut done = Unstuck {
         adopted: stuck.len(),
         ..Unstuck::default()
     };
     for job in stuck {
-        match limit_share.broadcast(node, &job.raw_tx).await {
+        match limit_share.broadcast(node, &job.raw_tx).await? {
             BroadcastOutcome::Accepted => {
                 let sent = Sent {
                     fence: job.fence,
                     sent_at: Utc::now(),
                     change: signer.change_of(&job.raw_tx),
                 };
-                let recorded = store.record_sent(&[sent]).await?;
+                let sent = [sent];
+                let recorded = retrying("record sent", || store.record_sent(&sent)).await?;
                 if recorded.ids.contains(&job.fence.id) {
                     done.sent += 1;
                     tracing::info!(job = job.fence.id, txid = %job.txid, "re-broadcast: sent");
                 }
             }
-            BroadcastOutcome::Rejected {
-                reason,
-                input_problem: false,
-            } => {
-                let retry = Retry {
-                    fence: job.fence,
-                    error: format!("rejected by the node: {reason}"),
-                    not_before: Utc::now(),
-                };
-                store
-                    .record_retry(&[retry], settings.broadcaster.max_attempts)
-                    .await?;
-                done.requeued += 1;
-                tracing::warn!(job = job.fence.id, %reason, "re-broadcast rejected: job requeued");
-            }
             other => {
-                store.mark_dirty(&[job.fence]).await?;
+                // A refusal speaks of these bytes now, not of a copy the node (or its
+                // peers) may have taken before: never a new signature from here.
+                let fences = [job.fence];
+                retrying("mark dirty", || store.mark_dirty(&fences)).await?;
                 done.dirty += 1;
                 tracing::warn!(job = job.fence.id, outcome = ?other, "re-broadcast not settled: UTXO marked dirty for the Janitor");
             }
@@ -126,11 +106,32 @@ async fn unstick(
     Ok(done)
 }
 
+/// A store call again while the database says "later" (a deadlock with a daemon's
+/// group statement, a restart), up to about 10 s.
+async fn retrying<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, raregen_actors::StoreError>>,
+{
+    let mut wait = Duration::from_millis(50);
+    for _ in 0..10 {
+        match call().await {
+            Err(raregen_actors::StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "{what}: retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            other => return Ok(other?),
+        }
+    }
+    Ok(call().await?)
+}
+
 pub async fn main(settings: Settings, older_than: Duration, limit: u32) -> anyhow::Result<()> {
     let done = run(&settings, older_than, limit).await?;
     println!(
-        "{} stuck job(s) re-broadcast from their stored bytes: {} sent, {} requeued, {} left dirty for the Janitor",
-        done.adopted, done.sent, done.requeued, done.dirty
+        "{} stuck job(s) re-broadcast from their stored bytes: {} sent, {} left dirty for the Janitor",
+        done.adopted, done.sent, done.dirty
     );
     if done.left_to_janitor > 0 {
         println!(

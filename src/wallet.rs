@@ -203,7 +203,7 @@ impl Wallet {
         split: &raregen_actors::StoredSplit,
     ) -> anyhow::Result<()> {
         let outcome = match share {
-            Some(share) => share.broadcast(self.node.as_ref(), &split.raw_tx).await,
+            Some(share) => share.broadcast(self.node.as_ref(), &split.raw_tx).await?,
             None => self.node.broadcast(&split.raw_tx).await,
         };
         match outcome {

@@ -37,8 +37,9 @@ pub const MAX_UNSETTLED_ROUNDS: u32 = 10;
 struct Memory {
     /// Per transaction: re-sends the node accepted without then holding it.
     unheld: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    /// Per dirty UTXO: rounds its job's transaction stayed unsettled.
-    unsettled: std::sync::Mutex<std::collections::HashMap<i64, u32>>,
+    /// Per dirty UTXO and the transaction of ours spending it: rounds it stayed
+    /// unsettled (a coin released and spent again starts from zero).
+    unsettled: std::sync::Mutex<std::collections::HashMap<(i64, String), u32>>,
 }
 
 pub struct Janitor {
@@ -143,8 +144,8 @@ async fn round(
             None
         }
     };
-    let lost = match held {
-        Some(held) => store.requeue_lost(config.stuck_after, &held).await,
+    let lost = match &held {
+        Some(held) => store.requeue_lost(config.stuck_after, held).await,
         None => Ok(0),
     };
     match lost {
@@ -156,7 +157,12 @@ async fn round(
         Err(e) => tracing::warn!(error = %e, "janitor: requeue failed"),
     }
     // Stuck in `sending` (or taken over): the same bytes again.
-    match store.adopt_stuck(config.stuck_after, 1_000).await {
+    // Without the Batch actor's answer nothing of ours is taken from a broadcaster.
+    let adopted = match &held {
+        Some(held) => store.adopt_stuck(config.stuck_after, 1_000, held).await,
+        None => Ok(Vec::new()),
+    };
+    match adopted {
         Ok(stuck) => {
             if !stuck.is_empty() {
                 tracing::warn!(
@@ -175,12 +181,15 @@ async fn round(
             let waiting = dirty.len();
             {
                 // Forget the UTXOs that are no longer dirty.
-                let ids: std::collections::HashSet<i64> = dirty.iter().map(|d| d.id).collect();
+                let ids: std::collections::HashSet<(i64, Option<&str>)> = dirty
+                    .iter()
+                    .map(|d| (d.id, d.spent_by_txid.as_deref()))
+                    .collect();
                 memory
                     .unsettled
                     .lock()
                     .expect("unsettled")
-                    .retain(|id, _| ids.contains(id));
+                    .retain(|(id, txid), _| ids.contains(&(*id, Some(txid.as_str()))));
             }
             for d in dirty {
                 if let Err(e) = settle_dirty(store, pool_store, deps, memory, d).await {
@@ -296,7 +305,7 @@ async fn settle_dirty(
         }
         let rounds = {
             let mut unsettled = memory.unsettled.lock().expect("unsettled");
-            let n = unsettled.entry(d.id).or_default();
+            let n = unsettled.entry((d.id, job.txid.clone())).or_default();
             *n += 1;
             *n
         };
@@ -315,6 +324,11 @@ async fn settle_dirty(
                     "its coin is spent or never existed: retired"
                 }
             );
+            memory
+                .unsettled
+                .lock()
+                .expect("unsettled")
+                .remove(&(d.id, job.txid.clone()));
             match store.fail_unsettled(job.fence, &reason, unspent).await {
                 Ok(Some(utxo)) => deps.pool.do_send(Add(vec![utxo])),
                 Ok(None) => {}
@@ -406,6 +420,7 @@ async fn confirmations(
             raw_tx,
             settled,
             input,
+            split,
         } = u;
         match presence {
             Ok(TxPresence::Unknown) if settled => {
@@ -422,7 +437,9 @@ async fn confirmations(
                         ),
                         None => false,
                     };
-                    if !unspent {
+                    if !unspent || split {
+                        // Not re-sent again (a split the node never holds is left for
+                        // an operator: `raregen wallet balance` shows it pending).
                         still_unheld.insert(txid, resends);
                         continue;
                     }
@@ -436,11 +453,17 @@ async fn confirmations(
                          enforces)",
                         resends + 1
                     );
-                    match store.fail_unheld(&txid, &reason).await {
-                        Ok(0) => {}
-                        Ok(_) => tracing::error!(%txid, reason, "janitor: job failed"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, %txid, "janitor: could not fail an unheld job")
+                    // Twice: the second run catches a descendant recorded while the
+                    // first ran.
+                    for _ in 0..2 {
+                        match store.fail_unheld(&txid, &reason).await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::error!(%txid, jobs = n, reason, "janitor: jobs failed")
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, %txid, "janitor: could not fail an unheld job")
+                            }
                         }
                     }
                     continue;

@@ -122,6 +122,8 @@ pub struct Unconfirmed {
     pub settled: bool,
     /// The pool coin it spends (txid, vout), when known.
     pub input: Option<(String, u32)>,
+    /// A split of the pool's (not a job's).
+    pub split: bool,
 }
 
 /// A transaction of ours found in a block.
@@ -237,10 +239,13 @@ pub trait JanitorStore: Send + Sync + 'static {
     /// Jobs with a stored transaction in `sending` (or put back in `processing_batch`
     /// by the seed's manual unstick) for longer than `older_than`, or held by a dead
     /// process: adopted by this process and returned for a re-broadcast of the same bytes.
+    /// `held`: jobs this process's pipeline holds in memory (a broadcaster is on them,
+    /// however long it waits for a slot): never taken from it.
     async fn adopt_stuck(
         &self,
         older_than: Duration,
         limit: u32,
+        held: &[JobId],
     ) -> Result<Vec<StuckJob>, StoreError>;
     /// Jobs of this process claimed longer ago than `older_than` that never stored a
     /// transaction and that the pipeline no longer holds (`held`: every job waiting or

@@ -477,7 +477,12 @@ impl Handler<SharedBy> for TokenBucket {
                 "more processes than rate_limit.max: this one gets no share"
             );
         }
-        tracing::info!(processes = n, share, per = ?self.per, waits = ?not_before.map(|t| t - now), "rate limit shared");
+        if self.sharing.is_none() && n == 1 {
+            // Alone from the start: nothing an operator needs to hear.
+            tracing::debug!(processes = n, share, per = ?self.per, "rate limit not shared");
+        } else {
+            tracing::info!(processes = n, share, per = ?self.per, waits = ?not_before.map(|t| t - now), "rate limit shared");
+        }
         self.sharing = Some(n);
         self.limiter.set_share(share, not_before);
         if let Some(t) = self.timer.take() {

@@ -122,21 +122,30 @@ const LIVE_OWNER: &str = "EXISTS (SELECT 1 FROM workers w
 #[async_trait]
 impl JanitorStore for PgStore {
     async fn heartbeat(&self, lease: Duration) -> Result<(), StoreError> {
-        sqlx::query(
+        // A stopped process's row is never revived (a heartbeat still in flight when it
+        // stopped must not make it look alive again).
+        let renewed: Option<i32> = sqlx::query_scalar(
             "INSERT INTO workers (id, hostname, pid, mode, lease_until)
              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
              ON CONFLICT (id) DO UPDATE
-             SET heartbeat_at = now(), lease_until = EXCLUDED.lease_until, stopped_at = NULL",
+             SET heartbeat_at = now(), lease_until = EXCLUDED.lease_until
+             WHERE workers.stopped_at IS NULL
+             RETURNING 1",
         )
         .bind(&self.owner)
         .bind(crate::worker::hostname())
         .bind(std::process::id() as i32)
         .bind(self.mode)
         .bind(lease.as_secs_f64())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(store_error)?;
-        Ok(())
+        match renewed {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Other(
+                "this process has stopped: its lease is not renewed".into(),
+            )),
+        }
     }
 
     async fn live_pipelines(&self, ended_within: Duration) -> Result<u32, StoreError> {
@@ -181,6 +190,7 @@ impl JanitorStore for PgStore {
         &self,
         older_than: Duration,
         limit: u32,
+        held: &[i64],
     ) -> Result<Vec<StuckJob>, StoreError> {
         let sql = format!(
             "WITH picked AS (
@@ -190,6 +200,7 @@ impl JanitorStore for PgStore {
                             < now() - make_interval(secs => $1)
                         OR j.owner IS DISTINCT FROM $3 AND NOT {LIVE_OWNER})
                    AND NOT EXISTS (SELECT 1 FROM utxos x WHERE x.id = j.utxo_id AND x.dirty)
+                   AND NOT (j.owner IS NOT DISTINCT FROM $3 AND j.id = ANY($4))
                  ORDER BY j.id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED
@@ -203,6 +214,7 @@ impl JanitorStore for PgStore {
             .bind(older_than.as_secs_f64())
             .bind(i64::from(limit))
             .bind(&self.owner)
+            .bind(held)
             .fetch_all(&self.pool)
             .await
             .map_err(store_error)?;
@@ -244,7 +256,7 @@ impl JanitorStore for PgStore {
                     ON j.utxo_id = x.id AND j.status = 'sending' AND j.txid = x.spent_by_txid
              LEFT JOIN pool_transactions pt
                     ON pt.input_utxo_id = x.id AND pt.status = 'sending' AND pt.txid = x.spent_by_txid
-             WHERE x.dirty AND x.state IN ('available', 'reserved', 'spending')
+             WHERE x.dirty AND x.state IN ('available', 'reserved', 'spending', 'retired')
              ORDER BY x.id
              LIMIT $1",
         )
@@ -330,7 +342,8 @@ impl JanitorStore for PgStore {
         // the change of the one before). A node that lost its mempool then gets each
         // transaction after the one it spends, not as an orphan.
         let rows = sqlx::query(
-            "SELECT t.txid, t.raw_tx, t.settled, x.txid AS input_txid, x.vout AS input_vout
+            "SELECT t.txid, t.raw_tx, t.settled, x.txid AS input_txid, x.vout AS input_vout,
+                    t.k = 0 AS split
              FROM (
                  (SELECT txid, raw_tx, sent_at < now() - make_interval(secs => $2) AS settled,
                          0 AS k, created_at AS at, input_utxo_id AS input
@@ -359,6 +372,7 @@ impl JanitorStore for PgStore {
                     raw_tx: r.get("raw_tx"),
                     settled: r.get("settled"),
                     input: input_txid.zip(input_vout.map(|v| v as u32)),
+                    split: r.get("split"),
                 }
             })
             .collect())
@@ -377,8 +391,8 @@ impl JanitorStore for PgStore {
                  SELECT j.txid, c.depth + 1
                  FROM chain c
                  JOIN utxos x ON x.txid = c.txid
-                 JOIN publish_jobs j ON j.utxo_id = x.id
-                      AND j.status IN ('sent', 'sending') AND j.confirmed_at IS NULL
+                 JOIN publish_jobs j ON j.utxo_id = x.id AND j.txid IS NOT NULL
+                      AND j.confirmed_at IS NULL
                  WHERE c.depth < 10000
              ), before AS (
                  SELECT p.id, p.status FROM publish_jobs p
@@ -398,9 +412,12 @@ impl JanitorStore for PgStore {
                                     reserved_at = NULL, updated_at = now()
                  FROM job WHERE job.root AND x.id = job.utxo_id AND x.state IN ('spending', 'spent')
              ), outputs AS (
+                 -- The outputs of every transaction of the lane (failed now or before:
+                 -- a second run catches a change recorded while the first ran).
                  UPDATE utxos x SET state = 'retired', dirty = FALSE, reserved_by = NULL,
                                     reserved_at = NULL, updated_at = now()
-                 FROM job WHERE x.txid = job.txid AND x.state <> 'retired'
+                 WHERE x.txid IN (SELECT txid FROM chain) AND x.state <> 'retired'
+                   AND x.id NOT IN (SELECT utxo_id FROM job WHERE root AND utxo_id IS NOT NULL)
              ), batch AS (
                  UPDATE batches b
                  SET sent = greatest(b.sent - s.was_sent, 0), failed = b.failed + s.n
@@ -433,7 +450,9 @@ impl JanitorStore for PgStore {
                  WHERE id = $1 AND attempts = $2 AND owner = $4 AND status = 'sending'
                  RETURNING id, utxo_id, processing_batch_id
              ), batch AS (
-                 UPDATE batches b SET failed = b.failed + 1
+                 UPDATE batches b SET failed = b.failed + 1,
+                     completed_at = CASE WHEN b.sent + b.failed + 1 + b.retried >= b.size
+                                         THEN coalesce(b.completed_at, now()) ELSE b.completed_at END
                  FROM job WHERE b.id = job.processing_batch_id
              )
              UPDATE utxos x

@@ -210,11 +210,12 @@ pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
         sqlx::Error::Database(ref db)
-            if db
-                .code()
-                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+            if db.code().is_some_and(|c| {
+                c.starts_with("57P") || c.starts_with("08") || c == "40P01" || c == "40001"
+            }) =>
         {
-            // admin_shutdown, crash_shutdown, cannot_connect_now; connection exceptions.
+            // admin_shutdown, crash_shutdown, cannot_connect_now; connection exceptions;
+            // a deadlock or serialization failure (the statement can simply run again).
             StoreError::Unavailable(e.to_string())
         }
         other => StoreError::Other(other.to_string()),

@@ -32,7 +32,10 @@ fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Below the 5 s after which Node.js servers (bcoin) close an idle keep-alive
+        // connection: a request on a connection the server is closing fails before it
+        // is sent ("error sending request"), and a broadcast would end Unknown for it.
+        .pool_idle_timeout(Duration::from_secs(4))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .user_agent(concat!("raregen/", env!("CARGO_PKG_VERSION")))
