@@ -102,6 +102,7 @@ pub async fn start_pipeline(
         Mode::Single => Some(Arc::new(PgNotifier::start(store.pool()).await?)),
         Mode::Batch => None,
     };
+    let leaser_store = Arc::new(store.with_own_pool());
     let store = Arc::new(store);
     Ok(Pipeline::start(
         pipeline_config(settings),
@@ -109,6 +110,7 @@ pub async fn start_pipeline(
             jobs: store.clone(),
             pool: store.clone(),
             janitor: store,
+            leaser: leaser_store,
             notifier,
         },
         signer,

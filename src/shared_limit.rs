@@ -48,7 +48,9 @@ impl SharedLimit {
                 lease,
                 share_grace: settings.rate_limit.per + settings.node.timeout,
             };
-            let (store, tokens) = (store.clone(), tokens.clone());
+            // Its own connections: they live on the Leaser's thread, which stops on
+            // leave (a connection of the shared pool opened there would die with it).
+            let (store, tokens) = (Arc::new(store.with_own_pool()), tokens.clone());
             Leaser::start_in_arbiter(&arbiter.handle(), move |_| {
                 Leaser::new(config, store, tokens)
             })

@@ -38,6 +38,9 @@ pub struct Stores {
     pub jobs: Arc<dyn JobStore>,
     pub pool: Arc<dyn PoolStore>,
     pub janitor: Arc<dyn JanitorStore>,
+    /// The Leaser's: the same identity, its own connections (it runs on its own
+    /// thread, and a saturated pool must not delay a heartbeat).
+    pub leaser: Arc<dyn JanitorStore>,
     pub notifier: Option<Arc<dyn JobsNotifier>>,
 }
 
@@ -106,7 +109,7 @@ impl Pipeline {
         // Its own thread: nothing else this process does can delay a heartbeat.
         let leaser = {
             let (lease, store, tokens) =
-                (config.lease.clone(), stores.janitor.clone(), tokens.clone());
+                (config.lease.clone(), stores.leaser.clone(), tokens.clone());
             Leaser::start_in_arbiter(&Arbiter::new().handle(), move |_| {
                 Leaser::new(lease, store, tokens)
             })

@@ -78,9 +78,18 @@ impl Recorder {
     }
 
     /// Writes one group, kind after kind.
-    fn write(&self, groups: Groups) -> impl std::future::Future<Output = ()> + 'static {
+    fn write(&self, mut groups: Groups) -> impl std::future::Future<Output = ()> + 'static {
         let store = self.store.clone();
         let max_attempts = self.max_attempts;
+        // One record per job in a statement: the answers are matched by job id, and a
+        // stale copy of a job (from a claim taken back and made again) beside the live
+        // one would be given the live one's answer — a write-ahead it never made. The
+        // later record is answered "again shortly" and joins the next group.
+        groups.sending = one_per_job(groups.sending, |(s, _)| s.fence.id, |(_, r)| again(r));
+        groups.sent = one_per_job(groups.sent, |(s, _, _)| s.fence.id, |(_, _, r)| again(r));
+        groups.retry = one_per_job(groups.retry, |(s, _, _)| s.fence.id, |(_, _, r)| again(r));
+        groups.fail = one_per_job(groups.fail, |(s, _, _)| s.fence.id, |(_, _, r)| again(r));
+        groups.dirty = one_per_job(groups.dirty, |(f, _)| f.id, |(_, r)| again(r));
         async move {
             if !groups.sending.is_empty() {
                 let (items, replies): (Vec<_>, Vec<_>) = groups.sending.into_iter().unzip();
@@ -170,6 +179,31 @@ impl Recorder {
             }
         }
     }
+}
+
+/// Keeps the first record of each job; `defer` answers the others.
+fn one_per_job<T>(
+    items: Vec<T>,
+    id: impl Fn(&T) -> crate::ports::JobId,
+    defer: impl Fn(T),
+) -> Vec<T> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut kept = Vec::with_capacity(items.len());
+    for item in items {
+        if seen.insert(id(&item)) {
+            kept.push(item);
+        } else {
+            defer(item);
+        }
+    }
+    kept
+}
+
+/// "Again shortly": the caller retries, and the record joins the next group.
+fn again<T>(reply: Reply<T>) {
+    let _ = reply.send(Err(StoreError::Unavailable(
+        "another record of the same job is in this group; written with the next".into(),
+    )));
 }
 
 fn reply_all<T>(replies: Vec<Reply<T>>, e: StoreError) {

@@ -437,7 +437,9 @@ impl JobStore for PgStore {
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bytea[])
                      AS u(id, attempts, utxo_id, txid, raw_tx)
              ), ours AS (
-                 SELECT j.id FROM publish_jobs j JOIN u ON j.id = u.id
+                 -- The entry whose fence holds (a group may also carry a stale copy of
+                 -- the same job, from a claim that was taken back: it must not act).
+                 SELECT j.id, u.attempts FROM publish_jobs j JOIN u ON j.id = u.id
                  WHERE j.attempts = u.attempts AND j.owner = $6
                    AND (j.status = 'processing_batch' OR (j.status = 'sending' AND j.txid = u.txid))
                  FOR UPDATE OF j
@@ -445,16 +447,22 @@ impl JobStore for PgStore {
                  UPDATE utxos x
                  SET state = 'spending', reserved_by = u.id, reserved_at = now(),
                      spent_by_txid = u.txid, updated_at = now()
-                 FROM u JOIN ours ON ours.id = u.id
+                 FROM u JOIN ours ON ours.id = u.id AND ours.attempts = u.attempts
                  WHERE x.id = u.utxo_id
                    AND ((x.state = 'available' AND NOT x.dirty)
                         OR (x.state = 'spending' AND x.spent_by_txid = u.txid))
-                 RETURNING u.id
+                   -- A job holds one UTXO at a time (utxos_reserved_by_idx): one that
+                   -- still holds another is left out here, not allowed to fail the
+                   -- whole group's statement.
+                   AND NOT EXISTS (SELECT 1 FROM utxos y
+                                   WHERE y.reserved_by = u.id AND y.id <> u.utxo_id
+                                     AND y.state IN ('reserved', 'spending'))
+                 RETURNING u.id, u.attempts
              ), stored AS (
                  UPDATE publish_jobs j
                  SET status = 'sending', utxo_id = u.utxo_id, txid = u.txid, raw_tx = u.raw_tx,
                      sending_started_at = COALESCE(j.sending_started_at, now()), updated_at = now()
-                 FROM u JOIN took ON took.id = u.id
+                 FROM u JOIN took ON took.id = u.id AND took.attempts = u.attempts
                  WHERE j.id = u.id
                  RETURNING j.id
              )
@@ -562,9 +570,14 @@ impl JobStore for PgStore {
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[])
                      AS u(id, attempts, error, not_before)
              ), before AS (
-                 SELECT j.id, j.utxo_id, j.txid FROM publish_jobs j JOIN u ON j.id = u.id
+                 -- A job whose UTXO is dirty is not sent back: a transaction of it with
+                 -- an unknown outcome may still be mined, and a new signature would be
+                 -- a second one (it would also leave that UTXO held by the job, so its
+                 -- next write-ahead could never take another). The Janitor settles it.
+                 SELECT j.id, j.utxo_id, j.txid, u.attempts FROM publish_jobs j JOIN u ON j.id = u.id
                  WHERE j.attempts = u.attempts AND j.owner = $6
                    AND j.status IN ('processing_batch', 'sending')
+                   AND NOT EXISTS (SELECT 1 FROM utxos d WHERE d.id = j.utxo_id AND d.dirty)
                  FOR UPDATE OF j
              ), done AS (
                  UPDATE publish_jobs j
@@ -574,7 +587,7 @@ impl JobStore for PgStore {
                      last_error = u.error,
                      owner = NULL, utxo_id = NULL, txid = NULL, raw_tx = NULL,
                      sending_started_at = NULL, updated_at = now()
-                 FROM u JOIN before ON before.id = u.id
+                 FROM u JOIN before ON before.id = u.id AND before.attempts = u.attempts
                  WHERE j.id = u.id
                  RETURNING j.id, j.processing_batch_id, j.status
              ), released AS (

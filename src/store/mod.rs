@@ -197,6 +197,22 @@ impl PgStore {
         &self.pool
     }
 
+    /// The same identity over a small pool of its own (two connections, opened on
+    /// first use): for work that runs on another thread's runtime (the Leaser), whose
+    /// connections must not be shared with this runtime's (a connection belongs to the
+    /// runtime that opened it, and dies with it).
+    pub fn with_own_pool(&self) -> PgStore {
+        let options = (*self.pool.connect_options()).clone();
+        PgStore {
+            pool: PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(self.pool.options().get_acquire_timeout())
+                .connect_lazy_with(options),
+            owner: self.owner.clone(),
+            mode: self.mode,
+        }
+    }
+
     pub fn owner(&self) -> &str {
         &self.owner
     }
