@@ -16,6 +16,12 @@ use tokio::sync::Notify;
 use super::utxos;
 use super::{store_error, PgStore};
 
+/// The UTXO a statement returned (with its `state`), if it is available to the pool.
+fn available_utxo(row: Option<sqlx::postgres::PgRow>) -> Option<SpendableUtxo> {
+    row.filter(|r| r.get::<String, _>("state") == "available")
+        .map(|r| utxo_from(&r))
+}
+
 fn utxo_from(r: &sqlx::postgres::PgRow) -> SpendableUtxo {
     SpendableUtxo {
         id: r.get("id"),
@@ -315,9 +321,7 @@ impl JanitorStore for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(store_error)?;
-        Ok(row
-            .filter(|r| r.get::<String, _>("state") == "available")
-            .map(|r| utxo_from(&r)))
+        Ok(available_utxo(row))
     }
 
     async fn utxo_retire(&self, id: i64) -> Result<(), StoreError> {
@@ -471,9 +475,7 @@ impl JanitorStore for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(store_error)?;
-        Ok(row
-            .filter(|r| r.get::<String, _>("state") == "available")
-            .map(|r| utxo_from(&r)))
+        Ok(available_utxo(row))
     }
 
     async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError> {
