@@ -41,7 +41,7 @@ impl SharedLimit {
         store.heartbeat(lease).await?;
         let tokens = TokenBucket::shared(settings.rate_limit.max, settings.rate_limit.per)
             .with_broadcast_timeout(settings.node.timeout)
-            .start();
+            .start_supervised();
         let arbiter = Arbiter::new();
         let leaser = {
             let config = LeaserConfig {

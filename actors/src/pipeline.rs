@@ -105,7 +105,7 @@ impl Pipeline {
         // and used only while this process's lease runs.
         let tokens = TokenBucket::shared(config.rate_max, config.rate_per)
             .with_broadcast_timeout(config.broadcast_timeout)
-            .start();
+            .start_supervised();
         // Its own thread: nothing else this process does can delay a heartbeat.
         let leaser = {
             let (lease, store, tokens) =

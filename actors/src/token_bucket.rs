@@ -195,6 +195,18 @@ impl WindowLimiter {
     pub fn max(&self) -> u32 {
         self.max
     }
+
+    /// The limiter starts again after a failure: it cannot trust what it knew about
+    /// the broadcasts in flight, so every slot open counts as completing now, and
+    /// nothing is granted for one `per`.
+    pub fn restarted(&mut self, now: Instant) {
+        for _ in 0..self.open {
+            self.complete(now);
+        }
+        self.open = 0;
+        let until = now + self.per;
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+    }
 }
 
 /// How often the Janitor tells the TokenBucket how many processes share the budget.
@@ -297,6 +309,42 @@ impl Actor for TokenBucket {
     type Context = Context<Self>;
 }
 
+/// Started under a [`Supervisor`]: a TokenBucket that stops (a bug, or [`Stop`]) is
+/// started again with the same mailbox; meanwhile nothing is granted (a waiter whose
+/// answer is lost gets no grant and asks again: fail closed), and after the restart
+/// nothing is granted for one `per`.
+impl actix::Supervised for TokenBucket {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // Waiters dropped here learn that nothing was granted, and ask again.
+        self.waiting.clear();
+        self.timer = None;
+        self.limiter.restarted(Instant::now());
+        tracing::warn!(per = ?self.per, "rate limiter restarted: no broadcast for one window");
+    }
+}
+
+impl TokenBucket {
+    /// Starts the limiter under a supervisor (see [`actix::Supervised`] above).
+    pub fn start_supervised(self) -> Addr<TokenBucket> {
+        Supervisor::start(move |_| self)
+    }
+}
+
+/// Stops the limiter (its supervisor starts it again): the hook the tests use to show
+/// that a failed limiter stops every broadcast, and that it resumes under the limit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for TokenBucket {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        tracing::warn!("rate limiter stopping");
+        ctx.stop();
+    }
+}
+
 /// A slot for one broadcast. Dropping it (after the broadcast completed, or when its
 /// holder panicked) starts its last `per`.
 pub struct Grant {
@@ -384,6 +432,25 @@ impl Handler<Acquire> for TokenBucket {
     type Result = ResponseFuture<Grant>;
 
     fn handle(&mut self, _: Acquire, ctx: &mut Context<Self>) -> Self::Result {
+        #[cfg(feature = "failpoints")]
+        {
+            // `token-bucket-acquire=N*off->1*return->off`: the limiter fails at the
+            // N+1-th request (the tests' way to show that it fails closed).
+            let fail = (|| {
+                fail::fail_point!("token-bucket-acquire", |_| true);
+                false
+            })();
+            if fail {
+                tracing::warn!("failpoint token-bucket-acquire: rate limiter stopping");
+                ctx.stop();
+                return Box::pin(async {
+                    Grant {
+                        bucket: None,
+                        lease_until: None,
+                    }
+                });
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.waiting.push_back(tx);
         self.serve(ctx);
