@@ -222,6 +222,9 @@ pub struct JanitorSettings {
     pub interval: Duration,
     #[serde(with = "humantime_serde")]
     pub stuck_after: Duration,
+    /// Confirmations a foreign spend of a job's anchor needs before the job leaves its
+    /// anchor for a fresh UTXO (until then the job waits: the spend may still vanish).
+    pub reanchor_confirmations: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +417,11 @@ impl Settings {
             !self.janitor.stuck_after.is_zero(),
             "janitor.stuck_after",
             "must be longer than 0s",
+        )?;
+        check(
+            self.janitor.reanchor_confirmations >= 1,
+            "janitor.reanchor_confirmations",
+            "must be at least 1 (a spend in the mempool can still vanish)",
         )?;
         check(
             !self.metrics.refresh.is_zero(),

@@ -46,6 +46,7 @@ pub fn pipeline_config(settings: &Settings) -> PipelineConfig {
         janitor: JanitorConfig {
             interval: settings.janitor.interval,
             stuck_after: settings.janitor.stuck_after,
+            reanchor_confirmations: settings.janitor.reanchor_confirmations,
         },
         lease: LeaserConfig {
             lease: lease(settings),

@@ -201,7 +201,7 @@ fn recorder_writes_groups_and_fences() {
             .await
             .unwrap();
         assert!(matches!(stale, Err(raregen_actors::StoreError::Fenced)));
-        // Sent with change, retried with the UTXO released, dirty.
+        // Sent with change, retried (its UTXO kept as its anchor), dirty.
         let sent = recorder
             .send(RecordSent(
                 Sent {
@@ -232,6 +232,7 @@ fn recorder_writes_groups_and_fences() {
                     },
                     error: "rejected".into(),
                     not_before: chrono::Utc::now(),
+                    reanchor: false,
                 },
                 Some(utxos[1]),
                 false,
@@ -239,7 +240,7 @@ fn recorder_writes_groups_and_fences() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(released.map(|u| u.id), Some(utxos[1]));
+        assert_eq!(released, None, "a refused job keeps its UTXO as its anchor");
         let d = &claimed.jobs[2];
         let dirty = recorder
             .send(MarkDirty(Fence {
@@ -360,6 +361,56 @@ fn token_bucket_never_grants_more_than_max_per_window() {
             span >= per * 3,
             "20 grants at 5 per {per:?} take at least three windows: {span:?}"
         );
+    });
+}
+
+/// A limiter that stops grants nothing (fail closed: its waiters are told no, and
+/// `acquire` keeps waiting); its supervisor starts it again, and it grants nothing for
+/// one `per` (it cannot know what was in flight), then resumes under the limit.
+#[test]
+fn a_stopped_token_bucket_grants_nothing_then_resumes_under_the_limit() {
+    use raregen_actors::token_bucket::{acquire, Stop};
+    actix::System::new().block_on(async {
+        let per = Duration::from_millis(400);
+        let bucket = TokenBucket::new(5, per).start_supervised();
+        let mut grants = Vec::new();
+        for _ in 0..3 {
+            drop(acquire(&bucket).await);
+            grants.push(std::time::Instant::now());
+        }
+        // Waiters queued when it stops are told no (an empty grant), not granted.
+        let queued: Vec<_> = (0..10).map(|_| bucket.send(Acquire)).collect();
+        let stopped = std::time::Instant::now();
+        bucket.send(Stop).await.unwrap();
+        let mut refused = 0;
+        for w in queued {
+            match w.await {
+                Ok(grant) if grant.is_granted() => grants.push(std::time::Instant::now()),
+                _ => refused += 1,
+            }
+        }
+        assert!(
+            refused >= 8,
+            "only {refused} of 10 waiters refused by the stop"
+        );
+        // Restarted: nothing for one `per`, then grants again, under the limit.
+        let after: Vec<_> = futures::future::join_all((0..12).map(|_| {
+            let bucket = bucket.clone();
+            async move {
+                drop(acquire(&bucket).await);
+                std::time::Instant::now()
+            }
+        }))
+        .await;
+        let first = *after.iter().min().unwrap();
+        assert!(
+            first >= stopped + per,
+            "granted {:?} after the restart, before one window ({per:?})",
+            first - stopped
+        );
+        grants.extend(after);
+        grants.sort();
+        assert!(max_in_window(&grants, per) <= 5, "{grants:?}");
     });
 }
 

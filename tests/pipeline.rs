@@ -469,6 +469,96 @@ async fn an_unknown_outcome_is_answered_with_the_same_bytes(pool: PgPool) {
     );
 }
 
+/// A refusal that lies: the door answers every 5th broadcast with a definitive
+/// refusal (`-26 min relay fee not met`) and still hands the transaction to the node
+/// 2-10 s later. A refusal allows a new signature; on another UTXO, the late copy and
+/// the new transaction would both be mined. Signed on the job's anchor, they conflict:
+/// the node keeps one (the late copy, if it came first: the Janitor then finds it among
+/// the job's earlier transactions and records the job sent with it; the new one, if it
+/// came first or replaced it by fee). Every job is on the node once, with its recorded
+/// txid, and every transaction a job ever signed spends the same outpoint.
+#[sqlx::test]
+async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    proxy
+        .late
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    proxy
+        .late
+        .spread
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    proxy.late.set(5, Duration::from_secs(8));
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+            ("RAREGEN__BROADCASTER__MAX_ATTEMPTS", "20"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "refused", 300).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180), &daemon).await;
+    assert_eq!((sent, failed), (300, 0), "{}", daemon.log());
+    proxy.late.set(0, Duration::ZERO);
+    proxy.late.drained().await;
+    // Give the Janitor a few rounds to settle what the late copies stirred up.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(daemon.stop().success());
+    let late = proxy
+        .late
+        .forwarded
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        late >= 50,
+        "the door refused and forwarded {late} broadcasts"
+    );
+    assert_eq!(
+        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
+        300
+    );
+    // Every transaction of a job spends the job's anchor.
+    let txs: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT t.job_id, t.raw_tx, j.raw_tx FROM job_transactions t
+         JOIN publish_jobs j ON j.id = t.job_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        txs.len() as u32 >= late / 2,
+        "{} earlier transactions kept for {late} refusals",
+        txs.len()
+    );
+    let input = |raw: &[u8]| {
+        let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(raw).unwrap();
+        tx.input[0].previous_output
+    };
+    for (job, earlier, current) in &txs {
+        assert_eq!(
+            input(earlier),
+            input(current.as_deref().unwrap()),
+            "job {job} signed on two outpoints"
+        );
+    }
+    let log = daemon.log();
+    let taken_up = log
+        .matches("an earlier transaction of the job is on the node")
+        .count()
+        + log.matches("the job is recorded with it").count();
+    println!(
+        "{late} refusals forwarded late; {} earlier transactions kept; {taken_up} jobs sent with an earlier transaction",
+        txs.len()
+    );
+}
+
 /// A job that waits, however long, is not lost: throttled to 20 broadcasts per 2 s with
 /// the Janitor looking for lost claims every second (`stuck_after` 2 s), 120 claimed
 /// jobs wait up to 12 s for a slot, and none is sent back to the queue and claimed again

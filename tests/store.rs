@@ -284,15 +284,34 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
             fence: fences[i],
             error: "rejected: mempool full".into(),
             not_before: later,
+            reanchor: false,
         })
         .collect();
     let recorded = store.record_retry(&retry, 5).await.unwrap();
     assert_eq!(recorded.ids.len(), 2);
-    assert_eq!(
-        recorded.utxos.iter().map(|u| u.id).collect::<Vec<_>>(),
-        vec![utxos[3]],
-        "job 4's UTXO is free again"
+    assert!(
+        recorded.utxos.is_empty(),
+        "job 4 keeps its UTXO as its anchor: {:?}",
+        recorded.utxos
     );
+    // Job 4's UTXO is its anchor, reserved for its next signature; its refused
+    // transaction is kept in its history.
+    let anchor: (String, Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT state, reserved_by, spent_by_txid FROM utxos WHERE id = $1")
+            .bind(utxos[3])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(anchor, ("reserved".to_owned(), Some(fences[3].id), None));
+    let (anchor_of, history): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT anchor_utxo_id, (SELECT count(*) FROM job_transactions t WHERE t.job_id = j.id)
+         FROM publish_jobs j WHERE id = $1",
+    )
+    .bind(fences[3].id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((anchor_of, history), (Some(utxos[3]), 1));
     let s = statuses(&pool).await;
     // processing_batch: job 5, and the would-be thief's job.
     assert_eq!((s["sent"], s["queued"], s["processing_batch"]), (3, 2, 2));
@@ -323,6 +342,7 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
         fence: fences[4],
         error: "bad".into(),
         not_before: later,
+        reanchor: false,
     };
     assert_eq!(store.record_retry(&[last], 1).await.unwrap().ids.len(), 1);
     let (failed_n, completed): (i32, bool) =
@@ -337,6 +357,111 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
         "every job accounted for closes the batch"
     );
     assert_eq!(statuses(&pool).await["failed"], 1);
+}
+
+/// A job's anchor: the UTXO of its first write-ahead stays the job's between attempts;
+/// the next attempt is handed it and may sign on it and on nothing else; a re-anchor
+/// frees the job from it; a job that fails for good gives it back to the pool.
+#[sqlx::test]
+async fn a_job_signs_on_its_anchor_and_nothing_else(pool: PgPool) {
+    common::insert_queued(&pool, 1).await;
+    let utxos = common::insert_utxos(&pool, 2).await;
+    let store = PgStore::new(pool.clone(), "w1");
+    let now_due = "UPDATE publish_jobs SET next_attempt_at = now()";
+    let claim = || async {
+        sqlx::query(now_due).execute(&pool).await.unwrap();
+        store.claim_batch(1).await.unwrap().unwrap().jobs.remove(0)
+    };
+    let job = claim().await;
+    assert_eq!(job.anchor, None, "a first attempt has no anchor");
+    let fence = |j: &raregen_actors::ClaimedJob| Fence {
+        id: j.id,
+        attempts: j.attempts,
+    };
+    let write_ahead = |f: Fence, utxo: i64, n: i64| Sending {
+        fence: f,
+        utxo_id: utxo,
+        txid: fake_txid(n),
+        raw_tx: vec![n as u8],
+    };
+    let refuse = |f: Fence, reanchor: bool| Retry {
+        fence: f,
+        error: "rejected by the node: min relay fee not met".into(),
+        not_before: Utc::now(),
+        reanchor,
+    };
+    let stored = store
+        .record_sending(&[write_ahead(fence(&job), utxos[0], 1)])
+        .await
+        .unwrap();
+    assert_eq!(stored.stored, vec![job.id]);
+    store
+        .record_retry(&[refuse(fence(&job), false)], 5)
+        .await
+        .unwrap();
+
+    // The second attempt is handed its anchor; another UTXO is refused, the anchor taken.
+    let job = claim().await;
+    let anchor = job.anchor.clone().expect("anchored");
+    assert_eq!(anchor.utxo_id, utxos[0]);
+    assert_eq!(anchor.signed_before, 1);
+    assert_eq!(anchor.utxo.as_ref().map(|u| u.id), Some(utxos[0]));
+    let other = store
+        .record_sending(&[write_ahead(fence(&job), utxos[1], 2)])
+        .await
+        .unwrap();
+    assert!(
+        other.stored.is_empty(),
+        "a job that signed before spends its anchor only"
+    );
+    let stored = store
+        .record_sending(&[write_ahead(fence(&job), utxos[0], 3)])
+        .await
+        .unwrap();
+    assert_eq!(stored.stored, vec![job.id]);
+    let history: Vec<String> =
+        sqlx::query_scalar("SELECT txid FROM job_transactions WHERE job_id = $1")
+            .bind(job.id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(history, vec![fake_txid(1)]);
+
+    // A re-anchor (the anchor was spent by another, confirmed, transaction) frees it.
+    sqlx::query("UPDATE utxos SET state = 'retired', reserved_by = NULL WHERE id = $1")
+        .bind(utxos[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    store
+        .record_retry(&[refuse(fence(&job), true)], 5)
+        .await
+        .unwrap();
+    let job = claim().await;
+    assert_eq!(job.anchor, None, "re-anchored: a fresh UTXO next");
+    let stored = store
+        .record_sending(&[write_ahead(fence(&job), utxos[1], 4)])
+        .await
+        .unwrap();
+    assert_eq!(stored.stored, vec![job.id]);
+
+    // Failing for good gives the anchor back to the pool.
+    let recorded = store
+        .record_retry(&[refuse(fence(&job), false)], 1)
+        .await
+        .unwrap();
+    assert_eq!(recorded.failed, 1);
+    assert_eq!(
+        recorded.utxos.iter().map(|u| u.id).collect::<Vec<_>>(),
+        vec![utxos[1]]
+    );
+    let history: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_transactions WHERE job_id = $1")
+            .bind(job.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(history, 3, "every transaction the job signed is kept");
 }
 
 #[sqlx::test]

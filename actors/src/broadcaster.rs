@@ -197,6 +197,9 @@ async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: Claimed
 /// UTXO → build + sign → write-ahead. `None` when the job ended here (failed, or its
 /// claim was taken over).
 async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<StoredTx> {
+    if let Some(anchor) = &job.anchor {
+        return sign_on_anchor(deps, fence, job, anchor).await;
+    }
     loop {
         let utxo = match deps.pool.send(Reserve { job: job.id }).await {
             Ok(Some(u)) => u,
@@ -207,7 +210,7 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
                 continue;
             }
         };
-        let signed = match deps.signer.publish(&utxo, &job.payload) {
+        let signed = match deps.signer.publish(&utxo, &job.payload, 0) {
             Ok(s) => s,
             Err(SignError::InsufficientFunds { .. }) => {
                 deps.pool.do_send(Forget(utxo.id));
@@ -220,6 +223,7 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
                     fence,
                     error: format!("cannot build the transaction: {e}"),
                     not_before: Utc::now(),
+                    reanchor: false,
                 };
                 until_stored("record a failure", || {
                     deps.recorder.send(RecordRetry(retry.clone(), None, true))
@@ -229,28 +233,11 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
                 return None;
             }
         };
-        let sending = Sending {
-            fence,
-            utxo_id: utxo.id,
-            txid: signed.txid.clone(),
-            raw_tx: signed.raw_tx.clone(),
-        };
-        crate::fail_point!("before-store");
-        match until_stored("write-ahead", || {
-            deps.recorder.send(RecordSending(sending.clone()))
-        })
-        .await
-        {
-            Some(true) => {
-                return Some(StoredTx {
-                    txid: signed.txid,
-                    raw_tx: signed.raw_tx,
-                    utxo_id: Some(utxo.id),
-                })
-            }
+        match write_ahead(deps, fence, utxo.id, signed).await {
+            Some(Ok(stored)) => return Some(stored),
             // The UTXO was taken meanwhile (another process spent it, or it turned
             // dirty): nothing was stored or broadcast; sign again with another.
-            Some(false) => {
+            Some(Err(())) => {
                 deps.pool.do_send(Forget(utxo.id));
                 continue;
             }
@@ -260,6 +247,101 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
                 return None;
             }
         }
+    }
+}
+
+/// Stores the signed transaction before anything is broadcast. `Some(Err(()))`: the
+/// UTXO was taken meanwhile (nothing stored); `None`: the claim is another's now.
+async fn write_ahead(
+    deps: &Deps,
+    fence: Fence,
+    utxo_id: i64,
+    signed: crate::chain::SignedTx,
+) -> Option<Result<StoredTx, ()>> {
+    let sending = Sending {
+        fence,
+        utxo_id,
+        txid: signed.txid.clone(),
+        raw_tx: signed.raw_tx.clone(),
+    };
+    crate::fail_point!("before-store");
+    let stored = until_stored("write-ahead", || {
+        deps.recorder.send(RecordSending(sending.clone()))
+    })
+    .await?;
+    Some(if stored {
+        Ok(StoredTx {
+            txid: signed.txid,
+            raw_tx: signed.raw_tx,
+            utxo_id: Some(utxo_id),
+        })
+    } else {
+        Err(())
+    })
+}
+
+/// A job that signed before (a node refused that transaction) signs again on its
+/// anchor, the coin all its transactions spend, and on nothing else: whichever of them
+/// reaches a block, the others can never follow it. The new one pays a higher fee, so
+/// that it may replace an earlier copy a node still holds.
+async fn sign_on_anchor(
+    deps: &Deps,
+    fence: Fence,
+    job: &ClaimedJob,
+    anchor: &crate::ports::Anchor,
+) -> Option<StoredTx> {
+    let later = |error: String, fail_now: bool| {
+        let retry = Retry {
+            fence,
+            error,
+            not_before: Utc::now() + retry_backoff(fence.attempts),
+            reanchor: false,
+        };
+        async move {
+            until_stored("record a retry", || {
+                deps.recorder
+                    .send(RecordRetry(retry.clone(), None, fail_now))
+            })
+            .await;
+        }
+    };
+    let Some(utxo) = anchor.utxo.clone() else {
+        // Dirty, or spent by another transaction: the Janitor settles it first.
+        tracing::warn!(
+            job = job.id,
+            anchor = anchor.utxo_id,
+            "the job's anchor is not available now; the job waits"
+        );
+        later(
+            "its anchor is not available now (being settled)".into(),
+            false,
+        )
+        .await;
+        return None;
+    };
+    let signed = match deps
+        .signer
+        .publish(&utxo, &job.payload, anchor.signed_before)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // Unbuildable, or the anchor cannot pay a higher fee: the job ends here.
+            later(format!("cannot sign again on its anchor: {e}"), true).await;
+            deps.stats.observe_unbuildable();
+            return None;
+        }
+    };
+    match write_ahead(deps, fence, utxo.id, signed).await {
+        Some(Ok(stored)) => Some(stored),
+        Some(Err(())) => {
+            later(
+                "its anchor is not available now (being settled)".into(),
+                false,
+            )
+            .await;
+            None
+        }
+        None => None,
     }
 }
 
@@ -313,6 +395,7 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
                     fence,
                     error: format!("rejected by the node: {reason}"),
                     not_before: Utc::now() + retry_backoff(fence.attempts),
+                    reanchor: false,
                 };
                 let released = until_stored("record a rejection", || {
                     deps.recorder

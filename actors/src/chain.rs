@@ -105,7 +105,15 @@ pub enum SignError {
 /// Builds and signs transactions spending pool UTXOs. Pure computation: no I/O.
 pub trait Signer: Send + Sync + 'static {
     /// One input (`utxo`); out: `OP_RETURN <payload>` and change to the pool.
-    fn publish(&self, utxo: &SpendableUtxo, payload: &[u8]) -> Result<SignedTx, SignError>;
+    /// `replacing`: how many transactions of the job were signed before (on the same
+    /// anchor); each replacement pays a higher fee rate than the one before it, by at
+    /// least the incremental relay fee (1 sat/vB), as BIP125 replacement requires.
+    fn publish(
+        &self,
+        utxo: &SpendableUtxo,
+        payload: &[u8],
+        replacing: u32,
+    ) -> Result<SignedTx, SignError>;
     /// One input (`utxo`); out: `outputs` pool outputs of `amount` sats, and change.
     fn split(&self, utxo: &SpendableUtxo, outputs: u32, amount: u64)
         -> Result<SignedTx, SignError>;

@@ -20,6 +20,8 @@ use crate::utxo_pool::Add;
 pub struct JanitorConfig {
     pub interval: Duration,
     pub stuck_after: Duration,
+    /// Confirmations a foreign spend of a job's anchor needs before the job re-anchors.
+    pub reanchor_confirmations: u32,
 }
 
 /// Re-sends of a transaction the node said it accepted and then did not hold, before
@@ -192,7 +194,7 @@ async fn round(
                     .retain(|(id, txid), _| ids.contains(&(*id, Some(txid.as_str()))));
             }
             for d in dirty {
-                if let Err(e) = settle_dirty(store, pool_store, deps, memory, d).await {
+                if let Err(e) = settle_dirty(store, pool_store, deps, config, memory, d).await {
                     // Most likely the node or the database is away: the rest wait for
                     // the next round (one warning, not one per UTXO).
                     tracing::warn!(error = %e, dirty = waiting, "janitor: dirty UTXOs not settled");
@@ -259,6 +261,7 @@ async fn settle_dirty(
     store: &dyn JanitorStore,
     pool_store: &dyn PoolStore,
     deps: &Deps,
+    config: &JanitorConfig,
     memory: &Memory,
     d: DirtyUtxo,
 ) -> Result<(), String> {
@@ -276,6 +279,18 @@ async fn settle_dirty(
             record_sent(deps, &job).await;
             return Ok(());
         }
+        // A transaction the job signed before (refused then, kept in its history) may
+        // be the one that reached the node after all: all of them spend the anchor, so
+        // it is the one that can be mined, and the job is sent with it.
+        match earlier_on_node(store, deps, &job).await? {
+            Earlier::Taken(earlier) => {
+                tracing::warn!(job = job.fence.id, txid = %earlier.txid, replaced = %job.txid, "janitor: an earlier transaction of the job is on the node; the job is sent with it");
+                record_sent(deps, &earlier).await;
+                return Ok(());
+            }
+            Earlier::Fenced => return Ok(()),
+            Earlier::None => {}
+        }
         // The outcome was unknown and the node does not have the transaction (yet: an
         // explorer or a node may answer late). Never a new signature on another UTXO
         // for that: both could be mined. The same bytes again, under the rate limit.
@@ -292,13 +307,25 @@ async fn settle_dirty(
                 record_sent(deps, &job).await;
                 return Ok(());
             }
-            // Proven spent by another transaction: the UTXO is gone, and this job's
-            // transaction can never be mined; the job gets another.
+            // Spent by a transaction that is none of the job's own. Only once that spend
+            // is confirmed deep enough can none of the job's transactions be mined any
+            // more: then, and not before, the job leaves its anchor for a fresh UTXO.
+            let depth = match node.tx_presence(other).await.map_err(|e| e.to_string())? {
+                TxPresence::Confirmed { confirmations, .. } => confirmations,
+                _ => 0,
+            };
+            if depth < config.reanchor_confirmations {
+                tracing::info!(job = job.fence.id, anchor = d.id, spent_by = %other, confirmations = depth, "janitor: the job's anchor is spent by another transaction; waiting for it to confirm before signing on another coin");
+                return Ok(());
+            }
             store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
             let retry = crate::ports::Retry {
                 fence: job.fence,
-                error: format!("its UTXO was spent by another transaction ({other})"),
+                error: format!(
+                    "its anchor was spent by another transaction ({other}, {depth} confirmations): signing again on another coin"
+                ),
                 not_before: chrono::Utc::now(),
+                reanchor: true,
             };
             let _ = deps.recorder.send(RecordRetry(retry, None, false)).await;
             return Ok(());
@@ -389,6 +416,86 @@ async fn settle_dirty(
     Ok(())
 }
 
+enum Earlier {
+    None,
+    /// Taken up as the job's transaction (with the job's fence).
+    Taken(crate::ports::StuckJob),
+    /// The job is no longer this process's.
+    Fenced,
+}
+
+/// Looks for one of the job's earlier transactions on the node.
+async fn earlier_on_node(
+    store: &dyn JanitorStore,
+    deps: &Deps,
+    job: &crate::ports::StuckJob,
+) -> Result<Earlier, String> {
+    let earlier = store
+        .earlier_transactions(job.fence.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (txid, raw_tx) in earlier {
+        let presence = deps
+            .node
+            .tx_presence(&txid)
+            .await
+            .map_err(|e| e.to_string())?;
+        if matches!(presence, TxPresence::Unknown) {
+            continue;
+        }
+        if !store
+            .take_up_earlier(job.fence, &txid)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(Earlier::Fenced);
+        }
+        return Ok(Earlier::Taken(crate::ports::StuckJob {
+            fence: job.fence,
+            txid,
+            raw_tx,
+            utxo_id: job.utxo_id,
+        }));
+    }
+    Ok(Earlier::None)
+}
+
+/// A sent job's transaction is not on the node: one of its earlier transactions may
+/// be (a node that answers before it verifies took the replacement, then dropped it
+/// for the copy it already held). All spend the job's anchor: the one the node holds
+/// is the job's. True when the job was switched to it.
+async fn switch_to_earlier(
+    store: &dyn JanitorStore,
+    deps: &Deps,
+    txid: &str,
+) -> Result<bool, String> {
+    for (earlier, raw_tx) in store
+        .earlier_of_sent(txid)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let presence = deps
+            .node
+            .tx_presence(&earlier)
+            .await
+            .map_err(|e| e.to_string())?;
+        if matches!(presence, TxPresence::Unknown) {
+            continue;
+        }
+        let change = deps.signer.change_of(&raw_tx);
+        if store
+            .switch_sent(txid, &earlier, change)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            tracing::warn!(%txid, %earlier, "janitor: the node holds an earlier transaction of the job instead of its last one; the job is recorded with it");
+            return Ok(true);
+        }
+        return Ok(false);
+    }
+    Ok(false)
+}
+
 /// Checks sent transactions: confirmed ones are recorded (their outputs' chains are
 /// then confirmed); ones the node no longer has are sent again from their stored bytes.
 async fn confirmations(
@@ -424,6 +531,15 @@ async fn confirmations(
         } = u;
         match presence {
             Ok(TxPresence::Unknown) if settled => {
+                if !split {
+                    match switch_to_earlier(store, deps, &txid).await {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, %txid, "janitor: earlier transactions not checked")
+                        }
+                    }
+                }
                 let resends = previously.get(&txid).copied().unwrap_or(0);
                 if resends >= MAX_UNHELD_RESENDS {
                     // Give up only on what cannot be mined any more: its coin unspent on

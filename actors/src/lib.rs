@@ -34,7 +34,7 @@ pub use chain::{
     TxPresence,
 };
 pub use ports::{
-    BatchId, ClaimedBatch, ClaimedJob, Confirmation, DirtyUtxo, Fence, JanitorStore, JobId,
+    Anchor, BatchId, ClaimedBatch, ClaimedJob, Confirmation, DirtyUtxo, Fence, JanitorStore, JobId,
     JobStore, JobsNotifier, PoolStore, Recorded, Retry, Sending, SendingRecorded, Sent, StoreError,
     StoredSplit, StoredTx, StuckJob,
 };

@@ -22,6 +22,21 @@ pub struct ClaimedJob {
     /// A transaction stored by an earlier attempt (write-ahead). When present it is
     /// re-broadcast as it is: never signed again.
     pub stored_tx: Option<StoredTx>,
+    /// The job's anchor, when an earlier attempt signed a transaction that a node then
+    /// refused: a new signature must spend it (and no other UTXO).
+    pub anchor: Option<Anchor>,
+}
+
+/// The outpoint every transaction of a job spends, so that at most one can be mined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub utxo_id: i64,
+    /// The anchor as a spendable coin; `None` when the job no longer holds it (it is
+    /// dirty, or spent by another transaction, until the Janitor has settled it).
+    pub utxo: Option<SpendableUtxo>,
+    /// Transactions signed for the job before (the next one pays a higher fee, so that
+    /// it can replace them).
+    pub signed_before: u32,
 }
 
 /// A signed transaction stored before its broadcast.
@@ -150,6 +165,10 @@ pub struct Retry {
     pub fence: Fence,
     pub error: String,
     pub not_before: DateTime<Utc>,
+    /// The job leaves its anchor (the Janitor saw it spent by a confirmed transaction
+    /// that is none of the job's own): its next write-ahead takes a fresh UTXO.
+    /// Otherwise it keeps its anchor, and its next signature spends it again.
+    pub reanchor: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -281,6 +300,28 @@ pub trait JanitorStore: Send + Sync + 'static {
     ) -> Result<Option<SpendableUtxo>, StoreError>;
     /// Records confirmations: jobs' and splits' `confirmed_at`, outputs' depth 0.
     async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError>;
+    /// The job's earlier transactions (refused once, kept in its history): (txid, raw).
+    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// One of the job's earlier transactions turned out to be on the node after all: it
+    /// becomes the job's transaction again (the one on the row goes to the history), so
+    /// that the job is recorded `sent` with the transaction that can be mined. Fenced;
+    /// `false` when the fence no longer holds.
+    async fn take_up_earlier(&self, job: Fence, txid: &str) -> Result<bool, StoreError>;
+    /// The earlier transactions of the `sent` job whose transaction is `txid`.
+    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// A `sent` job's transaction `txid` is not on the node and its earlier transaction
+    /// `earlier` is (a node that answered before it verified dropped the replacement
+    /// for the copy it already held): the job is recorded with `earlier`, whose change
+    /// (`change`: vout, sats) replaces the other's. A job that signed more than once
+    /// has its change kept out of the pool (`pending`) until its transaction confirms,
+    /// so no other job ever builds on a change that may vanish. `false` when no
+    /// `sent` job has `txid`.
+    async fn switch_sent(
+        &self,
+        txid: &str,
+        earlier: &str,
+        change: Option<(u32, u64)>,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Wakes the single-mode Collector when jobs are inserted (Postgres `LISTEN/NOTIFY`).

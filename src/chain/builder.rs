@@ -66,6 +66,19 @@ impl TxBuilder {
         utxo: &SpendableUtxo,
         payload: &[u8],
     ) -> Result<SignedTx, SignError> {
+        self.build_replacement(utxo, payload, 0)
+    }
+
+    /// A publish transaction that replaces `replacing` earlier ones of the same job
+    /// (same input): its fee rate is `fee_rate × (1 + n) + n` sat/vB, so each step pays
+    /// at least `fee_rate + 1` sat/vB more than the one before (BIP125's rule 4 with
+    /// the default incremental relay fee of 1 sat/vB).
+    pub fn build_replacement(
+        &self,
+        utxo: &SpendableUtxo,
+        payload: &[u8],
+        replacing: u32,
+    ) -> Result<SignedTx, SignError> {
         if payload.len() > self.max_payload {
             return Err(SignError::PayloadTooLarge {
                 len: payload.len(),
@@ -81,7 +94,8 @@ impl TxBuilder {
             value: Amount::ZERO,
             script_pubkey: ScriptBuf::new_op_return(data),
         }];
-        self.build(utxo, outputs)
+        let n = f64::from(replacing.min(1_000));
+        self.build(utxo, outputs, self.fee_rate * (1.0 + n) + n)
     }
 
     /// A split transaction: `outputs` pool outputs of `amount` sats each, and change.
@@ -106,11 +120,16 @@ impl TxBuilder {
             value: Amount::from_sat(amount),
             script_pubkey: self.wallet.script_pubkey().clone(),
         };
-        self.build(utxo, vec![out; outputs as usize])
+        self.build(utxo, vec![out; outputs as usize], self.fee_rate)
     }
 
     /// Adds the change output, works out the fee from the signed size, and signs.
-    fn build(&self, utxo: &SpendableUtxo, fixed: Vec<TxOut>) -> Result<SignedTx, SignError> {
+    fn build(
+        &self,
+        utxo: &SpendableUtxo,
+        fixed: Vec<TxOut>,
+        fee_rate: f64,
+    ) -> Result<SignedTx, SignError> {
         let txid = Txid::from_str(&utxo.txid)
             .map_err(|_| SignError::Invalid(format!("{:?} is not a txid", utxo.txid)))?;
         let spent = fixed.iter().map(|o| o.value.to_sat()).sum::<u64>();
@@ -142,7 +161,7 @@ impl TxBuilder {
         // double the cost of every transaction.
         self.fill_unlock(&mut tx, &[0u8; MAX_SIG_LEN]);
         let mut priced = tx.vsize() as u64;
-        let need = spent + self.fee_for(priced);
+        let need = spent + fee_for(priced, fee_rate);
         if utxo.satoshis < need {
             return Err(SignError::InsufficientFunds {
                 have: utxo.satoshis,
@@ -155,7 +174,7 @@ impl TxBuilder {
             tx.output.pop();
             self.fill_unlock(&mut tx, &[0u8; MAX_SIG_LEN]);
             priced = tx.vsize() as u64;
-            let need = spent + self.fee_for(priced);
+            let need = spent + fee_for(priced, fee_rate);
             if utxo.satoshis < need {
                 return Err(SignError::InsufficientFunds {
                     have: utxo.satoshis,
@@ -177,10 +196,6 @@ impl TxBuilder {
             vsize: tx.vsize() as u64,
             change: with_change.then_some((change_vout as u32, change)),
         })
-    }
-
-    fn fee_for(&self, vsize: u64) -> u64 {
-        (vsize as f64 * self.fee_rate).ceil() as u64
     }
 
     /// Puts an unlocking script (or witness) with `sig` of the right shape in place.
@@ -233,9 +248,18 @@ impl TxBuilder {
     }
 }
 
+fn fee_for(vsize: u64, fee_rate: f64) -> u64 {
+    (vsize as f64 * fee_rate).ceil() as u64
+}
+
 impl Signer for TxBuilder {
-    fn publish(&self, utxo: &SpendableUtxo, payload: &[u8]) -> Result<SignedTx, SignError> {
-        self.build_publish(utxo, payload)
+    fn publish(
+        &self,
+        utxo: &SpendableUtxo,
+        payload: &[u8],
+        replacing: u32,
+    ) -> Result<SignedTx, SignError> {
+        self.build_replacement(utxo, payload, replacing)
     }
 
     fn split(
@@ -391,6 +415,31 @@ mod tests {
                 assert_fee(signed.fee, tx.vsize() as u64, fee_rate);
                 assert_eq!(100_000 - tx.output[1].value.to_sat(), signed.fee);
                 verify(&b, &signed.raw_tx, 100_000);
+            }
+        }
+    }
+
+    /// A job's replacements spend the same input and each pays more than the one
+    /// before by at least 1 sat/vB (BIP125 rule 4), and signal replaceability.
+    #[test]
+    fn replacements_spend_the_same_input_at_a_higher_fee_rate() {
+        for kind in [AddressType::P2wpkh, AddressType::P2pkh] {
+            let b = builder(kind, 2.0);
+            let mut before: Option<(Transaction, SignedTx)> = None;
+            for n in 0..4 {
+                let signed = b.build_replacement(&utxo(100_000), b"anchored", n).unwrap();
+                let tx: Transaction = deserialize(&signed.raw_tx).unwrap();
+                assert!(tx.input[0].sequence.is_rbf(), "signals BIP125");
+                verify(&b, &signed.raw_tx, 100_000);
+                if let Some((prev, prev_signed)) = &before {
+                    assert_eq!(tx.input[0].previous_output, prev.input[0].previous_output);
+                    assert_ne!(signed.txid, prev_signed.txid);
+                    let rate = signed.fee as f64 / signed.vsize as f64;
+                    let prev_rate = prev_signed.fee as f64 / prev_signed.vsize as f64;
+                    assert!(rate >= prev_rate + 1.0, "{rate} after {prev_rate}");
+                    assert!(signed.fee >= prev_signed.fee + signed.vsize);
+                }
+                before = Some((tx, signed));
             }
         }
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use raregen_actors::{
-    ClaimedBatch, ClaimedJob, Fence, JobId, JobStore, Recorded, Retry, Sending, SendingRecorded,
-    Sent, SpendableUtxo, StoreError, StoredTx,
+    Anchor, ClaimedBatch, ClaimedJob, Fence, JobId, JobStore, Recorded, Retry, Sending,
+    SendingRecorded, Sent, SpendableUtxo, StoreError, StoredTx,
 };
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -61,6 +61,11 @@ pub struct JobView {
     pub sent_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
     pub block_height: Option<i32>,
+    /// The outpoint (`txid:vout`) every transaction of the job spends, once it signed.
+    pub anchor: Option<String>,
+    /// Transactions signed for the job before `txid` (each refused by a node, each
+    /// spending the anchor: at most one of all of them can be mined), oldest first.
+    pub earlier_txids: Vec<String>,
 }
 
 /// A job's progress, as `POST /v1/jobs/lookup` answers it.
@@ -244,8 +249,12 @@ impl PgStore {
         let row = sqlx::query(
             "SELECT id, status, payload, idempotency_key, priority, txid, attempts, last_error,
                     processing_batch_id, batch_seq, created_at, next_attempt_at,
-                    sending_started_at, sent_at, confirmed_at, block_height
-             FROM publish_jobs WHERE id = $1",
+                    sending_started_at, sent_at, confirmed_at, block_height,
+                    (SELECT x.txid || ':' || x.vout FROM utxos x WHERE x.id = j.anchor_utxo_id)
+                        AS anchor,
+                    ARRAY(SELECT t.txid FROM job_transactions t WHERE t.job_id = j.id
+                          ORDER BY t.created_at, t.txid) AS earlier_txids
+             FROM publish_jobs j WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -268,6 +277,8 @@ impl PgStore {
             sent_at: r.get("sent_at"),
             confirmed_at: r.get("confirmed_at"),
             block_height: r.get("block_height"),
+            anchor: r.get("anchor"),
+            earlier_txids: r.get("earlier_txids"),
         }))
     }
 
@@ -378,7 +389,15 @@ SET status = 'processing_batch',
 FROM numbered, batch, no_flush_wait
 WHERE j.id = numbered.id
 RETURNING j.id, j.batch_seq, j.payload, j.attempts, j.txid, j.raw_tx, j.utxo_id,
-          batch.id AS batch_id, batch.created_at AS batch_created_at";
+          j.anchor_utxo_id, batch.id AS batch_id, batch.created_at AS batch_created_at";
+
+/// The anchors of re-claimed jobs that signed before (rare: only after a refusal), as
+/// coins, with how many transactions each job signed before.
+const ANCHORS_SQL: &str = "
+SELECT x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth, x.reserved_by,
+       (SELECT count(*) FROM job_transactions t WHERE t.job_id = x.reserved_by)::int AS signed
+FROM utxos x
+WHERE x.id = ANY($1) AND x.state = 'reserved' AND NOT x.dirty";
 
 #[async_trait]
 impl JobStore for PgStore {
@@ -409,9 +428,48 @@ impl JobStore for PgStore {
                         raw_tx,
                         utxo_id: r.get("utxo_id"),
                     }),
+                    anchor: r
+                        .get::<Option<i64>, _>("anchor_utxo_id")
+                        .map(|utxo_id| Anchor {
+                            utxo_id,
+                            utxo: None,
+                            signed_before: 0,
+                        }),
                 }
             })
             .collect();
+        // A job that will sign again (it has an anchor and no stored transaction) is
+        // handed its anchor as a coin, if it still holds it.
+        let anchors: Vec<i64> = jobs
+            .iter()
+            .filter(|j| j.stored_tx.is_none())
+            .filter_map(|j| j.anchor.as_ref().map(|a| a.utxo_id))
+            .collect();
+        if !anchors.is_empty() {
+            let rows = sqlx::query(ANCHORS_SQL)
+                .bind(&anchors)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+            for r in rows {
+                let holder: Option<i64> = r.get("reserved_by");
+                let id: i64 = r.get("id");
+                if let Some(anchor) = jobs
+                    .iter_mut()
+                    .filter(|j| Some(j.id) == holder)
+                    .find_map(|j| j.anchor.as_mut().filter(|a| a.utxo_id == id))
+                {
+                    anchor.signed_before = r.get::<i32, _>("signed").max(0) as u32;
+                    anchor.utxo = Some(SpendableUtxo {
+                        id,
+                        txid: r.get("txid"),
+                        vout: r.get::<i32, _>("vout") as u32,
+                        satoshis: r.get::<i64, _>("satoshis") as u64,
+                        unconfirmed_depth: r.get::<i32, _>("unconfirmed_depth") as u32,
+                    });
+                }
+            }
+        }
         jobs.sort_by_key(|j| j.batch_seq);
         Ok(Some(ClaimedBatch {
             id,
@@ -442,6 +500,8 @@ impl JobStore for PgStore {
                  SELECT j.id, u.attempts FROM publish_jobs j JOIN u ON j.id = u.id
                  WHERE j.attempts = u.attempts AND j.owner = $6
                    AND (j.status = 'processing_batch' OR (j.status = 'sending' AND j.txid = u.txid))
+                   -- A job that signed before spends its anchor and nothing else.
+                   AND (j.anchor_utxo_id IS NULL OR j.anchor_utxo_id = u.utxo_id)
                  FOR UPDATE OF j
              ), took AS (
                  UPDATE utxos x
@@ -450,7 +510,9 @@ impl JobStore for PgStore {
                  FROM u JOIN ours ON ours.id = u.id AND ours.attempts = u.attempts
                  WHERE x.id = u.utxo_id
                    AND ((x.state = 'available' AND NOT x.dirty)
-                        OR (x.state = 'spending' AND x.spent_by_txid = u.txid))
+                        OR (x.state = 'spending' AND x.spent_by_txid = u.txid)
+                        -- the job's own anchor, kept between its attempts
+                        OR (x.state = 'reserved' AND x.reserved_by = u.id AND NOT x.dirty))
                    -- A job holds one UTXO at a time (utxos_reserved_by_idx): one that
                    -- still holds another is left out here, not allowed to fail the
                    -- whole group's statement.
@@ -460,7 +522,8 @@ impl JobStore for PgStore {
                  RETURNING u.id, u.attempts
              ), stored AS (
                  UPDATE publish_jobs j
-                 SET status = 'sending', utxo_id = u.utxo_id, txid = u.txid, raw_tx = u.raw_tx,
+                 SET status = 'sending', utxo_id = u.utxo_id, anchor_utxo_id = u.utxo_id,
+                     txid = u.txid, raw_tx = u.raw_tx,
                      sending_started_at = COALESCE(j.sending_started_at, now()), updated_at = now()
                  FROM u JOIN took ON took.id = u.id AND took.attempts = u.attempts
                  WHERE j.id = u.id
@@ -518,13 +581,17 @@ impl JobStore for PgStore {
                  FROM done WHERE x.id = done.utxo_id
                  RETURNING x.id, x.unconfirmed_depth, x.script_pubkey
              ), change AS (
-                 INSERT INTO utxos (txid, vout, satoshis, script_pubkey, unconfirmed_depth)
+                 -- The change of a job that signed more than once stays out of the pool
+                 -- until its transaction confirms: an earlier one may still replace it.
+                 INSERT INTO utxos (txid, vout, satoshis, script_pubkey, unconfirmed_depth, state)
                  SELECT done.txid, u.change_vout, u.change_sats, spent.script_pubkey,
-                        spent.unconfirmed_depth + 1
+                        spent.unconfirmed_depth + 1,
+                        CASE WHEN EXISTS (SELECT 1 FROM job_transactions t WHERE t.job_id = done.id)
+                             THEN 'pending' ELSE 'available' END
                  FROM done JOIN u ON u.id = done.id JOIN spent ON spent.id = done.utxo_id
                  WHERE u.change_vout IS NOT NULL
                  ON CONFLICT (txid, vout) DO NOTHING
-                 RETURNING id, txid, vout, satoshis, unconfirmed_depth
+                 RETURNING id, txid, vout, satoshis, unconfirmed_depth, state
              ), per_batch AS (
                  SELECT processing_batch_id AS id, count(*)::int AS n FROM done GROUP BY 1
              ), counted AS (
@@ -539,7 +606,7 @@ impl JobStore for PgStore {
              FROM done
              UNION ALL
              SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth, NULL, FALSE
-             FROM change",
+             FROM change WHERE state = 'available'",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -565,39 +632,62 @@ impl JobStore for PgStore {
         let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
         let errors: Vec<&str> = jobs.iter().map(|j| j.error.as_str()).collect();
         let not_before: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.not_before).collect();
+        let reanchor: Vec<bool> = jobs.iter().map(|j| j.reanchor).collect();
         let rows = sqlx::query(
             "WITH u AS (
-                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[])
-                     AS u(id, attempts, error, not_before)
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $7::bool[])
+                     AS u(id, attempts, error, not_before, reanchor)
              ), before AS (
-                 -- A job whose UTXO is dirty is not sent back: a transaction of it with
-                 -- an unknown outcome may still be mined, and a new signature would be
-                 -- a second one (it would also leave that UTXO held by the job, so its
-                 -- next write-ahead could never take another). The Janitor settles it.
-                 SELECT j.id, j.utxo_id, j.txid, u.attempts FROM publish_jobs j JOIN u ON j.id = u.id
+                 -- A job whose anchor is dirty is not sent back: a transaction of it with
+                 -- an unknown outcome may still be mined; the Janitor settles it first.
+                 SELECT j.id, COALESCE(j.utxo_id, j.anchor_utxo_id) AS anchor, j.txid, j.raw_tx,
+                        u.attempts, u.error, u.reanchor, j.attempts >= $5 AS final
+                 FROM publish_jobs j JOIN u ON j.id = u.id
                  WHERE j.attempts = u.attempts AND j.owner = $6
                    AND j.status IN ('processing_batch', 'sending')
-                   AND NOT EXISTS (SELECT 1 FROM utxos d WHERE d.id = j.utxo_id AND d.dirty)
+                   AND NOT EXISTS (SELECT 1 FROM utxos d
+                                   WHERE d.id = COALESCE(j.utxo_id, j.anchor_utxo_id) AND d.dirty)
                  FOR UPDATE OF j
+             ), history AS (
+                 -- The refused transaction is kept: a copy of it may still be mined, and
+                 -- it must then be recognised as the job's own.
+                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, outcome)
+                 SELECT txid, id, anchor, raw_tx, error FROM before
+                 WHERE txid IS NOT NULL AND anchor IS NOT NULL
+                 ON CONFLICT (txid) DO NOTHING
              ), done AS (
                  UPDATE publish_jobs j
-                 SET status = CASE WHEN j.attempts >= $5 THEN 'failed' ELSE 'queued' END,
-                     next_attempt_at = CASE WHEN j.attempts >= $5 THEN j.next_attempt_at
+                 SET status = CASE WHEN before.final THEN 'failed' ELSE 'queued' END,
+                     next_attempt_at = CASE WHEN before.final THEN j.next_attempt_at
                                             ELSE u.not_before END,
                      last_error = u.error,
+                     anchor_utxo_id = CASE WHEN before.reanchor THEN NULL ELSE before.anchor END,
                      owner = NULL, utxo_id = NULL, txid = NULL, raw_tx = NULL,
                      sending_started_at = NULL, updated_at = now()
                  FROM u JOIN before ON before.id = u.id AND before.attempts = u.attempts
                  WHERE j.id = u.id
                  RETURNING j.id, j.processing_batch_id, j.status
              ), released AS (
+                 -- A job that failed for good gives its anchor back to the pool. (Should
+                 -- a refused copy of its transaction be mined after all, the job was
+                 -- published once, and the job that spends the coin next re-anchors.)
                  UPDATE utxos x
                  SET state = 'available', reserved_by = NULL, reserved_at = NULL,
                      spent_by_txid = NULL, updated_at = now()
                  FROM before
-                 WHERE x.id = before.utxo_id AND x.state = 'spending'
-                   AND x.spent_by_txid = before.txid AND NOT x.dirty
+                 WHERE x.id = before.anchor AND before.final AND NOT before.reanchor
+                   AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
+                   AND NOT x.dirty
                  RETURNING x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth
+             ), kept AS (
+                 -- Otherwise the job keeps its anchor until its next attempt signs on it.
+                 UPDATE utxos x
+                 SET state = 'reserved', reserved_at = now(), spent_by_txid = NULL,
+                     updated_at = now()
+                 FROM before
+                 WHERE x.id = before.anchor AND NOT before.final AND NOT before.reanchor
+                   AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
+                   AND NOT x.dirty
              ), per_batch AS (
                  SELECT processing_batch_id AS id,
                         (count(*) FILTER (WHERE status = 'failed'))::int AS failed,
@@ -624,6 +714,7 @@ impl JobStore for PgStore {
         .bind(&not_before)
         .bind(i64::from(max_attempts))
         .bind(&self.owner)
+        .bind(&reanchor)
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use raregen_actors::ports::Unconfirmed;
 use raregen_actors::{
-    Confirmation, DirtyUtxo, Fence, JanitorStore, JobsNotifier, PoolStore, SignedTx, SpendableUtxo,
-    StoreError, StoredSplit, StuckJob,
+    Confirmation, DirtyUtxo, Fence, JanitorStore, JobId, JobsNotifier, PoolStore, SignedTx,
+    SpendableUtxo, StoreError, StoredSplit, StuckJob,
 };
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
@@ -496,8 +496,13 @@ impl JanitorStore for PgStore {
                  UPDATE pool_transactions p SET confirmed_at = now()
                  FROM c WHERE p.txid = c.txid AND p.confirmed_at IS NULL
              )
-             UPDATE utxos u SET unconfirmed_depth = 0, updated_at = now()
-             FROM c WHERE u.txid = c.txid AND u.unconfirmed_depth > 0",
+             -- A confirmed transaction's outputs are depth 0; those kept out of the
+             -- pool until now (the change of a job that signed more than once) join it.
+             UPDATE utxos u SET unconfirmed_depth = 0,
+                                state = CASE WHEN u.state = 'pending' THEN 'available'
+                                             ELSE u.state END,
+                                updated_at = now()
+             FROM c WHERE u.txid = c.txid AND (u.unconfirmed_depth > 0 OR u.state = 'pending')",
         )
         .bind(&txids)
         .bind(&heights)
@@ -506,6 +511,118 @@ impl JanitorStore for PgStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT txid, raw_tx FROM job_transactions WHERE job_id = $1 ORDER BY created_at",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
+    }
+
+    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT t.txid, t.raw_tx FROM job_transactions t
+             JOIN publish_jobs j ON j.id = t.job_id
+             WHERE j.txid = $1 AND j.status = 'sent'
+             ORDER BY t.created_at",
+        )
+        .bind(txid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
+    }
+
+    async fn switch_sent(
+        &self,
+        txid: &str,
+        earlier: &str,
+        change: Option<(u32, u64)>,
+    ) -> Result<bool, StoreError> {
+        let switched: Option<i64> = sqlx::query_scalar(
+            "WITH cur AS (
+                 SELECT id, txid, raw_tx, anchor_utxo_id FROM publish_jobs
+                 WHERE txid = $1 AND status = 'sent'
+                 FOR UPDATE
+             ), earlier AS (
+                 DELETE FROM job_transactions t USING cur
+                 WHERE t.job_id = cur.id AND t.txid = $2
+                 RETURNING t.txid, t.raw_tx
+             ), kept AS (
+                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, outcome)
+                 SELECT cur.txid, cur.id, cur.anchor_utxo_id, cur.raw_tx,
+                        'accepted, then not held: the node keeps an earlier transaction of the job'
+                 FROM cur, earlier
+                 ON CONFLICT (txid) DO NOTHING
+             ), old_change AS (
+                 UPDATE utxos x SET state = 'retired', updated_at = now()
+                 FROM cur, earlier
+                 WHERE x.txid = cur.txid AND x.state IN ('pending', 'available')
+             ), new_change AS (
+                 INSERT INTO utxos (txid, vout, satoshis, script_pubkey, state, unconfirmed_depth)
+                 SELECT earlier.txid, $3, $4, a.script_pubkey, 'pending', a.unconfirmed_depth + 1
+                 FROM cur, earlier, utxos a
+                 WHERE a.id = cur.anchor_utxo_id AND $3 IS NOT NULL
+                 ON CONFLICT (txid, vout) DO NOTHING
+             ), anchor AS (
+                 UPDATE utxos x SET spent_by_txid = earlier.txid, updated_at = now()
+                 FROM cur, earlier WHERE x.id = cur.anchor_utxo_id
+             )
+             UPDATE publish_jobs j SET txid = earlier.txid, raw_tx = earlier.raw_tx,
+                                       updated_at = now()
+             FROM cur, earlier WHERE j.id = cur.id
+             RETURNING j.id",
+        )
+        .bind(txid)
+        .bind(earlier)
+        .bind(change.map(|c| c.0 as i32))
+        .bind(change.map(|c| c.1 as i64))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(switched.is_some())
+    }
+
+    async fn take_up_earlier(&self, job: Fence, txid: &str) -> Result<bool, StoreError> {
+        // The row's transaction and the earlier one change places: the row holds the
+        // one that can be mined, the history every other one. The anchor's record of
+        // its spender follows.
+        let taken: Option<i64> = sqlx::query_scalar(
+            "WITH cur AS (
+                 SELECT id, txid, raw_tx, anchor_utxo_id FROM publish_jobs
+                 WHERE id = $1 AND attempts = $2 AND owner = $4 AND status = 'sending'
+                 FOR UPDATE
+             ), earlier AS (
+                 DELETE FROM job_transactions t USING cur
+                 WHERE t.job_id = cur.id AND t.txid = $3
+                 RETURNING t.txid, t.raw_tx
+             ), kept AS (
+                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, outcome)
+                 SELECT cur.txid, cur.id, cur.anchor_utxo_id, cur.raw_tx,
+                        'replaced: an earlier transaction of the job is the one the node holds'
+                 FROM cur, earlier
+                 ON CONFLICT (txid) DO NOTHING
+             ), anchor AS (
+                 UPDATE utxos x SET spent_by_txid = earlier.txid, updated_at = now()
+                 FROM cur, earlier
+                 WHERE x.id = cur.anchor_utxo_id AND x.reserved_by = cur.id
+             )
+             UPDATE publish_jobs j SET txid = earlier.txid, raw_tx = earlier.raw_tx,
+                                       updated_at = now()
+             FROM cur, earlier WHERE j.id = cur.id
+             RETURNING j.id",
+        )
+        .bind(job.id)
+        .bind(job.attempts)
+        .bind(txid)
+        .bind(&self.owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(taken.is_some())
     }
 }
 

@@ -313,6 +313,11 @@ pub struct Late {
     /// Forwards done late, and still waiting to be done.
     pub forwarded: std::sync::atomic::AtomicU32,
     pub pending: std::sync::atomic::AtomicU32,
+    /// Answer those broadcasts with a definitive refusal (Core's `-26 min relay fee not
+    /// met`) instead of 504: the worst lie, since a refusal allows a new signature.
+    pub refuse: AtomicBool,
+    /// Spread the late forwards over `delay_ms` × [1/4, 5/4) instead of one delay.
+    pub spread: AtomicBool,
 }
 
 impl Late {
@@ -352,7 +357,11 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
         let n = state.late.seen.fetch_add(1, Ordering::SeqCst) + 1;
         if every > 0 && n % every == 0 {
             let late = state.late.clone();
-            let delay = Duration::from_millis(late.delay_ms.load(Ordering::SeqCst));
+            let mut delay = Duration::from_millis(late.delay_ms.load(Ordering::SeqCst));
+            if late.spread.load(Ordering::SeqCst) {
+                // A cheap spread without a random number generator: by request number.
+                delay = delay / 4 + delay * (n.wrapping_mul(2_654_435_761) % 1_000) / 1_000;
+            }
             late.pending.fetch_add(1, Ordering::SeqCst);
             let arrivals = state.arrivals.clone();
             tokio::spawn(async move {
@@ -362,6 +371,11 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
                 late.forwarded.fetch_add(1, Ordering::SeqCst);
                 late.pending.fetch_sub(1, Ordering::SeqCst);
             });
+            if state.late.refuse.load(Ordering::SeqCst) {
+                return HttpResponse::InternalServerError()
+                    .content_type("application/json")
+                    .body(r#"{"result":null,"error":{"code":-26,"message":"min relay fee not met"},"id":"raregen"}"#);
+            }
             return HttpResponse::GatewayTimeout().body("upstream timed out");
         }
         state.arrivals.lock().unwrap().push(Instant::now());
