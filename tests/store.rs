@@ -445,16 +445,21 @@ async fn a_job_signs_on_its_anchor_and_nothing_else(pool: PgPool) {
         .unwrap();
     assert_eq!(stored.stored, vec![job.id]);
 
-    // Failing for good gives the anchor back to the pool.
+    // Failing for good keeps the anchor the job signed on out of the pool: a refused
+    // copy may still be mined, and no other job may ever spend the coin.
     let recorded = store
         .record_retry(&[refuse(fence(&job), false)], 1)
         .await
         .unwrap();
     assert_eq!(recorded.failed, 1);
-    assert_eq!(
-        recorded.utxos.iter().map(|u| u.id).collect::<Vec<_>>(),
-        vec![utxos[1]]
-    );
+    assert!(recorded.utxos.is_empty(), "{:?}", recorded.utxos);
+    let parked: (String, Option<i64>) =
+        sqlx::query_as("SELECT state, reserved_by FROM utxos WHERE id = $1")
+            .bind(utxos[1])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(parked, ("reserved".to_owned(), Some(job.id)));
     let history: i64 =
         sqlx::query_scalar("SELECT count(*) FROM job_transactions WHERE job_id = $1")
             .bind(job.id)
@@ -462,6 +467,17 @@ async fn a_job_signs_on_its_anchor_and_nothing_else(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(history, 3, "every transaction the job signed is kept");
+    // Requeued by an operator, the failed job is handed its anchor again.
+    sqlx::query("UPDATE publish_jobs SET status = 'queued', attempts = 0 WHERE id = $1")
+        .bind(job.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let again = claim().await;
+    assert_eq!(
+        again.anchor.and_then(|a| a.utxo).map(|u| u.id),
+        Some(utxos[1])
+    );
 }
 
 #[sqlx::test]

@@ -307,6 +307,28 @@ async fn settle_dirty(
                 record_sent(deps, &job).await;
                 return Ok(());
             }
+            // Spent by one of the job's earlier transactions (the node shows the spend
+            // before it shows the transaction, or an index lags): that one is the job's.
+            let earlier = store
+                .earlier_transactions(job.fence.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some((txid, raw_tx)) = earlier.into_iter().find(|(t, _)| t == other) {
+                if store
+                    .take_up_earlier(job.fence, &txid)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    tracing::warn!(job = job.fence.id, %txid, replaced = %job.txid, "janitor: an earlier transaction of the job is on the node; the job is sent with it");
+                    let earlier = crate::ports::StuckJob {
+                        txid,
+                        raw_tx,
+                        ..job
+                    };
+                    record_sent(deps, &earlier).await;
+                }
+                return Ok(());
+            }
             // Spent by a transaction that is none of the job's own. Only once that spend
             // is confirmed deep enough can none of the job's transactions be mined any
             // more: then, and not before, the job leaves its anchor for a fresh UTXO.
@@ -346,7 +368,7 @@ async fn settle_dirty(
                 job.txid,
                 rounds - 1,
                 if unspent {
-                    "its coin is unspent: released to the pool"
+                    "its coin is unspent: kept as the job's anchor, never spent by another job"
                 } else {
                     "its coin is spent or never existed: retired"
                 }

@@ -196,14 +196,10 @@ impl WindowLimiter {
         self.max
     }
 
-    /// The limiter starts again after a failure: it cannot trust what it knew about
-    /// the broadcasts in flight, so every slot open counts as completing now, and
-    /// nothing is granted for one `per`.
+    /// The limiter starts again after a failure: nothing is granted for one `per`.
+    /// The slots still open stay taken (under a supervisor the grants outlive the
+    /// restart and each still completes, freeing its slot `per` after its broadcast).
     pub fn restarted(&mut self, now: Instant) {
-        for _ in 0..self.open {
-            self.complete(now);
-        }
-        self.open = 0;
         let until = now + self.per;
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }

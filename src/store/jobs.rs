@@ -395,7 +395,8 @@ RETURNING j.id, j.batch_seq, j.payload, j.attempts, j.txid, j.raw_tx, j.utxo_id,
 /// coins, with how many transactions each job signed before.
 const ANCHORS_SQL: &str = "
 SELECT x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth, x.reserved_by,
-       (SELECT count(*) FROM job_transactions t WHERE t.job_id = x.reserved_by)::int AS signed
+       (SELECT count(*) FROM job_transactions t
+        WHERE t.job_id = x.reserved_by AND t.anchor_utxo_id = x.id)::int AS signed
 FROM utxos x
 WHERE x.id = ANY($1) AND x.state = 'reserved' AND NOT x.dirty";
 
@@ -641,7 +642,12 @@ impl JobStore for PgStore {
                  -- A job whose anchor is dirty is not sent back: a transaction of it with
                  -- an unknown outcome may still be mined; the Janitor settles it first.
                  SELECT j.id, COALESCE(j.utxo_id, j.anchor_utxo_id) AS anchor, j.txid, j.raw_tx,
-                        u.attempts, u.error, u.reanchor, j.attempts >= $5 AS final
+                        u.attempts, u.error, u.reanchor, j.attempts >= $5 AS final,
+                        -- Has the job ever signed on its anchor?
+                        (j.txid IS NOT NULL OR EXISTS (
+                            SELECT 1 FROM job_transactions t
+                            WHERE t.job_id = j.id
+                              AND t.anchor_utxo_id = COALESCE(j.utxo_id, j.anchor_utxo_id))) AS signed
                  FROM publish_jobs j JOIN u ON j.id = u.id
                  WHERE j.attempts = u.attempts AND j.owner = $6
                    AND j.status IN ('processing_batch', 'sending')
@@ -668,24 +674,28 @@ impl JobStore for PgStore {
                  WHERE j.id = u.id
                  RETURNING j.id, j.processing_batch_id, j.status
              ), released AS (
-                 -- A job that failed for good gives its anchor back to the pool. (Should
-                 -- a refused copy of its transaction be mined after all, the job was
-                 -- published once, and the job that spends the coin next re-anchors.)
+                 -- A job that fails for good without ever having signed on its anchor
+                 -- (it could not be built) gives the coin back to the pool.
                  UPDATE utxos x
                  SET state = 'available', reserved_by = NULL, reserved_at = NULL,
                      spent_by_txid = NULL, updated_at = now()
                  FROM before
-                 WHERE x.id = before.anchor AND before.final AND NOT before.reanchor
+                 WHERE x.id = before.anchor AND before.final AND NOT before.signed
+                   AND NOT before.reanchor
                    AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
                    AND NOT x.dirty
                  RETURNING x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth
              ), kept AS (
-                 -- Otherwise the job keeps its anchor until its next attempt signs on it.
+                 -- Otherwise the job keeps its anchor: until its next attempt signs on
+                 -- it, or for good once it failed (a refused copy of its transaction may
+                 -- still be mined: no other job may ever spend the coin; requeued by an
+                 -- operator, the job signs on it again).
                  UPDATE utxos x
                  SET state = 'reserved', reserved_at = now(), spent_by_txid = NULL,
                      updated_at = now()
                  FROM before
-                 WHERE x.id = before.anchor AND NOT before.final AND NOT before.reanchor
+                 WHERE x.id = before.anchor AND (NOT before.final OR before.signed)
+                   AND NOT before.reanchor
                    AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
                    AND NOT x.dirty
              ), per_batch AS (

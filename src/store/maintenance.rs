@@ -400,8 +400,13 @@ impl JanitorStore for PgStore {
                  WHERE c.depth < 10000
              ), before AS (
                  SELECT p.id, p.status FROM publish_jobs p
-                 WHERE p.txid IN (SELECT txid FROM chain)
-                   AND p.status IN ('sent', 'sending') AND p.confirmed_at IS NULL
+                 WHERE (p.txid IN (SELECT txid FROM chain)
+                        AND p.status IN ('sent', 'sending') AND p.confirmed_at IS NULL)
+                    -- Jobs between attempts whose anchor is an output of the lane: that
+                    -- coin can never exist, and they may sign on nothing else.
+                    OR (p.status IN ('queued', 'processing_batch')
+                        AND p.anchor_utxo_id IN (SELECT x.id FROM utxos x
+                                                 WHERE x.txid IN (SELECT txid FROM chain)))
                  FOR UPDATE OF p
              ), job AS (
                  UPDATE publish_jobs p
@@ -428,7 +433,8 @@ impl JanitorStore for PgStore {
                  FROM (SELECT job.processing_batch_id AS id,
                               (count(*) FILTER (WHERE before.status = 'sent'))::int AS was_sent,
                               count(*)::int AS n
-                       FROM job JOIN before ON before.id = job.id GROUP BY 1) s
+                       FROM job JOIN before ON before.id = job.id
+                       WHERE before.status IN ('sent', 'sending') GROUP BY 1) s
                  WHERE b.id = s.id
              )
              SELECT count(*) FROM job",
@@ -459,9 +465,14 @@ impl JanitorStore for PgStore {
                                          THEN coalesce(b.completed_at, now()) ELSE b.completed_at END
                  FROM job WHERE b.id = job.processing_batch_id
              )
+             -- Unspent: the coin stays the failed job's anchor (`reserved`), never another
+             -- job's: a copy of the job's transaction may still be mined, and a job that
+             -- spent the coin next would be recorded sent with a transaction that never
+             -- can be. Requeued by an operator, the job signs on it again.
              UPDATE utxos x
-             SET state = CASE WHEN $5 THEN 'available' ELSE 'retired' END, dirty = FALSE,
-                 reserved_by = NULL, reserved_at = NULL,
+             SET state = CASE WHEN $5 THEN 'reserved' ELSE 'retired' END, dirty = FALSE,
+                 reserved_by = CASE WHEN $5 THEN x.reserved_by END,
+                 reserved_at = CASE WHEN $5 THEN now() END,
                  spent_by_txid = CASE WHEN $5 THEN NULL ELSE x.spent_by_txid END,
                  updated_at = now()
              FROM job WHERE x.id = job.utxo_id AND x.state IN ('reserved', 'spending')
