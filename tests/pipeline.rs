@@ -559,6 +559,182 @@ async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
     );
 }
 
+/// The rate limiter fails closed: stopped (failpoint `token-bucket-acquire` at its
+/// 201st request), nothing is broadcast while it is down, and its supervisor starts it
+/// again, after which it grants nothing for one `per` and then resumes under the limit:
+/// at the node's door nothing but what was granted before the stop in the window after
+/// the restart, no window over `max`, every job on the node once.
+#[sqlx::test]
+async fn a_stopped_rate_limiter_stops_broadcasting_and_resumes_under_the_limit(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    let mut env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__RATE_LIMIT__MAX", "100"),
+            ("RAREGEN__RATE_LIMIT__PER", "2s"),
+        ],
+    )
+    .await;
+    env.push((
+        "FAILPOINTS".into(),
+        "token-bucket-acquire=200*off->1*return->off".into(),
+    ));
+    env.push(("RAREGEN__BROADCASTER__WORKERS".into(), "8".into()));
+    let (started, started_wall) = (std::time::Instant::now(), chrono::Utc::now());
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "limited", 400).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180), &daemon).await;
+    assert_eq!((sent, failed), (400, 0), "{}", daemon.log());
+    assert!(daemon.stop().success());
+    let log = daemon.log();
+    assert!(
+        log.contains("rate limiter restarted"),
+        "the failpoint stopped the limiter: {log}"
+    );
+    let mut arrivals = proxy.arrivals.lock().unwrap().clone();
+    arrivals.sort();
+    let per = Duration::from_secs(2);
+    let most = e2e::max_in_window(&arrivals, per);
+    assert!(most <= 100, "{most} broadcasts in one 2 s window");
+    // While it restarts and for one `per` after, only broadcasts granted before it
+    // stopped can reach the door: at most one per holder of a grant (8 broadcasters,
+    // the Janitor, the pool's split).
+    let restarted = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("rate limiter restarted"))
+        })
+        .and_then(|l| l["timestamp"].as_str().map(str::to_owned))
+        .expect("the restart is logged");
+    let restarted: chrono::DateTime<chrono::Utc> = restarted.parse().unwrap();
+    let at = started + (restarted - started_wall).to_std().unwrap();
+    let inside = arrivals
+        .iter()
+        .filter(|&&t| t >= at && t < at + per)
+        .count();
+    assert!(
+        inside <= 10,
+        "{inside} broadcasts reached the door in the window after the limiter restarted"
+    );
+    println!("{inside} broadcasts in the window after the restart; most in a 2 s window: {most}");
+    e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await;
+}
+
+/// A lying node, a chain that moves: in front of bcoin a door that answers every 29th
+/// broadcast at once (alternately 504 and a definitive refusal) and hands it to the node
+/// 2-10 s later, and forwards every 37th at once but answers it only after the client
+/// has given up (3 s, past `node.timeout`); a block is mined every 3 s. 2,000 jobs:
+/// every one `sent`, and every payload in exactly one transaction on the node (mempool
+/// and the blocks mined), the job's recorded txid.
+#[sqlx::test]
+async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = std::sync::Arc::new(RegtestNode::start().await);
+    let wif = e2e::funded_wallet(&node, &pool, 400, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    proxy.late.mixed.store(true, SeqCst);
+    proxy.late.spread.store(true, SeqCst);
+    proxy.late.hang_every.store(37, SeqCst);
+    proxy.late.hang_ms.store(3_000, SeqCst);
+    proxy.late.set(29, Duration::from_secs(8));
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+            ("RAREGEN__BROADCASTER__MAX_ATTEMPTS", "20"),
+            ("RAREGEN__NODE__TIMEOUT", "2s"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    let mining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let miner = {
+        let (node, mining) = (node.clone(), mining.clone());
+        let script = WalletKey::generate(Network::Regtest, AddressType::P2wpkh)
+            .0
+            .script_pubkey()
+            .clone();
+        tokio::spawn(async move {
+            let mut blocks = Vec::new();
+            while mining.load(SeqCst) {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                blocks.extend(node.mine_blocks(&script, 1).await);
+            }
+            blocks
+        })
+    };
+    e2e::submit(&daemon.base, "lied-to", 2_000).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(400), &daemon).await;
+    assert_eq!((sent, failed), (2_000, 0), "{}", daemon.log());
+    proxy.late.set(0, Duration::ZERO);
+    proxy.late.hang_every.store(0, SeqCst);
+    proxy.late.drained().await;
+    // The daemon keeps settling (a copy that landed late, a replacement a node dropped)
+    // while blocks are mined; the check repeats until it holds, for up to 2 minutes.
+    let started = Instant::now();
+    let mut blocks = Vec::new();
+    let mut miner = Some(miner);
+    loop {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        if let Some(m) = miner.take() {
+            if started.elapsed() > Duration::from_secs(20) {
+                mining.store(false, SeqCst);
+                blocks = m.await.unwrap();
+            } else {
+                miner = Some(m);
+                continue;
+            }
+        }
+        let jobs: Vec<(i64, Vec<u8>, Option<String>, String)> =
+            sqlx::query_as("SELECT id, payload, txid, status FROM publish_jobs ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let mut on_node = e2e::mempool_payloads(&node).await;
+        on_node.extend(e2e::block_payloads(&node, &blocks).await);
+        let wrong = e2e::wrong_publications(&jobs, &on_node);
+        if wrong.is_empty() {
+            assert_eq!(
+                on_node.len(),
+                2_000,
+                "no other transaction carries a payload"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(140),
+            "{} jobs not published exactly once, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+    assert!(daemon.stop().success());
+    let log = daemon.log();
+    let confirmed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM publish_jobs WHERE confirmed_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    println!(
+        "{} late forwards, {} blocks, {confirmed} jobs confirmed; {} jobs switched to an earlier transaction",
+        proxy.late.forwarded.load(SeqCst),
+        blocks.len(),
+        log.matches("an earlier transaction of the job").count()
+    );
+}
+
 /// A job that waits, however long, is not lost: throttled to 20 broadcasts per 2 s with
 /// the Janitor looking for lost claims every second (`stuck_after` 2 s), 120 claimed
 /// jobs wait up to 12 s for a slot, and none is sent back to the queue and claimed again

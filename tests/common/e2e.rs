@@ -240,24 +240,7 @@ pub async fn assert_published_once(pool: &PgPool, node: &RegtestNode, limit: Dur
     let started = Instant::now();
     loop {
         let on_node = mempool_payloads(node).await;
-        let mut by_payload: std::collections::HashMap<&[u8], Vec<&str>> = Default::default();
-        for (txid, payload) in &on_node {
-            by_payload.entry(payload).or_default().push(txid);
-        }
-        let wrong: Vec<String> = jobs
-            .iter()
-            .filter_map(|(id, payload, txid, status)| {
-                let found = by_payload
-                    .get(payload.as_slice())
-                    .cloned()
-                    .unwrap_or_default();
-                let expected: Vec<&str> = match status.as_str() {
-                    "sent" => txid.as_deref().into_iter().collect(),
-                    _ => Vec::new(),
-                };
-                (found != expected).then(|| format!("job {id} ({status}): on the node {found:?}"))
-            })
-            .collect();
+        let wrong = wrong_publications(&jobs, &on_node);
         if wrong.is_empty() {
             assert_eq!(
                 on_node.len(),
@@ -276,17 +259,67 @@ pub async fn assert_published_once(pool: &PgPool, node: &RegtestNode, limit: Dur
     }
 }
 
+/// The jobs (id, payload, txid, status) not published exactly once in `on_node`
+/// (txid, payload): a `sent` job's payload in exactly one transaction, its recorded
+/// txid; any other job's nowhere.
+pub fn wrong_publications(
+    jobs: &[(i64, Vec<u8>, Option<String>, String)],
+    on_node: &[(String, Vec<u8>)],
+) -> Vec<String> {
+    let mut by_payload: std::collections::HashMap<&[u8], Vec<&str>> = Default::default();
+    for (txid, payload) in on_node {
+        by_payload.entry(payload).or_default().push(txid);
+    }
+    jobs.iter()
+        .filter_map(|(id, payload, txid, status)| {
+            let found = by_payload
+                .get(payload.as_slice())
+                .cloned()
+                .unwrap_or_default();
+            let expected: Vec<&str> = match status.as_str() {
+                "sent" => txid.as_deref().into_iter().collect(),
+                _ => Vec::new(),
+            };
+            (found != expected).then(|| format!("job {id} ({status}): on the node {found:?}"))
+        })
+        .collect()
+}
+
+/// Every OP_RETURN payload in the given blocks, with the txid carrying it.
+pub async fn block_payloads(node: &RegtestNode, hashes: &[String]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for hash in hashes {
+        let block = node
+            .rpc("getblock", serde_json::json!([hash, true, false]))
+            .await;
+        for txid in block["tx"].as_array().unwrap().iter().skip(1) {
+            let txid = txid.as_str().unwrap();
+            out.extend(payloads_of(txid, &node.raw_transaction(txid).await));
+        }
+    }
+    out
+}
+
+fn payloads_of(txid: &str, raw: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let tx: Transaction = deserialize(raw).unwrap();
+    tx.output
+        .iter()
+        .filter(|o| o.script_pubkey.is_op_return())
+        .map(|o| {
+            let data = o.script_pubkey.instructions().nth(1).unwrap().unwrap();
+            (
+                txid.to_owned(),
+                data.push_bytes().unwrap().as_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
 /// Every OP_RETURN payload in the node's mempool, with the txid carrying it.
 pub async fn mempool_payloads(node: &RegtestNode) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for txid in node.mempool().await {
-        let tx: Transaction = deserialize(&node.raw_transaction(&txid).await).unwrap();
-        for o in &tx.output {
-            if o.script_pubkey.is_op_return() {
-                let data = o.script_pubkey.instructions().nth(1).unwrap().unwrap();
-                out.push((txid.clone(), data.push_bytes().unwrap().as_bytes().to_vec()));
-            }
-        }
+        out.extend(payloads_of(&txid, &node.raw_transaction(&txid).await));
     }
     out
 }
@@ -318,6 +351,12 @@ pub struct Late {
     pub refuse: AtomicBool,
     /// Spread the late forwards over `delay_ms` × [1/4, 5/4) instead of one delay.
     pub spread: AtomicBool,
+    /// Late ones alternate: 504, then a refusal (overrides `refuse`).
+    pub mixed: AtomicBool,
+    /// Every `hang_every`-th broadcast (0: none) is forwarded at once and answered only
+    /// `hang_ms` later (past the client's timeout: it never hears the node's answer).
+    pub hang_every: std::sync::atomic::AtomicU32,
+    pub hang_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Late {
@@ -371,7 +410,12 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
                 late.forwarded.fetch_add(1, Ordering::SeqCst);
                 late.pending.fetch_sub(1, Ordering::SeqCst);
             });
-            if state.late.refuse.load(Ordering::SeqCst) {
+            let refuse = if state.late.mixed.load(Ordering::SeqCst) {
+                (n / every) % 2 == 0
+            } else {
+                state.late.refuse.load(Ordering::SeqCst)
+            };
+            if refuse {
                 return HttpResponse::InternalServerError()
                     .content_type("application/json")
                     .body(r#"{"result":null,"error":{"code":-26,"message":"min relay fee not met"},"id":"raregen"}"#);
@@ -379,6 +423,13 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
             return HttpResponse::GatewayTimeout().body("upstream timed out");
         }
         state.arrivals.lock().unwrap().push(Instant::now());
+        let hang = state.late.hang_every.load(Ordering::SeqCst);
+        if hang > 0 && n % hang == 0 {
+            let _ = out.send().await;
+            let ms = state.late.hang_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return HttpResponse::GatewayTimeout().body("upstream timed out");
+        }
     }
     match out.send().await {
         Ok(resp) => {

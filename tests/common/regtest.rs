@@ -184,6 +184,12 @@ impl RegtestNode {
         coinbases
     }
 
+    /// Mines `n` blocks paying `script`; returns their hashes, oldest first.
+    pub async fn mine_blocks(&self, script: &Script, n: u32) -> Vec<String> {
+        let address = bcoin_regtest_address(script);
+        serde_json::from_value(self.rpc("generatetoaddress", json!([n, address])).await).unwrap()
+    }
+
     pub async fn mempool(&self) -> Vec<String> {
         serde_json::from_value(self.rpc("getrawmempool", json!([])).await).unwrap()
     }
