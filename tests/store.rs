@@ -337,14 +337,32 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
     .unwrap();
     assert_eq!((sent_n, failed_n, retried_n, completed), (3, 0, 2, false));
 
-    // The last job fails for good once its attempts are used up (max_attempts = 1).
+    // The last job (it never stored a transaction) is no nearer failing for being sent
+    // back (a claim is no attempt); it fails at once when it cannot be built (0).
     let last = Retry {
         fence: fences[4],
         error: "bad".into(),
         not_before: later,
         reanchor: false,
     };
-    assert_eq!(store.record_retry(&[last], 1).await.unwrap().ids.len(), 1);
+    let recorded = store
+        .record_retry(std::slice::from_ref(&last), 1)
+        .await
+        .unwrap();
+    assert_eq!((recorded.ids.len(), recorded.failed), (1, 0));
+    sqlx::query(
+        "UPDATE publish_jobs SET status = 'processing_batch', owner = 'owner-a' WHERE id = $1",
+    )
+    .bind(last.fence.id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE batches SET retried = retried - 1 WHERE id = $1")
+        .bind(batch.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(store.record_retry(&[last], 0).await.unwrap().failed, 1);
     let (failed_n, completed): (i32, bool) =
         sqlx::query_as("SELECT failed, completed_at IS NOT NULL FROM batches WHERE id = $1")
             .bind(batch.id)
@@ -357,6 +375,61 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
         "every job accounted for closes the batch"
     );
     assert_eq!(statuses(&pool).await["failed"], 1);
+}
+
+/// `max_attempts` counts refused transactions, not claims: a job whose claim was taken
+/// back six times (its process died or froze each time) is not failed by its first
+/// refusal; it fails at its fifth.
+#[sqlx::test]
+async fn claims_taken_back_are_no_attempts(pool: PgPool) {
+    common::insert_queued(&pool, 1).await;
+    let utxos = common::insert_utxos(&pool, 1).await;
+    let store = PgStore::new(pool.clone(), "w1");
+    let claim = || async {
+        sqlx::query("UPDATE publish_jobs SET next_attempt_at = now()")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let job = store.claim_batch(1).await.unwrap().unwrap().jobs.remove(0);
+        Fence {
+            id: job.id,
+            attempts: job.attempts,
+        }
+    };
+    for _ in 0..6 {
+        claim().await;
+        // Taken back, as `reclaim_dead` does for a dead process's claims.
+        sqlx::query("UPDATE publish_jobs SET status = 'queued', owner = NULL")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    for refusal in 1..=5 {
+        let fence = claim().await;
+        let sending = Sending {
+            fence,
+            utxo_id: utxos[0],
+            txid: fake_txid(refusal),
+            raw_tx: vec![refusal as u8],
+        };
+        assert_eq!(
+            store.record_sending(&[sending]).await.unwrap().stored.len(),
+            1
+        );
+        let retry = Retry {
+            fence,
+            error: "rejected by the node: min relay fee not met".into(),
+            not_before: Utc::now(),
+            reanchor: false,
+        };
+        let recorded = store.record_retry(&[retry], 5).await.unwrap();
+        assert_eq!(
+            recorded.failed,
+            usize::from(refusal == 5),
+            "refusal {refusal} after {} claims",
+            fence.attempts
+        );
+    }
 }
 
 /// A job's anchor: the UTXO of its first write-ahead stays the job's between attempts;

@@ -198,6 +198,7 @@ pub trait JobStore: Send + Sync + 'static {
     /// Moves jobs to `sent`, their UTXOs to `spent`, and their change into the pool.
     async fn record_sent(&self, jobs: &[Sent]) -> Result<Recorded, StoreError>;
     /// Sends jobs back to `queued` with a backoff, or to `failed` once `max_attempts`
+    /// of the job's transactions were refused (0: at once, the job cannot be built)
     /// claims have been made; their stored transactions are dropped and their UTXOs
     /// (unless dirty) go back to the pool.
     async fn record_retry(&self, jobs: &[Retry], max_attempts: u32)

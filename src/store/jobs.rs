@@ -642,7 +642,13 @@ impl JobStore for PgStore {
                  -- A job whose anchor is dirty is not sent back: a transaction of it with
                  -- an unknown outcome may still be mined; the Janitor settles it first.
                  SELECT j.id, COALESCE(j.utxo_id, j.anchor_utxo_id) AS anchor, j.txid, j.raw_tx,
-                        u.attempts, u.error, u.reanchor, j.attempts >= $5 AS final,
+                        u.attempts, u.error, u.reanchor,
+                        -- `max_attempts` counts the job's refused transactions (the one
+                        -- refused now, and those in its history), not its claims: a
+                        -- claim taken back from a dead or frozen process is no attempt.
+                        ((j.txid IS NOT NULL)::int
+                         + (SELECT count(*) FROM job_transactions t WHERE t.job_id = j.id))
+                            >= $5 AS final,
                         -- Has the job ever signed on its anchor?
                         (j.txid IS NOT NULL OR EXISTS (
                             SELECT 1 FROM job_transactions t
