@@ -19,6 +19,10 @@ CREATE TABLE job_transactions (
     job_id          BIGINT NOT NULL REFERENCES publish_jobs (id) ON DELETE CASCADE,
     anchor_utxo_id  BIGINT NOT NULL,
     raw_tx          BYTEA NOT NULL,
+    -- Refused by a node for a reason of the job (counts toward broadcaster.max_attempts);
+    -- false for one set aside otherwise (its anchor spent by a confirmed foreign
+    -- transaction, or another transaction of the job held instead).
+    refused         BOOLEAN NOT NULL,
     outcome         TEXT,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -499,6 +499,9 @@ async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
         &[
             ("RAREGEN__JANITOR__INTERVAL", "1s"),
             ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+            // Every 5th broadcast is refused: a job refused five times in a row is
+            // likely among 300 (about 1 in 10 runs); failing it would be right, but
+            // this test is about publishing once, not about the limit.
             ("RAREGEN__BROADCASTER__MAX_ATTEMPTS", "20"),
         ],
     )
@@ -653,12 +656,12 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
         &[
             ("RAREGEN__JANITOR__INTERVAL", "1s"),
             ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
-            ("RAREGEN__BROADCASTER__MAX_ATTEMPTS", "20"),
             ("RAREGEN__NODE__TIMEOUT", "2s"),
         ],
     )
     .await;
     let mut daemon = Daemon::start(&env, &[]);
+    let from_height = node.height().await;
     let mining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let miner = {
         let (node, mining) = (node.clone(), mining.clone());
@@ -667,12 +670,15 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
             .script_pubkey()
             .clone();
         tokio::spawn(async move {
-            let mut blocks = Vec::new();
+            let mut failures = 0;
             while mining.load(SeqCst) {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                blocks.extend(node.mine_blocks(&script, 1).await);
+                // A busy node may answer late; the block is read back from the chain.
+                if node.try_mine(&script, 1).await.is_err() {
+                    failures += 1;
+                }
             }
-            blocks
+            failures
         })
     };
     e2e::submit(&daemon.base, "lied-to", 2_000).await;
@@ -681,17 +687,25 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
     proxy.late.set(0, Duration::ZERO);
     proxy.late.hang_every.store(0, SeqCst);
     proxy.late.drained().await;
+    let (late, hung) = (
+        proxy.late.forwarded.load(SeqCst),
+        proxy.late.hung.load(SeqCst),
+    );
+    assert!(
+        late >= 20 && hung >= 20,
+        "{late} late forwards, {hung} hung answers"
+    );
     // The daemon keeps settling (a copy that landed late, a replacement a node dropped)
     // while blocks are mined; the check repeats until it holds, for up to 2 minutes.
     let started = Instant::now();
-    let mut blocks = Vec::new();
     let mut miner = Some(miner);
     loop {
         tokio::time::sleep(Duration::from_secs(4)).await;
         if let Some(m) = miner.take() {
             if started.elapsed() > Duration::from_secs(20) {
                 mining.store(false, SeqCst);
-                blocks = m.await.unwrap();
+                let failures = m.await.unwrap();
+                println!("{failures} mining calls answered late");
             } else {
                 miner = Some(m);
                 continue;
@@ -703,7 +717,7 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
                 .await
                 .unwrap();
         let mut on_node = e2e::mempool_payloads(&node).await;
-        on_node.extend(e2e::block_payloads(&node, &blocks).await);
+        on_node.extend(e2e::block_payloads(&node, from_height).await);
         let wrong = e2e::wrong_publications(&jobs, &on_node);
         if wrong.is_empty() {
             assert_eq!(
@@ -730,13 +744,13 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
     println!(
         "{} late forwards, {} blocks, {confirmed} jobs confirmed; {} jobs switched to an earlier transaction",
         proxy.late.forwarded.load(SeqCst),
-        blocks.len(),
+        node.height().await - from_height,
         log.matches("an earlier transaction of the job").count()
     );
 }
 
 /// Three daemons on one database and chaos: every 3 s (for 90 s at most) one of them is
-/// killed (SIGKILL,
+/// killed (SIGKILL; never the first, so that its stalled Leaser is seen to rejoin,
 /// then started again) or frozen (SIGSTOP for 1-4 s, shorter than the time its peers
 /// keep counting its share, then SIGCONT); the first one's Leaser also stalls once past
 /// its lease (failpoint). 5,000 jobs: none lost (all `sent`), none published twice
@@ -766,7 +780,7 @@ async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
     let mut first_env = env.clone();
     first_env.push((
         "FAILPOINTS".into(),
-        "leaser-heartbeat=30*off->1*sleep(5000)".into(),
+        "leaser-heartbeat=6*off->1*sleep(5000)".into(),
     ));
     let mut daemons = vec![
         Daemon::start(&first_env, &[]),
@@ -794,7 +808,9 @@ async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
     while sent(pool.clone()).await < 4_500 && started.elapsed() < Duration::from_secs(90) {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let i = next(3) as usize;
-        if next(2) == 0 {
+        // The first daemon (whose Leaser stalls) is frozen, never killed, so that its
+        // lapse and rejoin are seen.
+        if next(2) == 0 && i > 0 {
             daemons[i].kill9();
             kills += 1;
             daemons[i] = Daemon::start(&env, &[]);
@@ -815,6 +831,13 @@ async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
     for d in &mut daemons {
         assert!(d.stop().success(), "seed {seed}");
     }
+    assert!(
+        daemons[0]
+            .log()
+            .contains("lease renewed after it had lapsed"),
+        "seed {seed}: the first daemon's lease lapsed and it rejoined:\n{}",
+        daemons[0].log()
+    );
     let arrivals = proxy.arrivals.lock().unwrap().clone();
     let most = e2e::max_in_window(&arrivals, Duration::from_secs(2));
     println!(
@@ -826,8 +849,8 @@ async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
         most <= 300,
         "seed {seed}: {most} broadcasts in one 2 s window"
     );
-    // Claims taken back from killed and frozen daemons are no attempts: a job claimed
-    // more than `max_attempts` (5) times is still published, not failed.
+    // A figure: how often one job was claimed (a claim taken back from a killed or
+    // frozen daemon is no attempt: `store::claims_taken_back_are_no_attempts`).
     let most_claims: i32 = sqlx::query_scalar("SELECT max(attempts) FROM publish_jobs")
         .fetch_one(&pool)
         .await

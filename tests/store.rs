@@ -541,16 +541,33 @@ async fn a_job_signs_on_its_anchor_and_nothing_else(pool: PgPool) {
             .unwrap();
     assert_eq!(history, 3, "every transaction the job signed is kept");
     // Requeued by an operator, the failed job is handed its anchor again.
-    sqlx::query("UPDATE publish_jobs SET status = 'queued', attempts = 0 WHERE id = $1")
+    sqlx::query("UPDATE publish_jobs SET status = 'queued' WHERE id = $1")
         .bind(job.id)
         .execute(&pool)
         .await
         .unwrap();
     let again = claim().await;
     assert_eq!(
-        again.anchor.and_then(|a| a.utxo).map(|u| u.id),
+        again
+            .anchor
+            .as_ref()
+            .and_then(|a| a.utxo.as_ref())
+            .map(|u| u.id),
         Some(utxos[1])
     );
+    // An anchor retired meanwhile (its lane was never held) is said so: the job may
+    // sign on nothing (the broadcaster fails it at once).
+    store
+        .record_retry(&[refuse(fence(&again), false)], 5)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE utxos SET state = 'retired', reserved_by = NULL WHERE id = $1")
+        .bind(utxos[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let gone = claim().await.anchor.expect("anchored");
+    assert!(gone.retired && gone.utxo.is_none(), "{gone:?}");
 }
 
 #[sqlx::test]

@@ -167,9 +167,11 @@ where
     }
 }
 
-/// Backoff before a job-side rejection is tried again: 2^attempts seconds, at most 5 min.
-pub fn retry_backoff(attempts: i32) -> chrono::Duration {
-    chrono::Duration::seconds(2i64.saturating_pow(attempts.clamp(0, 20) as u32).min(300))
+/// Backoff before a job-side rejection is tried again: 2^refusals seconds (the job's
+/// refused transactions, this one included), at most 5 min. Claims taken back from a
+/// dead process do not lengthen it.
+pub fn retry_backoff(refusals: u32) -> chrono::Duration {
+    chrono::Duration::seconds(2i64.saturating_pow(refusals.min(20)).min(300))
 }
 
 async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: ClaimedJob) {
@@ -191,7 +193,8 @@ async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: Claimed
     };
     crate::fail_point!("after-store-before-broadcast");
     tracing::debug!(batch = batch_id, job = job.id, txid = %stored.txid, "broadcasting");
-    send_stored(deps, fence, stored).await;
+    let refused_before = job.anchor.as_ref().map_or(0, |a| a.signed_before);
+    send_stored(deps, fence, stored, refused_before).await;
 }
 
 /// UTXO → build + sign → write-ahead. `None` when the job ended here (failed, or its
@@ -294,7 +297,7 @@ async fn sign_on_anchor(
         let retry = Retry {
             fence,
             error,
-            not_before: Utc::now() + retry_backoff(fence.attempts),
+            not_before: Utc::now() + retry_backoff(anchor.signed_before + 1),
             reanchor: false,
         };
         async move {
@@ -305,6 +308,18 @@ async fn sign_on_anchor(
             .await;
         }
     };
+    if anchor.retired {
+        later(
+            format!(
+                "its anchor (pool UTXO {}) is retired: no transaction of the job can be mined \
+                 now, and it signs on no other coin",
+                anchor.utxo_id
+            ),
+            true,
+        )
+        .await;
+        return None;
+    }
     let Some(utxo) = anchor.utxo.clone() else {
         // Dirty, or spent by another transaction: the Janitor settles it first.
         tracing::warn!(
@@ -346,7 +361,8 @@ async fn sign_on_anchor(
 }
 
 /// Broadcasts a stored transaction (taking a token each time) and records the outcome.
-pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
+/// `refused_before`: the job's transactions refused before this one (for the backoff).
+pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_before: u32) {
     let change = deps.signer.change_of(&stored.raw_tx);
     loop {
         let grant = crate::token_bucket::acquire(&deps.tokens).await;
@@ -394,7 +410,7 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx) {
                 let retry = Retry {
                     fence,
                     error: format!("rejected by the node: {reason}"),
-                    not_before: Utc::now() + retry_backoff(fence.attempts),
+                    not_before: Utc::now() + retry_backoff(refused_before + 1),
                     reanchor: false,
                 };
                 let released = until_stored("record a rejection", || {

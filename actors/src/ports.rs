@@ -37,6 +37,8 @@ pub struct Anchor {
     /// Transactions signed for the job before (the next one pays a higher fee, so that
     /// it can replace them).
     pub signed_before: u32,
+    /// The anchor is retired (its lane was never held): the job can sign on nothing.
+    pub retired: bool,
 }
 
 /// A signed transaction stored before its broadcast.
@@ -198,9 +200,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// Moves jobs to `sent`, their UTXOs to `spent`, and their change into the pool.
     async fn record_sent(&self, jobs: &[Sent]) -> Result<Recorded, StoreError>;
     /// Sends jobs back to `queued` with a backoff, or to `failed` once `max_attempts`
-    /// of the job's transactions were refused (0: at once, the job cannot be built)
-    /// claims have been made; their stored transactions are dropped and their UTXOs
-    /// (unless dirty) go back to the pool.
+    /// of the job's transactions were refused (0: at once, the job cannot be built).
+    /// Their stored transactions go to the job's history; a job keeps its anchor (the
+    /// coin every transaction of it spends) unless `reanchor`, or unless it fails
+    /// without ever having signed on it.
     async fn record_retry(&self, jobs: &[Retry], max_attempts: u32)
         -> Result<Recorded, StoreError>;
     /// The outcome of these jobs' broadcasts is unknown: their UTXOs are dirty until the

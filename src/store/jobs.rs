@@ -394,11 +394,12 @@ RETURNING j.id, j.batch_seq, j.payload, j.attempts, j.txid, j.raw_tx, j.utxo_id,
 /// The anchors of re-claimed jobs that signed before (rare: only after a refusal), as
 /// coins, with how many transactions each job signed before.
 const ANCHORS_SQL: &str = "
-SELECT x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth, x.reserved_by,
+SELECT x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth, x.reserved_by, x.state,
+       x.dirty,
        (SELECT count(*) FROM job_transactions t
         WHERE t.job_id = x.reserved_by AND t.anchor_utxo_id = x.id)::int AS signed
 FROM utxos x
-WHERE x.id = ANY($1) AND x.state = 'reserved' AND NOT x.dirty";
+WHERE x.id = ANY($1)";
 
 #[async_trait]
 impl JobStore for PgStore {
@@ -435,6 +436,7 @@ impl JobStore for PgStore {
                             utxo_id,
                             utxo: None,
                             signed_before: 0,
+                            retired: false,
                         }),
                 }
             })
@@ -455,6 +457,20 @@ impl JobStore for PgStore {
             for r in rows {
                 let holder: Option<i64> = r.get("reserved_by");
                 let id: i64 = r.get("id");
+                if r.get::<&str, _>("state") == "retired" {
+                    // Gone for good (the lane it was made in was never held): no
+                    // transaction of the job can be mined now, and it may sign on no
+                    // other coin.
+                    for j in jobs.iter_mut().filter(|j| j.stored_tx.is_none()) {
+                        if let Some(a) = j.anchor.as_mut().filter(|a| a.utxo_id == id) {
+                            a.retired = true;
+                        }
+                    }
+                    continue;
+                }
+                if r.get::<&str, _>("state") != "reserved" || r.get::<bool, _>("dirty") {
+                    continue;
+                }
                 if let Some(anchor) = jobs
                     .iter_mut()
                     .filter(|j| Some(j.id) == holder)
@@ -646,9 +662,10 @@ impl JobStore for PgStore {
                         -- `max_attempts` counts the job's refused transactions (the one
                         -- refused now, and those in its history), not its claims: a
                         -- claim taken back from a dead or frozen process is no attempt.
-                        ((j.txid IS NOT NULL)::int
-                         + (SELECT count(*) FROM job_transactions t WHERE t.job_id = j.id))
-                            >= $5 AS final,
+                        NOT u.reanchor
+                        AND ((j.txid IS NOT NULL)::int
+                             + (SELECT count(*) FROM job_transactions t
+                                WHERE t.job_id = j.id AND t.refused)) >= $5 AS final,
                         -- Has the job ever signed on its anchor?
                         (j.txid IS NOT NULL OR EXISTS (
                             SELECT 1 FROM job_transactions t
@@ -663,8 +680,8 @@ impl JobStore for PgStore {
              ), history AS (
                  -- The refused transaction is kept: a copy of it may still be mined, and
                  -- it must then be recognised as the job's own.
-                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, outcome)
-                 SELECT txid, id, anchor, raw_tx, error FROM before
+                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, refused, outcome)
+                 SELECT txid, id, anchor, raw_tx, NOT reanchor, error FROM before
                  WHERE txid IS NOT NULL AND anchor IS NOT NULL
                  ON CONFLICT (txid) DO NOTHING
              ), done AS (

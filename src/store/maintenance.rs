@@ -563,8 +563,8 @@ impl JanitorStore for PgStore {
                  WHERE t.job_id = cur.id AND t.txid = $2
                  RETURNING t.txid, t.raw_tx
              ), kept AS (
-                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, outcome)
-                 SELECT cur.txid, cur.id, cur.anchor_utxo_id, cur.raw_tx,
+                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, refused, outcome)
+                 SELECT cur.txid, cur.id, cur.anchor_utxo_id, cur.raw_tx, FALSE,
                         'accepted, then not held: the node keeps an earlier transaction of the job'
                  FROM cur, earlier
                  ON CONFLICT (txid) DO NOTHING
@@ -611,8 +611,8 @@ impl JanitorStore for PgStore {
                  WHERE t.job_id = cur.id AND t.txid = $3
                  RETURNING t.txid, t.raw_tx
              ), kept AS (
-                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, outcome)
-                 SELECT cur.txid, cur.id, cur.anchor_utxo_id, cur.raw_tx,
+                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, refused, outcome)
+                 SELECT cur.txid, cur.id, cur.anchor_utxo_id, cur.raw_tx, FALSE,
                         'replaced: an earlier transaction of the job is the one the node holds'
                  FROM cur, earlier
                  ON CONFLICT (txid) DO NOTHING

@@ -285,10 +285,11 @@ pub fn wrong_publications(
         .collect()
 }
 
-/// Every OP_RETURN payload in the given blocks, with the txid carrying it.
-pub async fn block_payloads(node: &RegtestNode, hashes: &[String]) -> Vec<(String, Vec<u8>)> {
+/// Every OP_RETURN payload in the blocks above `from_height`, with the txid carrying it.
+pub async fn block_payloads(node: &RegtestNode, from_height: u64) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for hash in hashes {
+    for height in from_height + 1..=node.height().await {
+        let hash = node.rpc("getblockhash", serde_json::json!([height])).await;
         let block = node
             .rpc("getblock", serde_json::json!([hash, true, false]))
             .await;
@@ -357,6 +358,8 @@ pub struct Late {
     /// `hang_ms` later (past the client's timeout: it never hears the node's answer).
     pub hang_every: std::sync::atomic::AtomicU32,
     pub hang_ms: std::sync::atomic::AtomicU64,
+    /// Broadcasts answered only after the client gave up.
+    pub hung: std::sync::atomic::AtomicU32,
 }
 
 impl Late {
@@ -425,6 +428,7 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
         state.arrivals.lock().unwrap().push(Instant::now());
         let hang = state.late.hang_every.load(Ordering::SeqCst);
         if hang > 0 && n % hang == 0 {
+            state.late.hung.fetch_add(1, Ordering::SeqCst);
             let _ = out.send().await;
             let ms = state.late.hang_ms.load(Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(ms)).await;

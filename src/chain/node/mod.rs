@@ -73,7 +73,9 @@ fn split_credentials(
     Ok((parsed, user, password))
 }
 
-/// `Retry-After` in seconds (an HTTP date is treated as absent: we back off instead).
+/// `Retry-After` in seconds (an HTTP date is treated as absent: we back off instead),
+/// at most [`MAX_RETRY_AFTER`]: a node's number must not pause us for good (or overflow
+/// the limiter's clock).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(RETRY_AFTER)?
@@ -82,8 +84,11 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
+
+/// The longest pause a node's `Retry-After` can ask for.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// A transport error as text, without the URL (which could carry credentials).
 fn transport_error(e: reqwest::Error) -> String {
