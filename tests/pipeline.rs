@@ -362,7 +362,7 @@ async fn accepted_but_never_held_ends_failed_not_in_an_endless_loop(pool: PgPool
         e2e::submit(&daemon.base, &format!("held-{i}"), 1).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    e2e::wait_done(&pool, Duration::from_secs(60), &daemon).await;
+    e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
     // Wait until every job is either held by the node or failed.
     let started = Instant::now();
     let (sent, failed) = loop {
@@ -655,7 +655,7 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
         &wif,
         &[
             ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "6s"),
             ("RAREGEN__NODE__TIMEOUT", "2s"),
         ],
     )

@@ -28,6 +28,14 @@ pub struct JanitorConfig {
 /// its job is given up as failed (the node refused it after answering).
 pub const MAX_UNHELD_RESENDS: u32 = 5;
 
+/// ... and before it has been missing for this many `janitor.stuck_after`: a node that
+/// answers before it verifies (bcoin) may verify a minute later under load, and a job
+/// given up on while its transaction is still in the node's queue would be published
+/// while recorded `failed`.
+pub const UNHELD_GIVE_UP_AFTER: u32 = 10;
+
+type Unheld = std::collections::HashMap<String, (u32, tokio::time::Instant)>;
+
 /// Rounds a dirty UTXO's job may stay unsettled (the node has neither its transaction
 /// nor takes the same bytes again) before the job is given up as failed. Never signed
 /// again: a first copy whose outcome was unknown may still arrive somewhere.
@@ -37,8 +45,9 @@ pub const MAX_UNSETTLED_ROUNDS: u32 = 10;
 /// again, so a give-up comes later, never sooner).
 #[derive(Default)]
 struct Memory {
-    /// Per transaction: re-sends the node accepted without then holding it.
-    unheld: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Per transaction: re-sends the node accepted without then holding it, and since
+    /// when it has been missing.
+    unheld: std::sync::Mutex<Unheld>,
     /// Per dirty UTXO and the transaction of ours spending it: rounds it stayed
     /// unsettled (a coin released and spent again starts from zero).
     unsettled: std::sync::Mutex<std::collections::HashMap<(i64, String), u32>>,
@@ -524,7 +533,7 @@ async fn confirmations(
     store: &dyn JanitorStore,
     deps: &Deps,
     config: &JanitorConfig,
-    unheld: &std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    unheld: &std::sync::Mutex<Unheld>,
 ) -> Result<(), String> {
     let sent = store
         .unconfirmed(500, config.stuck_after)
@@ -562,8 +571,13 @@ async fn confirmations(
                         }
                     }
                 }
-                let resends = previously.get(&txid).copied().unwrap_or(0);
-                if resends >= MAX_UNHELD_RESENDS {
+                let (resends, since) = previously
+                    .get(&txid)
+                    .copied()
+                    .unwrap_or((0, tokio::time::Instant::now()));
+                if resends >= MAX_UNHELD_RESENDS
+                    && since.elapsed() >= config.stuck_after * UNHELD_GIVE_UP_AFTER
+                {
                     // Give up only on what cannot be mined any more: its coin unspent on
                     // the node proves the transaction is neither in a block nor in the
                     // node's mempool. Spent (by it, in a block the node cannot show
@@ -578,7 +592,7 @@ async fn confirmations(
                     if !unspent || split {
                         // Not re-sent again (a split the node never holds is left for
                         // an operator: `raregen wallet balance` shows it pending).
-                        still_unheld.insert(txid, resends);
+                        still_unheld.insert(txid, (resends, since));
                         continue;
                     }
                     // Accepted again and again, never held: the node refuses it after
@@ -616,7 +630,7 @@ async fn confirmations(
                 // says nothing about whether the node would hold it.
                 let counted = resends + u32::from(outcome == BroadcastOutcome::Accepted);
                 if counted > 0 {
-                    still_unheld.insert(txid.clone(), counted);
+                    still_unheld.insert(txid.clone(), (counted, since));
                 }
                 if let BroadcastOutcome::RateLimited { retry_after } = outcome {
                     // Everyone pauses; this one is asked about again next round.
