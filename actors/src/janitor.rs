@@ -576,8 +576,13 @@ async fn confirmations(
                     .copied()
                     .unwrap_or((0, tokio::time::Instant::now()));
                 if resends >= MAX_UNHELD_RESENDS
-                    && since.elapsed() >= config.stuck_after * UNHELD_GIVE_UP_AFTER
+                    && since.elapsed() < config.stuck_after * UNHELD_GIVE_UP_AFTER
                 {
+                    // Re-sent enough: no more re-sends; wait out the node's queue.
+                    still_unheld.insert(txid, (resends, since));
+                    continue;
+                }
+                if resends >= MAX_UNHELD_RESENDS {
                     // Give up only on what cannot be mined any more: its coin unspent on
                     // the node proves the transaction is neither in a block nor in the
                     // node's mempool. Spent (by it, in a block the node cannot show
