@@ -1,6 +1,9 @@
 //! Each actor's contract, message by message, with the actors started in-process
 //! against a real Postgres (a fresh database per test).
 
+mod common;
+
+use common::FreshDb;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,42 +15,7 @@ use raregen_actors::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent
 use raregen_actors::token_bucket::{max_in_window, Acquire, TokenBucket, TokensLeft};
 use raregen_actors::utxo_pool::{Forget, PoolConfig, PoolStats, Release, Reserve, UtxoPool};
 use raregen_actors::{Fence, JobStore, Retry, Sending, Sent};
-use sqlx::{Connection, PgConnection, PgPool};
-
-/// A fresh, migrated database on the server DATABASE_URL names; dropped afterwards.
-struct FreshDb {
-    pool: PgPool,
-    name: String,
-    server: String,
-}
-
-impl FreshDb {
-    async fn new() -> FreshDb {
-        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
-        let name = format!("raregen_actors_{:016x}", rand::random::<u64>());
-        let mut admin = PgConnection::connect(&server).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
-        let pool = PgPool::connect(&url).await.unwrap();
-        raregen::store::migrate(&pool).await.unwrap();
-        FreshDb { pool, name, server }
-    }
-
-    async fn drop_db(self) {
-        self.pool.close().await;
-        let mut admin = PgConnection::connect(&self.server).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    }
-}
+use sqlx::PgPool;
 
 /// Runs `test` inside an actix system (actors need one).
 fn in_system<F, Fut>(test: F)

@@ -15,6 +15,9 @@
 //! - the history (`job_transactions`) names the outpoint each transaction spends;
 //! - no statement fails (constraint violations, unique indexes) except by fencing.
 
+mod common;
+
+use common::FreshDb;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -23,7 +26,7 @@ use raregen::store::PgStore;
 use raregen_actors::{
     ClaimedJob, Fence, JanitorStore, JobStore, Retry, Sending, Sent, StoreError, StoredTx,
 };
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 const JOBS: i64 = 4;
 const UTXOS: i64 = 5;
@@ -409,24 +412,11 @@ impl World {
     }
 }
 
-async fn fresh_database() -> (PgPool, String, String) {
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
-    let name = format!("raregen_model_{:016x}", rand::random::<u64>());
-    let mut admin = PgConnection::connect(&server).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
-    let pool = PgPool::connect(&url).await.unwrap();
-    raregen::store::migrate(&pool).await.unwrap();
-    (pool, name, server)
-}
-
 #[test]
 fn any_interleaving_keeps_one_minable_transaction_per_job() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (pool, name, server) = rt.block_on(fresh_database());
+    let db = rt.block_on(FreshDb::new());
+    let pool = db.pool.clone();
     let config = ProptestConfig {
         cases: 96,
         ..ProptestConfig::default()
@@ -440,12 +430,6 @@ fn any_interleaving_keeps_one_minable_transaction_per_job() {
             }
         });
     });
-    rt.block_on(async {
-        pool.close().await;
-        let mut admin = PgConnection::connect(&server).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    });
+    drop(pool);
+    rt.block_on(db.drop_db());
 }

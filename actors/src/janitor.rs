@@ -465,30 +465,40 @@ async fn earlier_on_node(
         .earlier_transactions(job.fence.id)
         .await
         .map_err(|e| e.to_string())?;
-    for (txid, raw_tx) in earlier {
+    let Some((txid, raw_tx)) = first_known(deps, earlier).await? else {
+        return Ok(Earlier::None);
+    };
+    if !store
+        .take_up_earlier(job.fence, &txid)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(Earlier::Fenced);
+    }
+    Ok(Earlier::Taken(crate::ports::StuckJob {
+        fence: job.fence,
+        txid,
+        raw_tx,
+        utxo_id: job.utxo_id,
+    }))
+}
+
+/// The first of `transactions` (txid, raw) the node holds (mempool or chain).
+async fn first_known(
+    deps: &Deps,
+    transactions: Vec<(String, Vec<u8>)>,
+) -> Result<Option<(String, Vec<u8>)>, String> {
+    for (txid, raw_tx) in transactions {
         let presence = deps
             .node
             .tx_presence(&txid)
             .await
             .map_err(|e| e.to_string())?;
-        if matches!(presence, TxPresence::Unknown) {
-            continue;
+        if !matches!(presence, TxPresence::Unknown) {
+            return Ok(Some((txid, raw_tx)));
         }
-        if !store
-            .take_up_earlier(job.fence, &txid)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            return Ok(Earlier::Fenced);
-        }
-        return Ok(Earlier::Taken(crate::ports::StuckJob {
-            fence: job.fence,
-            txid,
-            raw_tx,
-            utxo_id: job.utxo_id,
-        }));
     }
-    Ok(Earlier::None)
+    Ok(None)
 }
 
 /// A sent job's transaction is not on the node: one of its earlier transactions may
@@ -500,31 +510,22 @@ async fn switch_to_earlier(
     deps: &Deps,
     txid: &str,
 ) -> Result<bool, String> {
-    for (earlier, raw_tx) in store
+    let earlier = store
         .earlier_of_sent(txid)
         .await
-        .map_err(|e| e.to_string())?
-    {
-        let presence = deps
-            .node
-            .tx_presence(&earlier)
-            .await
-            .map_err(|e| e.to_string())?;
-        if matches!(presence, TxPresence::Unknown) {
-            continue;
-        }
-        let change = deps.signer.change_of(&raw_tx);
-        if store
-            .switch_sent(txid, &earlier, change)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            tracing::warn!(%txid, %earlier, "janitor: the node holds an earlier transaction of the job instead of its last one; the job is recorded with it");
-            return Ok(true);
-        }
+        .map_err(|e| e.to_string())?;
+    let Some((earlier, raw_tx)) = first_known(deps, earlier).await? else {
         return Ok(false);
+    };
+    let change = deps.signer.change_of(&raw_tx);
+    let switched = store
+        .switch_sent(txid, &earlier, change)
+        .await
+        .map_err(|e| e.to_string())?;
+    if switched {
+        tracing::warn!(%txid, %earlier, "janitor: the node holds an earlier transaction of the job instead of its last one; the job is recorded with it");
     }
-    Ok(false)
+    Ok(switched)
 }
 
 /// Checks sent transactions: confirmed ones are recorded (their outputs' chains are

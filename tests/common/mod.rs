@@ -9,7 +9,7 @@ pub mod regtest;
 use raregen::api::ApiServer;
 use raregen::config::Settings;
 use raregen::store::PgStore;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 pub struct TestApp {
     pub base: String,
@@ -129,4 +129,39 @@ pub async fn insert_utxos(pool: &PgPool, n: i64) -> Vec<i64> {
     .fetch_all(pool)
     .await
     .unwrap()
+}
+
+/// A fresh, migrated database on the server DATABASE_URL names; dropped afterwards.
+pub struct FreshDb {
+    pub pool: PgPool,
+    name: String,
+    server: String,
+}
+
+impl FreshDb {
+    pub async fn new() -> FreshDb {
+        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+        let name = format!("raregen_test_{:016x}", rand::random::<u64>());
+        let mut admin = PgConnection::connect(&server).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        let pool = PgPool::connect(&url).await.unwrap();
+        raregen::store::migrate(&pool).await.unwrap();
+        FreshDb { pool, name, server }
+    }
+
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&self.server).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
 }
