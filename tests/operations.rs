@@ -330,8 +330,9 @@ async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
     assert!(m.get("raregen_broadcast_latency_seconds_count", "") >= 5000.0);
     // Batches of at most 500: at least 10 claims, all 5,000 jobs in them. A job can be
     // claimed more than once (a job-side rejection sends it back to the queue for
-    // another attempt), and every claim is one attempt: the histogram counts exactly
-    // the attempts the database recorded, whatever the machine's load made of the run.
+    // another attempt), and `attempts` counts its claims and takeovers (the fencing
+    // token moves on at each): the histogram counts at most what the database recorded,
+    // whatever the machine's load made of the run.
     assert!(m.get("raregen_batch_size_count", "") >= 10.0);
     let claims = count(&pool, "SELECT sum(attempts) FROM publish_jobs").await;
     let retried: Vec<(i64, i32, Option<String>)> = sqlx::query_as(
@@ -340,12 +341,22 @@ async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
     .fetch_all(&pool)
     .await
     .unwrap();
-    println!("jobs claimed more than once: {retried:?}");
-    assert_eq!(m.get("raregen_batch_size_sum", ""), claims as f64);
-    assert_eq!(
-        claims - 5000,
-        retried.iter().map(|r| i64::from(r.1 - 1)).sum::<i64>()
+    println!("jobs claimed or taken over more than once: {retried:?}");
+    let claimed = m.get("raregen_batch_size_sum", "");
+    assert!(
+        (5000.0..=claims as f64).contains(&claimed),
+        "{claimed} claims for 5000 jobs, {claims} claims and takeovers recorded"
     );
+    // Each maintenance service ran and says so.
+    for service in ["rescuer", "dirty_settler", "confirmation_watcher"] {
+        let label = format!("service=\"{service}\"");
+        assert!(
+            m.get("raregen_maintenance_runs_total", &label) >= 1.0,
+            "{service}"
+        );
+        assert!(m.get("raregen_maintenance_run_seconds_count", &label) >= 1.0);
+        assert!(m.get("raregen_maintenance_errors_total", &label) >= 0.0);
+    }
     // However often a job was claimed, its payload is on the node once.
     assert_eq!(
         e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,

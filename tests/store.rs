@@ -764,3 +764,76 @@ async fn claim_of_500_from_a_million_queued_rows(pool: PgPool) {
     let counts = store.queue_counts().await.unwrap();
     assert_eq!((counts.queued, counts.processing_batch), (998_500, 1_500));
 }
+
+/// Every takeover bumps the job's fencing token: a holder whose job was adopted by
+/// another process, then taken back by its own (A → B → A: a frozen process's job
+/// adopted by a peer, the peer dead before it finished), can record nothing with the
+/// claim it held — the owner alone is the same again. The same for the DirtySettler's
+/// adoption of a job whose spend had an unknown outcome.
+#[sqlx::test]
+async fn every_takeover_fences_out_the_holders_before_it(pool: PgPool) {
+    use raregen_actors::JanitorStore;
+    use std::time::Duration;
+    common::insert_queued(&pool, 1).await;
+    let utxos = common::insert_utxos(&pool, 1).await;
+    let a = PgStore::new(pool.clone(), "a");
+    let b = PgStore::new(pool.clone(), "b");
+    let job = a.claim_batch(1).await.unwrap().unwrap().jobs.remove(0);
+    let first = Fence {
+        id: job.id,
+        attempts: job.attempts,
+    };
+    let sending = Sending {
+        fence: first,
+        utxo_id: utxos[0],
+        txid: fake_txid(1),
+        raw_tx: vec![1],
+    };
+    assert_eq!(a.record_sending(&[sending]).await.unwrap().stored.len(), 1);
+    let by_b = b.adopt_stuck(Duration::ZERO, 10, &[]).await.unwrap();
+    assert_eq!(by_b.len(), 1, "B adopts the stuck job");
+    assert_ne!(by_b[0].fence, first, "B's adoption bumped the token");
+    let back = a.adopt_stuck(Duration::ZERO, 10, &[]).await.unwrap();
+    assert_eq!(back.len(), 1, "A takes it back");
+    let sent = |fence| Sent {
+        fence,
+        sent_at: Utc::now(),
+        change: None,
+    };
+    assert!(
+        a.record_sent(&[sent(first)]).await.unwrap().ids.is_empty(),
+        "the first holder of A records nothing after A → B → A"
+    );
+    assert!(
+        a.mark_dirty(&[first]).await.unwrap().is_empty(),
+        "nor marks its UTXO dirty"
+    );
+    assert!(
+        b.record_sent(&[sent(by_b[0].fence)])
+            .await
+            .unwrap()
+            .ids
+            .is_empty(),
+        "nor does B after A took it back"
+    );
+    // Unknown outcome under A's adoption: the UTXO is dirty; the DirtySettler's
+    // adoption (here B's) fences out A's holder too.
+    assert_eq!(a.mark_dirty(&[back[0].fence]).await.unwrap().len(), 1);
+    let dirty = b.dirty_utxos(10).await.unwrap();
+    let settling = dirty[0].job.clone().expect("the dirty UTXO's job");
+    assert_ne!(
+        settling.fence, back[0].fence,
+        "the settler's adoption bumped the token"
+    );
+    assert!(a
+        .record_sent(&[sent(back[0].fence)])
+        .await
+        .unwrap()
+        .ids
+        .is_empty());
+    assert_eq!(
+        b.record_sent(&[sent(settling.fence)]).await.unwrap().ids,
+        vec![job.id],
+        "the last adopter records"
+    );
+}

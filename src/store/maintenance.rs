@@ -212,7 +212,10 @@ impl JanitorStore for PgStore {
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE publish_jobs j
-             SET owner = $3, status = 'sending', sending_started_at = now(), updated_at = now()
+             -- A takeover is a new claim: the fencing token moves on, so that no
+             -- earlier holder (of this process or another) can record anything.
+             SET owner = $3, attempts = j.attempts + 1, status = 'sending',
+                 sending_started_at = now(), updated_at = now()
              FROM picked WHERE j.id = picked.id
              RETURNING j.id, j.attempts, j.txid, j.raw_tx, j.utxo_id"
         );
@@ -274,9 +277,12 @@ impl JanitorStore for PgStore {
             .iter()
             .filter_map(|r| r.get::<Option<i64>, _>("job_id"))
             .collect();
-        // The jobs are adopted, so that their outcome can be recorded under our fence.
+        // The jobs are adopted (a new fencing token: no earlier holder records anything), so
+        // that their outcome can be recorded under our fence.
         let adopted: Vec<(i64, i32, String, Vec<u8>, Option<i64>)> = sqlx::query_as(
-            "UPDATE publish_jobs SET owner = $2, sending_started_at = now(), updated_at = now()
+            "UPDATE publish_jobs
+             SET owner = $2, attempts = attempts + 1, sending_started_at = now(),
+                 updated_at = now()
              WHERE id = ANY($1) AND status = 'sending'
              RETURNING id, attempts, txid, raw_tx, utxo_id",
         )
