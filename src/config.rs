@@ -218,8 +218,17 @@ pub struct UtxoPoolSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JanitorSettings {
+    /// The Rescuer's interval (dead processes' claims, stuck jobs).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// The DirtySettler's interval (UTXOs whose spend had an unknown outcome);
+    /// `interval` when unset.
+    #[serde(deserialize_with = "duration_or_empty")]
+    pub settle_interval: Option<Duration>,
+    /// The ConfirmationWatcher's interval (sent transactions: confirmed, or re-sent);
+    /// `interval` when unset.
+    #[serde(deserialize_with = "duration_or_empty")]
+    pub confirm_interval: Option<Duration>,
     #[serde(with = "humantime_serde")]
     pub stuck_after: Duration,
     /// Confirmations a foreign spend of a job's anchor needs before the job leaves its
@@ -414,6 +423,16 @@ impl Settings {
             "must be longer than 0s",
         )?;
         check(
+            self.janitor.settle_interval != Some(Duration::ZERO),
+            "janitor.settle_interval",
+            "must be longer than 0s",
+        )?;
+        check(
+            self.janitor.confirm_interval != Some(Duration::ZERO),
+            "janitor.confirm_interval",
+            "must be longer than 0s",
+        )?;
+        check(
             !self.janitor.stuck_after.is_zero(),
             "janitor.stuck_after",
             "must be longer than 0s",
@@ -554,6 +573,19 @@ fn hint_for(key: &str) -> &'static str {
     } else {
         ""
     }
+}
+
+/// A duration (`"10s"`), or `""` for "unset".
+fn duration_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let raw = String::deserialize(d)?;
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    humantime::parse_duration(raw.trim())
+        .map(Some)
+        .map_err(|e| {
+            serde::de::Error::custom(format!("expected a duration such as \"10s\" or \"\": {e}"))
+        })
 }
 
 /// Merges `layer` into `merged`, refusing keys the defaults do not have.

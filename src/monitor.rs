@@ -149,6 +149,20 @@ fn describe() {
         names::UTXO_WAITS,
         "Times a broadcaster found the UTXO pool empty and waited."
     );
+    describe_histogram!(
+        names::MAINTENANCE_RUN_SECONDS,
+        Unit::Seconds,
+        "Seconds one run of a maintenance service took (rescuer, dirty_settler, confirmation_watcher)."
+    );
+    describe_counter!(names::MAINTENANCE_RUNS, "Runs of a maintenance service.");
+    describe_counter!(
+        names::MAINTENANCE_ITEMS,
+        "Jobs, UTXOs or transactions a maintenance service acted on."
+    );
+    describe_counter!(
+        names::MAINTENANCE_ERRORS,
+        "Errors a maintenance service met; the work waits for its next run."
+    );
     describe_gauge!(
         gauges::UTXO_AVAILABLE,
         "Pool UTXOs available to spend (not dirty)."

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raregen_actors::collector::CollectMode;
-use raregen_actors::janitor::JanitorConfig;
 use raregen_actors::leaser::LeaserConfig;
+use raregen_actors::maintenance::MaintenanceConfig;
 use raregen_actors::pipeline::{Pipeline, PipelineConfig, Stores};
 use raregen_actors::utxo_pool::PoolConfig;
 use raregen_actors::{JanitorStore, JobsNotifier};
@@ -43,8 +43,16 @@ pub fn pipeline_config(settings: &Settings) -> PipelineConfig {
             reservation_timeout: settings.utxo_pool.reservation_timeout,
             max_chain_depth: settings.utxo_pool.max_chain_depth,
         },
-        janitor: JanitorConfig {
-            interval: settings.janitor.interval,
+        janitor: MaintenanceConfig {
+            rescue_interval: settings.janitor.interval,
+            settle_interval: settings
+                .janitor
+                .settle_interval
+                .unwrap_or(settings.janitor.interval),
+            confirm_interval: settings
+                .janitor
+                .confirm_interval
+                .unwrap_or(settings.janitor.interval),
             stuck_after: settings.janitor.stuck_after,
             reanchor_confirmations: settings.janitor.reanchor_confirmations,
         },

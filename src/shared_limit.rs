@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use raregen_actors::leaser::{Leaser, LeaserConfig, Stop};
-use raregen_actors::token_bucket::{acquire, RateLimited, TokenBucket};
+use raregen_actors::token_bucket::TokenBucket;
 use raregen_actors::{BroadcastOutcome, JanitorStore, Node};
 use sqlx::PgPool;
 
@@ -77,26 +77,22 @@ impl SharedLimit {
         node: &dyn Node,
         raw_tx: &[u8],
     ) -> anyhow::Result<BroadcastOutcome> {
-        loop {
-            let grant = tokio::time::timeout(SLOT_PATIENCE, acquire(&self.tokens))
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "no share of the rate limit within {}: rate_limit.max = {} is shared \
-                         by every process on the database (see `raregen status`)",
-                        humantime::format_duration(SLOT_PATIENCE),
-                        self.settings_max
-                    )
-                })?;
-            let outcome = node.broadcast(raw_tx).await;
-            drop(grant);
-            match outcome {
-                BroadcastOutcome::RateLimited { retry_after } => {
-                    self.tokens.do_send(RateLimited { retry_after });
-                }
-                other => return Ok(other),
-            }
-        }
+        raregen_actors::send::broadcast_within(
+            &self.tokens,
+            node,
+            raw_tx,
+            None,
+            Some(SLOT_PATIENCE),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no share of the rate limit within {}: rate_limit.max = {} is shared \
+                 by every process on the database (see `raregen status`)",
+                humantime::format_duration(SLOT_PATIENCE),
+                self.settings_max
+            )
+        })
     }
 
     /// Ends the lease (the others stop counting us one `per` after our last broadcast).

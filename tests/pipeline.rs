@@ -407,7 +407,7 @@ async fn accepted_but_never_held_ends_failed_not_in_an_endless_loop(pool: PgPool
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(resent(&daemon.log()), before, "no endless re-send loop");
     assert!(
-        before <= failed * raregen_actors::janitor::MAX_UNHELD_RESENDS as usize,
+        before <= failed * raregen_actors::confirmation_watcher::MAX_UNHELD_RESENDS as usize,
         "{before} re-sends for {failed} failed jobs"
     );
     // The coin the node refuses has left the pool: no other job is failed on it.

@@ -23,7 +23,7 @@ use crate::chain::{BroadcastOutcome, Node, SignError, Signer};
 use crate::ports::{BatchId, ClaimedJob, Fence, Retry, Sending, Sent, StoreError, StoredTx};
 use crate::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
 use crate::stats::Stats;
-use crate::token_bucket::{RateLimited, TokenBucket};
+use crate::token_bucket::TokenBucket;
 use crate::utxo_pool::{Forget, Release, Reserve, Spent, UtxoPool};
 
 /// What every broadcaster (and the Janitor's re-broadcasts) works with.
@@ -364,79 +364,70 @@ async fn sign_on_anchor(
 /// `refused_before`: the job's transactions refused before this one (for the backoff).
 pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_before: u32) {
     let change = deps.signer.change_of(&stored.raw_tx);
-    loop {
-        let grant = crate::token_bucket::acquire(&deps.tokens).await;
-        let started = Instant::now();
-        let outcome = deps.node.broadcast(&stored.raw_tx).await;
-        // The slot's last `per` starts now that the node has answered.
-        drop(grant);
-        deps.stats.observe_broadcast(&outcome, started.elapsed());
-        match outcome {
-            BroadcastOutcome::Accepted => {
-                crate::fail_point!("after-broadcast-before-record");
-                let sent = Sent {
-                    fence,
-                    sent_at: Utc::now(),
-                    change,
-                };
-                // The broadcaster moves on; the record goes out with the next group. A
-                // crash before it is written leaves the job `sending` with its stored
-                // bytes, and the Janitor sends them again (the node answers "known").
-                let (recorder, pool, stats) =
-                    (deps.recorder.clone(), deps.pool.clone(), deps.stats.clone());
-                let (txid, utxo_id) = (stored.txid.clone(), stored.utxo_id);
-                actix::spawn(async move {
-                    let recorded = until_stored("record sent", || {
-                        recorder.send(RecordSent(sent.clone(), txid.clone()))
-                    })
-                    .await;
-                    if let Some(utxo_id) = utxo_id {
-                        pool.do_send(Spent {
-                            utxo_id,
-                            change: recorded.flatten(),
-                        });
-                    }
-                    stats.observe_sent();
-                });
-                return;
-            }
-            BroadcastOutcome::RateLimited { retry_after } => {
-                deps.tokens.do_send(RateLimited { retry_after });
-            }
-            BroadcastOutcome::Rejected {
-                reason,
-                input_problem: false,
-            } => {
-                let retry = Retry {
-                    fence,
-                    error: format!("rejected by the node: {reason}"),
-                    not_before: Utc::now() + retry_backoff(refused_before + 1),
-                    reanchor: false,
-                };
-                let released = until_stored("record a rejection", || {
-                    deps.recorder
-                        .send(RecordRetry(retry.clone(), stored.utxo_id, false))
+    let outcome =
+        crate::send::broadcast(&deps.tokens, &*deps.node, &stored.raw_tx, Some(&deps.stats)).await;
+    match outcome {
+        BroadcastOutcome::Accepted => {
+            crate::fail_point!("after-broadcast-before-record");
+            let sent = Sent {
+                fence,
+                sent_at: Utc::now(),
+                change,
+            };
+            // The broadcaster moves on; the record goes out with the next group. A
+            // crash before it is written leaves the job `sending` with its stored
+            // bytes, and the Janitor sends them again (the node answers "known").
+            let (recorder, pool, stats) =
+                (deps.recorder.clone(), deps.pool.clone(), deps.stats.clone());
+            let (txid, utxo_id) = (stored.txid.clone(), stored.utxo_id);
+            actix::spawn(async move {
+                let recorded = until_stored("record sent", || {
+                    recorder.send(RecordSent(sent.clone(), txid.clone()))
                 })
                 .await;
-                match released.flatten() {
-                    Some(utxo) => deps.pool.do_send(Release(utxo)),
-                    None => {
-                        if let Some(id) = stored.utxo_id {
-                            deps.pool.do_send(Forget(id));
-                        }
+                if let Some(utxo_id) = utxo_id {
+                    pool.do_send(Spent {
+                        utxo_id,
+                        change: recorded.flatten(),
+                    });
+                }
+                stats.observe_sent();
+            });
+        }
+        BroadcastOutcome::Rejected {
+            reason,
+            input_problem: false,
+        } => {
+            let retry = Retry {
+                fence,
+                error: format!("rejected by the node: {reason}"),
+                not_before: Utc::now() + retry_backoff(refused_before + 1),
+                reanchor: false,
+            };
+            let released = until_stored("record a rejection", || {
+                deps.recorder
+                    .send(RecordRetry(retry.clone(), stored.utxo_id, false))
+            })
+            .await;
+            match released.flatten() {
+                Some(utxo) => deps.pool.do_send(Release(utxo)),
+                None => {
+                    if let Some(id) = stored.utxo_id {
+                        deps.pool.do_send(Forget(id));
                     }
                 }
-                deps.stats.observe_retry();
-                return;
             }
-            BroadcastOutcome::Rejected { .. } | BroadcastOutcome::Unknown { .. } => {
-                // Input problem or unknown outcome: the UTXO is dirty until the Janitor
-                // has asked the node; the job stays `sending` with its stored bytes.
-                until_stored("mark dirty", || deps.recorder.send(MarkDirty(fence))).await;
-                if let Some(id) = stored.utxo_id {
-                    deps.pool.do_send(Forget(id));
-                }
-                return;
+            deps.stats.observe_retry();
+        }
+        BroadcastOutcome::Rejected { .. }
+        | BroadcastOutcome::Unknown { .. }
+        | BroadcastOutcome::RateLimited { .. } => {
+            // Input problem or unknown outcome (a 429 is never answered: the
+            // limiter waits it out): the UTXO is dirty until the Janitor
+            // has asked the node; the job stays `sending` with its stored bytes.
+            until_stored("mark dirty", || deps.recorder.send(MarkDirty(fence))).await;
+            if let Some(id) = stored.utxo_id {
+                deps.pool.do_send(Forget(id));
             }
         }
     }

@@ -1,7 +1,8 @@
 //! raregen's actor system.
 //!
-//! The actors (Collector, Batch, TokenBucket, UtxoPool, Broadcaster, Janitor,
-//! Supervisor) live here, one per file with their messages beside them. They reach
+//! The actors (Collector, Batch, TokenBucket, UtxoPool, Broadcaster, Recorder, Leaser,
+//! and the maintenance services Rescuer, DirtySettler and ConfirmationWatcher, which
+//! together are the Janitor) live here, one per file with their messages beside them. They reach
 //! Postgres, the signer and the node only through the small traits in [`ports`]; the
 //! `raregen` crate implements those traits (sqlx, rust-bitcoin, reqwest), so nothing
 //! in this crate names a database or HTTP library.
@@ -10,11 +11,15 @@ pub mod batch;
 pub mod broadcaster;
 pub mod chain;
 pub mod collector;
-pub mod janitor;
+pub mod confirmation_watcher;
+pub mod dirty_settler;
 pub mod leaser;
+pub mod maintenance;
 pub mod pipeline;
 pub mod ports;
 pub mod recorder;
+pub mod rescuer;
+pub mod send;
 pub mod stats;
 pub mod token_bucket;
 pub mod utxo_pool;

@@ -9,10 +9,13 @@ use crate::batch::{Batch, BatchesInFlight, Depth, Drain};
 use crate::broadcaster::{Broadcaster, Deps};
 use crate::chain::{Node, Signer};
 use crate::collector::{CollectMode, Collector, CollectorConfig, StopClaiming};
-use crate::janitor::{Janitor, JanitorConfig};
+use crate::confirmation_watcher::ConfirmationWatcher;
+use crate::dirty_settler::DirtySettler;
 use crate::leaser::{Leaser, LeaserConfig};
+use crate::maintenance::{Maintenance, MaintenanceConfig};
 use crate::ports::{Fence, JanitorStore, JobStore, JobsNotifier, PoolStore};
 use crate::recorder::{Pending, Recorder};
+use crate::rescuer::Rescuer;
 use crate::stats::Stats;
 use crate::token_bucket::{TokenBucket, TokensLeft};
 use crate::utxo_pool::{PoolConfig, UtxoPool};
@@ -29,7 +32,7 @@ pub struct PipelineConfig {
     pub workers: u32,
     pub max_attempts: u32,
     pub pool: PoolConfig,
-    pub janitor: JanitorConfig,
+    pub janitor: MaintenanceConfig,
     pub lease: LeaserConfig,
 }
 
@@ -51,7 +54,9 @@ pub struct Pipeline {
     pub tokens: Addr<TokenBucket>,
     pub pool: Addr<UtxoPool>,
     pub recorder: Addr<Recorder>,
-    pub janitor: Addr<Janitor>,
+    /// The maintenance services (the Janitor): Rescuer, DirtySettler,
+    /// ConfirmationWatcher, each on its own interval.
+    pub maintenance: Vec<Addr<Maintenance>>,
     pub leaser: Addr<Leaser>,
     pub broadcasters: Vec<Addr<Broadcaster>>,
     pub stats: Arc<Stats>,
@@ -143,13 +148,27 @@ impl Pipeline {
                 actix::Supervisor::start(move |_| Broadcaster::new(i, deps))
             })
             .collect();
-        let janitor = Janitor::new(
-            config.janitor.clone(),
-            stores.janitor.clone(),
-            stores.pool.clone(),
-            deps.clone(),
-        )
-        .start();
+        let maintenance = {
+            let j = &config.janitor;
+            let rescuer = Rescuer {
+                store: stores.janitor.clone(),
+                deps: deps.clone(),
+                stuck_after: j.stuck_after,
+            };
+            let settler = DirtySettler::new(
+                stores.janitor.clone(),
+                stores.pool.clone(),
+                deps.clone(),
+                j.reanchor_confirmations,
+            );
+            let watcher =
+                ConfirmationWatcher::new(stores.janitor.clone(), deps.clone(), j.stuck_after);
+            vec![
+                Maintenance::new(Arc::new(rescuer), j.rescue_interval).start(),
+                Maintenance::new(Arc::new(settler), j.settle_interval).start(),
+                Maintenance::new(Arc::new(watcher), j.confirm_interval).start(),
+            ]
+        };
         let collector = Collector::new(
             CollectorConfig {
                 mode: config.mode,
@@ -168,7 +187,7 @@ impl Pipeline {
             tokens,
             pool,
             recorder,
-            janitor,
+            maintenance,
             leaser,
             broadcasters,
             stats,

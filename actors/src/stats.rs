@@ -35,6 +35,14 @@ pub mod names {
     pub const REBROADCASTS: &str = "raregen_rebroadcasts_total";
     /// Times a broadcaster found the UTXO pool empty and waited.
     pub const UTXO_WAITS: &str = "raregen_utxo_waits_total";
+    /// Seconds one run of a maintenance service took, by `service`.
+    pub const MAINTENANCE_RUN_SECONDS: &str = "raregen_maintenance_run_seconds";
+    /// Runs of a maintenance service, by `service`.
+    pub const MAINTENANCE_RUNS: &str = "raregen_maintenance_runs_total";
+    /// Jobs, UTXOs or transactions a maintenance service acted on, by `service`.
+    pub const MAINTENANCE_ITEMS: &str = "raregen_maintenance_items_total";
+    /// Errors a maintenance service met (the work waits for its next run), by `service`.
+    pub const MAINTENANCE_ERRORS: &str = "raregen_maintenance_errors_total";
 }
 
 #[derive(Default)]

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::chain::{BroadcastOutcome, Node, Signer, SpendableUtxo, TxPresence};
 use crate::ports::{JobId, PoolStore, StoredSplit};
-use crate::token_bucket::{RateLimited, TokenBucket};
+use crate::token_bucket::TokenBucket;
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -208,29 +208,25 @@ pub async fn publish_split(
     tokens: &Addr<TokenBucket>,
     split: &StoredSplit,
 ) -> Result<Vec<SpendableUtxo>, crate::ports::StoreError> {
-    loop {
-        let grant = crate::token_bucket::acquire(tokens).await;
-        let outcome = node.broadcast(&split.raw_tx).await;
-        drop(grant);
-        match outcome {
-            BroadcastOutcome::Accepted => break,
-            BroadcastOutcome::RateLimited { retry_after } => {
-                tokens.do_send(RateLimited { retry_after });
-                continue;
-            }
-            BroadcastOutcome::Rejected {
-                reason,
-                input_problem,
-            } => {
-                tracing::warn!(txid = %split.txid, %reason, "the node refused a split");
-                store.split_rejected(split, &reason, input_problem).await?;
-                return Ok(Vec::new());
-            }
-            BroadcastOutcome::Unknown { reason } => {
-                tracing::warn!(txid = %split.txid, %reason, "a split's broadcast has an unknown outcome; the Janitor will ask the node");
-                store.split_unknown(split, &reason).await?;
-                return Ok(Vec::new());
-            }
+    match crate::send::broadcast(tokens, node, &split.raw_tx, None).await {
+        BroadcastOutcome::Accepted => {}
+        BroadcastOutcome::Rejected {
+            reason,
+            input_problem,
+        } => {
+            tracing::warn!(txid = %split.txid, %reason, "the node refused a split");
+            store.split_rejected(split, &reason, input_problem).await?;
+            return Ok(Vec::new());
+        }
+        other => {
+            // Unknown (a 429 never comes back from the limited broadcast).
+            let reason = match other {
+                BroadcastOutcome::Unknown { reason } => reason,
+                other => format!("{other:?}"),
+            };
+            tracing::warn!(txid = %split.txid, %reason, "a split's broadcast has an unknown outcome; the DirtySettler will ask the node");
+            store.split_unknown(split, &reason).await?;
+            return Ok(Vec::new());
         }
     }
     // Some nodes answer "ok" and verify afterwards: its outputs are only spendable once

@@ -1,0 +1,259 @@
+//! ConfirmationWatcher (a maintenance service): each run asks the node about a
+//! bounded batch of sent, unconfirmed transactions. Confirmed → recorded (their
+//! outputs' chains are then confirmed); gone from the node → one of the job's earlier
+//! transactions may be the one it holds (the job is switched to it), else the same
+//! bytes again; accepted again and again and never held → the job fails with the best
+//! reason raregen has (bounded: never an endless "accepted" loop).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use crate::broadcaster::Deps;
+use crate::chain::{BroadcastOutcome, OutpointState, TxPresence};
+use crate::dirty_settler::first_known;
+use crate::maintenance::{Report, Service};
+use crate::ports::{Confirmation, JanitorStore};
+
+/// Sent transactions asked about per run at most.
+pub const CONFIRM_BATCH: u32 = 500;
+
+/// Re-sends of a transaction the node said it accepted and then did not hold, before
+/// its job is given up as failed (the node refused it after answering).
+pub const MAX_UNHELD_RESENDS: u32 = 5;
+
+/// ... and before it has been missing for this many `janitor.stuck_after`: a node that
+/// answers before it verifies (bcoin) may verify a minute later under load, and a job
+/// given up on while its transaction is still in the node's queue would be published
+/// while recorded `failed`.
+pub const UNHELD_GIVE_UP_AFTER: u32 = 10;
+
+/// Per transaction: re-sends the node accepted without then holding it, and since when
+/// it has been missing.
+type Unheld = HashMap<String, (u32, Instant)>;
+
+pub struct ConfirmationWatcher {
+    pub store: Arc<dyn JanitorStore>,
+    pub deps: Arc<Deps>,
+    pub stuck_after: Duration,
+    /// Lost on a restart: the counts start again, so a give-up comes later, never
+    /// sooner.
+    unheld: Mutex<Unheld>,
+}
+
+impl ConfirmationWatcher {
+    pub fn new(
+        store: Arc<dyn JanitorStore>,
+        deps: Arc<Deps>,
+        stuck_after: Duration,
+    ) -> ConfirmationWatcher {
+        ConfirmationWatcher {
+            store,
+            deps,
+            stuck_after,
+            unheld: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Service for ConfirmationWatcher {
+    fn name(&self) -> &'static str {
+        "confirmation_watcher"
+    }
+
+    async fn run(&self) -> Report {
+        let mut report = Report::default();
+        match self.check().await {
+            Ok(n) => report.items(n),
+            Err(e) => {
+                report.error();
+                tracing::warn!(error = %e, "confirmation watcher: confirmations not checked");
+            }
+        }
+        report
+    }
+}
+
+/// Checks sent transactions: confirmed ones are recorded (their outputs' chains are
+/// then confirmed); ones the node no longer has are sent again from their stored bytes.
+/// Answers how many it acted on.
+impl ConfirmationWatcher {
+    async fn check(&self) -> Result<u64, String> {
+        let (store, deps, unheld) = (&*self.store, &*self.deps, &self.unheld);
+        let sent = store
+            .unconfirmed(CONFIRM_BATCH, self.stuck_after)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Ask about several at a time (a node's answer takes a round trip); act on the
+        // answers in the store's order, parents before children.
+        let answers: Vec<_> = futures::stream::iter(sent)
+            .map(|u| async move {
+                let presence = deps.node.tx_presence(&u.txid).await;
+                (u, presence)
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let mut confirmed = Vec::new();
+        let mut acted = 0u64;
+        let mut still_unheld = HashMap::new();
+        let previously = std::mem::take(&mut *unheld.lock().expect("unheld"));
+        for (u, presence) in answers {
+            let crate::ports::Unconfirmed {
+                txid,
+                raw_tx,
+                settled,
+                input,
+                split,
+            } = u;
+            match presence {
+                Ok(TxPresence::Unknown) if settled => {
+                    if !split {
+                        match switch_to_earlier(store, deps, &txid).await {
+                            Ok(true) => {
+                                acted += 1;
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, %txid, "confirmation watcher: earlier transactions not checked")
+                            }
+                        }
+                    }
+                    let (resends, since) = previously
+                        .get(&txid)
+                        .copied()
+                        .unwrap_or((0, Instant::now()));
+                    if resends >= MAX_UNHELD_RESENDS
+                        && since.elapsed() < self.stuck_after * UNHELD_GIVE_UP_AFTER
+                    {
+                        // Re-sent enough: no more re-sends; wait out the node's queue.
+                        still_unheld.insert(txid, (resends, since));
+                        continue;
+                    }
+                    if resends >= MAX_UNHELD_RESENDS {
+                        // Give up only on what cannot be mined any more: its coin unspent on
+                        // the node proves the transaction is neither in a block nor in the
+                        // node's mempool. Spent (by it, in a block the node cannot show
+                        // without a transaction index, or by a conflict): left as it is.
+                        let unspent = match &input {
+                            Some((in_txid, in_vout)) => matches!(
+                                deps.node.outpoint(in_txid, *in_vout).await,
+                                Ok(OutpointState::Unspent { .. })
+                            ),
+                            None => false,
+                        };
+                        if !unspent || split {
+                            // Not re-sent again (a split the node never holds is left for
+                            // an operator: `raregen wallet balance` shows it pending).
+                            still_unheld.insert(txid, (resends, since));
+                            continue;
+                        }
+                        // Accepted again and again, never held: the node refuses it after
+                        // answering (bcoin verifies after it answers). Not an endless loop:
+                        // the job fails with the best reason we have.
+                        let reason = format!(
+                            "the node accepted this transaction {} times but never held it: it \
+                         refused it after answering (see the node's log; e.g. a wallet key \
+                         that does not own the pool's coins, or a consensus rule the node \
+                         enforces)",
+                            resends + 1
+                        );
+                        // Twice: the second run catches a descendant recorded while the
+                        // first ran.
+                        for _ in 0..2 {
+                            match store.fail_unheld(&txid, &reason).await {
+                                Ok(0) => {}
+                                Ok(n) => {
+                                    acted += n;
+                                    tracing::error!(%txid, jobs = n, reason, "confirmation watcher: jobs failed")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, %txid, "confirmation watcher: could not fail an unheld job")
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    // The node said yes and no longer has it (it restarted, or dropped it):
+                    // the same bytes again, under the rate limit.
+                    deps.stats.observe_rebroadcast();
+                    acted += 1;
+                    let outcome = crate::send::broadcast(
+                        &deps.tokens,
+                        &*deps.node,
+                        &raw_tx,
+                        Some(&deps.stats),
+                    )
+                    .await;
+                    // Only "accepted" again counts towards giving up: a refusal or no answer
+                    // says nothing about whether the node would hold it.
+                    let counted = resends + u32::from(outcome == BroadcastOutcome::Accepted);
+                    if counted > 0 {
+                        still_unheld.insert(txid.clone(), (counted, since));
+                    }
+                    tracing::warn!(%txid, ?outcome, "confirmation watcher: re-sent a transaction the node no longer had");
+                }
+                Ok(TxPresence::Confirmed {
+                    block_height,
+                    block_hash,
+                    ..
+                }) => confirmed.push(Confirmation {
+                    txid,
+                    block_height,
+                    block_hash,
+                }),
+                Ok(TxPresence::Unknown) => {
+                    if let Some(&n) = previously.get(&txid) {
+                        still_unheld.insert(txid, n);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    *unheld.lock().expect("unheld") = previously;
+                    return Err(e.to_string());
+                }
+            }
+        }
+        *unheld.lock().expect("unheld") = still_unheld;
+        if !confirmed.is_empty() {
+            store
+                .record_confirmations(&confirmed)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(acted + confirmed.len() as u64)
+    }
+}
+
+/// A sent job's transaction is not on the node: one of its earlier transactions may
+/// be (a node that answers before it verifies took the replacement, then dropped it
+/// for the copy it already held). All spend the job's anchor: the one the node holds
+/// is the job's. True when the job was switched to it.
+async fn switch_to_earlier(
+    store: &dyn JanitorStore,
+    deps: &Deps,
+    txid: &str,
+) -> Result<bool, String> {
+    let earlier = store
+        .earlier_of_sent(txid)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some((earlier, raw_tx)) = first_known(deps, earlier).await? else {
+        return Ok(false);
+    };
+    let change = deps.signer.change_of(&raw_tx);
+    let switched = store
+        .switch_sent(txid, &earlier, change)
+        .await
+        .map_err(|e| e.to_string())?;
+    if switched {
+        tracing::warn!(%txid, %earlier, "confirmation watcher: the node holds an earlier transaction of the job instead of its last one; the job is recorded with it");
+    }
+    Ok(switched)
+}

@@ -1,0 +1,104 @@
+//! The one way raregen puts a transaction on the wire: a slot from the TokenBucket,
+//! the broadcast, the slot given back when the node has answered. A 429 tells the
+//! limiter (every broadcaster of the process pauses) and waits for the next slot. The
+//! broadcasters, the maintenance services' re-sends, the UtxoPool's splits and the
+//! commands that broadcast (`raregen wallet split`, `raregen unstick`, through
+//! `SharedLimit`) all go through here, so nothing reaches the node outside the limit.
+
+use std::time::Duration;
+
+use actix::Addr;
+use tokio::time::Instant;
+
+use crate::broadcaster::Deps;
+use crate::chain::{BroadcastOutcome, Node};
+use crate::ports::{Sent, StuckJob};
+use crate::recorder::{MarkDirty, RecordSent};
+use crate::stats::Stats;
+use crate::token_bucket::{acquire, RateLimited, TokenBucket};
+use crate::utxo_pool::{Add, Forget};
+
+/// No slot came within the caller's patience.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("no broadcast slot within {0:?}")]
+pub struct NoSlot(pub Duration);
+
+/// Broadcasts `raw_tx` under the limit and answers the node's verdict, never
+/// [`BroadcastOutcome::RateLimited`]: a 429 pauses the limiter and the same bytes go
+/// out again with the next slot. Waits for a slot as long as it takes.
+pub async fn broadcast(
+    tokens: &Addr<TokenBucket>,
+    node: &dyn Node,
+    raw_tx: &[u8],
+    stats: Option<&Stats>,
+) -> BroadcastOutcome {
+    match broadcast_within(tokens, node, raw_tx, stats, None).await {
+        Ok(outcome) => outcome,
+        Err(NoSlot(_)) => unreachable!("no patience, no timeout"),
+    }
+}
+
+/// [`broadcast`], giving up (before anything is sent) when no slot comes within
+/// `patience`.
+pub async fn broadcast_within(
+    tokens: &Addr<TokenBucket>,
+    node: &dyn Node,
+    raw_tx: &[u8],
+    stats: Option<&Stats>,
+    patience: Option<Duration>,
+) -> Result<BroadcastOutcome, NoSlot> {
+    loop {
+        let grant = match patience {
+            None => acquire(tokens).await,
+            Some(p) => tokio::time::timeout(p, acquire(tokens))
+                .await
+                .map_err(|_| NoSlot(p))?,
+        };
+        let started = Instant::now();
+        let outcome = node.broadcast(raw_tx).await;
+        // The slot's last `per` starts now that the node has answered.
+        drop(grant);
+        if let Some(stats) = stats {
+            stats.observe_broadcast(&outcome, started.elapsed());
+        }
+        match outcome {
+            BroadcastOutcome::RateLimited { retry_after } => {
+                tokens.do_send(RateLimited { retry_after });
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// A stored transaction of a job is on the node: the job is `sent` (under its fence),
+/// its change joins the pool.
+pub async fn record_sent(deps: &Deps, job: &StuckJob) {
+    let sent = Sent {
+        fence: job.fence,
+        sent_at: chrono::Utc::now(),
+        change: deps.signer.change_of(&job.raw_tx),
+    };
+    if let Ok(Ok(change)) = deps.recorder.send(RecordSent(sent, job.txid.clone())).await {
+        deps.pool.do_send(Add(change.into_iter().collect()));
+    }
+}
+
+/// Sends a job's stored bytes again, their earlier outcome being unknown: accepted (or
+/// already known) → `sent`; anything else leaves the job `sending` and its UTXO dirty
+/// for the DirtySettler's next run. A refusal here never sends the job back for a new
+/// signature: it speaks of these bytes now, not of a copy that may still arrive
+/// elsewhere (the one case for a new signature is a spend of the anchor by another
+/// transaction, confirmed: see the DirtySettler).
+pub async fn resend_same(deps: &Deps, job: &StuckJob) {
+    deps.stats.observe_rebroadcast();
+    match broadcast(&deps.tokens, &*deps.node, &job.raw_tx, Some(&deps.stats)).await {
+        BroadcastOutcome::Accepted => record_sent(deps, job).await,
+        other => {
+            tracing::warn!(job = job.fence.id, txid = %job.txid, outcome = ?other, "re-send not settled; asking the node again next run");
+            let _ = deps.recorder.send(MarkDirty(job.fence)).await;
+            if let Some(id) = job.utxo_id {
+                deps.pool.do_send(Forget(id));
+            }
+        }
+    }
+}
