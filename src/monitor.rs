@@ -61,6 +61,10 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
 ];
 
+const MAINTENANCE_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// The process's recorder, installed on first use (one per process: tests that start
 /// several servers share it).
 pub fn handle() -> &'static PrometheusHandle {
@@ -85,6 +89,12 @@ pub fn handle() -> &'static PrometheusHandle {
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), BATCH_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(names::MAINTENANCE_RUN_SECONDS.into()),
+                    MAINTENANCE_BUCKETS,
+                )
             })
             .expect("bucket lists are not empty");
         let recorder = builder.build_recorder();

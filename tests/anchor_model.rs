@@ -2,7 +2,7 @@
 //! store (Postgres): random interleavings of claims, write-aheads (including attempts
 //! to sign on another UTXO than the job's anchor), outcomes (accepted, refused,
 //! unknown), takeovers (adoption of stuck jobs, of a crashed process's claims), the
-//! Janitor's settling of dirty anchors (clean again, or a confirmed foreign spend that
+//! DirtySettler's settling of dirty anchors (re-sent still dirty, or a confirmed foreign spend that
 //! re-anchors the job) and crashes. After every step:
 //!
 //! - at most one of a job's transactions can be mined: every transaction the store let
@@ -39,12 +39,13 @@ enum Op {
     Accepted(usize, usize),
     Refused(usize, usize),
     Unknown(usize, usize),
-    /// The owner's Janitor adopts stuck jobs (everything not held in its memory).
+    /// The owner's Rescuer adopts stuck jobs (all but those its Batch actor holds).
     Adopt(usize),
     RequeueLost(usize),
     ReclaimDead(usize),
-    /// The owner's Janitor settles dirty UTXOs: `true` = spent by a confirmed foreign
-    /// transaction (re-anchor), `false` = unspent (clean, the job re-sends its bytes).
+    /// The owner's DirtySettler settles dirty UTXOs: `true` = spent by a confirmed
+    /// foreign transaction (re-anchor), `false` = unspent (adopted, still dirty: the job
+    /// re-sends its bytes and the outcome settles it).
     Settle(usize, bool),
     Crash(usize),
 }
@@ -70,6 +71,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Held {
     job: ClaimedJob,
     fence: Fence,
+    /// Claimed (the Batch actor holds it: the Rescuer leaves it alone), or adopted by a
+    /// maintenance service (which the Rescuer of the same process does not know about).
+    claimed: bool,
 }
 
 struct Process {
@@ -169,7 +173,11 @@ impl World {
                             attempts: job.attempts,
                         };
                         self.forget(w, job.id);
-                        self.procs[w].held.push(Held { job, fence });
+                        self.procs[w].held.push(Held {
+                            job,
+                            fence,
+                            claimed: true,
+                        });
                     }
                 }
             }
@@ -244,7 +252,12 @@ impl World {
                 self.forget(w, h.job.id);
             }
             Op::Adopt(w) => {
-                let held: Vec<i64> = self.procs[w].held.iter().map(|h| h.job.id).collect();
+                let held: Vec<i64> = self.procs[w]
+                    .held
+                    .iter()
+                    .filter(|h| h.claimed)
+                    .map(|h| h.job.id)
+                    .collect();
                 let stuck = ok(
                     "adopt",
                     self.procs[w]
@@ -258,7 +271,12 @@ impl World {
                 }
             }
             Op::RequeueLost(w) => {
-                let held: Vec<i64> = self.procs[w].held.iter().map(|h| h.job.id).collect();
+                let held: Vec<i64> = self.procs[w]
+                    .held
+                    .iter()
+                    .filter(|h| h.claimed)
+                    .map(|h| h.job.id)
+                    .collect();
                 ok(
                     "requeue",
                     self.procs[w]
@@ -293,7 +311,8 @@ impl World {
                         );
                         self.forget(w, job.fence.id);
                     } else {
-                        ok("clean", self.procs[w].store.utxo_clean(d.id).await);
+                        // The DirtySettler re-sends with the UTXO still dirty: the
+                        // outcome settles it.
                         self.adopted(w, job);
                     }
                 }
@@ -324,6 +343,7 @@ impl World {
                 anchor: None,
             },
             fence: s.fence,
+            claimed: false,
         });
     }
 

@@ -122,9 +122,11 @@ impl Handler<Work> for Broadcaster {
                 },
             };
             let job_id = job.id;
-            process(&deps, &current, batch_id, job).await;
+            let done = process(&deps, &current, batch_id, job).await;
             *current.borrow_mut() = None;
-            deps.batch.do_send(JobDone(job_id));
+            if done == Done::Now {
+                deps.batch.do_send(JobDone(job_id));
+            }
             Step::Worked
         };
         ctx.spawn(AssertUnwindSafe(work).catch_unwind().into_actor(self).map(
@@ -174,7 +176,16 @@ pub fn retry_backoff(refusals: u32) -> chrono::Duration {
     chrono::Duration::seconds(2i64.saturating_pow(refusals.min(20)).min(300))
 }
 
-async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: ClaimedJob) {
+/// When the Batch actor hears that a job is done: now, or from the task that records
+/// its outcome once that record is written (until then the job is still held, so that
+/// no maintenance service takes a job whose outcome is on its way to the database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Now,
+    WhenRecorded,
+}
+
+async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: ClaimedJob) -> Done {
     let fence = Fence {
         id: job.id,
         attempts: job.attempts,
@@ -188,13 +199,13 @@ async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: Claimed
                 }
                 stored
             }
-            None => return,
+            None => return Done::Now,
         },
     };
     crate::fail_point!("after-store-before-broadcast");
     tracing::debug!(batch = batch_id, job = job.id, txid = %stored.txid, "broadcasting");
     let refused_before = job.anchor.as_ref().map_or(0, |a| a.signed_before);
-    send_stored(deps, fence, stored, refused_before).await;
+    send_stored(deps, fence, stored, refused_before).await
 }
 
 /// UTXO → build + sign → write-ahead. `None` when the job ended here (failed, or its
@@ -362,7 +373,7 @@ async fn sign_on_anchor(
 
 /// Broadcasts a stored transaction (taking a token each time) and records the outcome.
 /// `refused_before`: the job's transactions refused before this one (for the backoff).
-pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_before: u32) {
+pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_before: u32) -> Done {
     let change = deps.signer.change_of(&stored.raw_tx);
     let outcome =
         crate::send::broadcast(&deps.tokens, &*deps.node, &stored.raw_tx, Some(&deps.stats)).await;
@@ -377,8 +388,12 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_be
             // The broadcaster moves on; the record goes out with the next group. A
             // crash before it is written leaves the job `sending` with its stored
             // bytes, and the Janitor sends them again (the node answers "known").
-            let (recorder, pool, stats) =
-                (deps.recorder.clone(), deps.pool.clone(), deps.stats.clone());
+            let (recorder, pool, stats, batch) = (
+                deps.recorder.clone(),
+                deps.pool.clone(),
+                deps.stats.clone(),
+                deps.batch.clone(),
+            );
             let (txid, utxo_id) = (stored.txid.clone(), stored.utxo_id);
             actix::spawn(async move {
                 let recorded = until_stored("record sent", || {
@@ -392,7 +407,9 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_be
                     });
                 }
                 stats.observe_sent();
+                batch.do_send(JobDone(fence.id));
             });
+            Done::WhenRecorded
         }
         BroadcastOutcome::Rejected {
             reason,
@@ -418,6 +435,7 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_be
                 }
             }
             deps.stats.observe_retry();
+            Done::Now
         }
         BroadcastOutcome::Rejected { .. }
         | BroadcastOutcome::Unknown { .. }
@@ -429,6 +447,7 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_be
             if let Some(id) = stored.utxo_id {
                 deps.pool.do_send(Forget(id));
             }
+            Done::Now
         }
     }
 }

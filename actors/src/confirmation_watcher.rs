@@ -101,6 +101,7 @@ impl ConfirmationWatcher {
             .await;
         let mut confirmed = Vec::new();
         let mut acted = 0u64;
+        let mut resend = Vec::new();
         let mut still_unheld = HashMap::new();
         let previously = std::mem::take(&mut *unheld.lock().expect("unheld"));
         for (u, presence) in answers {
@@ -180,24 +181,10 @@ impl ConfirmationWatcher {
                         }
                         continue;
                     }
-                    // The node said yes and no longer has it (it restarted, or dropped it):
-                    // the same bytes again, under the rate limit.
-                    deps.stats.observe_rebroadcast();
-                    acted += 1;
-                    let outcome = crate::send::broadcast(
-                        &deps.tokens,
-                        &*deps.node,
-                        &raw_tx,
-                        Some(&deps.stats),
-                    )
-                    .await;
-                    // Only "accepted" again counts towards giving up: a refusal or no answer
-                    // says nothing about whether the node would hold it.
-                    let counted = resends + u32::from(outcome == BroadcastOutcome::Accepted);
-                    if counted > 0 {
-                        still_unheld.insert(txid.clone(), (counted, since));
-                    }
-                    tracing::warn!(%txid, ?outcome, "confirmation watcher: re-sent a transaction the node no longer had");
+                    // The node said yes and no longer has it (it restarted, or dropped
+                    // it): the same bytes again, under the rate limit, once this run's
+                    // confirmations are recorded.
+                    resend.push((txid, raw_tx, resends, since));
                 }
                 Ok(TxPresence::Confirmed {
                     block_height,
@@ -220,13 +207,48 @@ impl ConfirmationWatcher {
                 }
             }
         }
-        *unheld.lock().expect("unheld") = still_unheld;
         if !confirmed.is_empty() {
-            store
-                .record_confirmations(&confirmed)
-                .await
-                .map_err(|e| e.to_string())?;
+            if let Err(e) = store.record_confirmations(&confirmed).await {
+                *unheld.lock().expect("unheld") = previously;
+                return Err(e.to_string());
+            }
         }
+        // Re-sends last, each waiting for a slot at most `stuck_after`: a node that keeps
+        // answering 429 holds up neither the confirmations nor the next run.
+        let mut no_slot = false;
+        for (txid, raw_tx, resends, since) in resend {
+            if no_slot {
+                still_unheld.insert(txid, (resends, since));
+                continue;
+            }
+            deps.stats.observe_rebroadcast();
+            let outcome = match crate::send::broadcast_within(
+                &deps.tokens,
+                &*deps.node,
+                &raw_tx,
+                Some(&deps.stats),
+                Some(self.stuck_after),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    tracing::warn!(error = %e, "confirmation watcher: no slot for re-sends; the rest wait for the next run");
+                    no_slot = true;
+                    still_unheld.insert(txid, (resends, since));
+                    continue;
+                }
+            };
+            acted += 1;
+            // Only "accepted" again counts towards giving up: a refusal or no answer says
+            // nothing about whether the node would hold it.
+            let counted = resends + u32::from(outcome == BroadcastOutcome::Accepted);
+            if counted > 0 {
+                still_unheld.insert(txid.clone(), (counted, since));
+            }
+            tracing::warn!(%txid, ?outcome, "confirmation watcher: re-sent a transaction the node no longer had");
+        }
+        *unheld.lock().expect("unheld") = still_unheld;
         Ok(acted + confirmed.len() as u64)
     }
 }

@@ -186,7 +186,10 @@ impl DirtySettler {
                 not_before: chrono::Utc::now(),
                 reanchor: true,
             };
-                let _ = deps.recorder.send(RecordRetry(retry, None, false)).await;
+                crate::send::recorded("re-anchor", || {
+                    deps.recorder.send(RecordRetry(retry.clone(), None, false))
+                })
+                .await;
                 return Ok(());
             }
             let rounds = {
@@ -222,9 +225,9 @@ impl DirtySettler {
                 tracing::error!(job = job.fence.id, txid = %job.txid, reason, "dirty settler: job failed");
                 return Ok(());
             }
-            // Clean while we ask again: the re-send's outcome settles the UTXO (accepted:
-            // spent; anything else: dirty again, for the next round).
-            store.utxo_clean(d.id).await.map_err(|e| e.to_string())?;
+            // The UTXO stays dirty while we ask again (so the Rescuer leaves the job to
+            // us): the re-send's outcome settles it (accepted: spent and clean; anything
+            // else: still dirty, for the next run).
             resend_same(deps, &job).await;
             return Ok(());
         }

@@ -252,9 +252,10 @@ impl Pipeline {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Let the recorder write the last groups (the records of the last broadcasts).
+        // Every job's outcome is written before the Batch actor hears it is done, so no
+        // record is outstanding here; a claim that was under way when claiming stopped
+        // has landed after this pause.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        // A claim that was under way when claiming stopped has landed by now.
         self.hand_back_unstarted().await;
         // No heartbeat after the lease has ended.
         let _ = self.leaser.send(crate::leaser::Stop).await;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::broadcaster::Deps;
 use crate::chain::{BroadcastOutcome, Node};
-use crate::ports::{Sent, StuckJob};
+use crate::ports::{Sent, StoreError, StuckJob};
 use crate::recorder::{MarkDirty, RecordSent};
 use crate::stats::Stats;
 use crate::token_bucket::{acquire, RateLimited, TokenBucket};
@@ -70,6 +70,30 @@ pub async fn broadcast_within(
     }
 }
 
+/// A record made by a maintenance service, retried while the Recorder answers "again
+/// shortly" (another record of the job is in its group) or the database is away, a
+/// bounded number of times: the next run sees the job as it is. `None` when fenced out
+/// or still not written.
+pub(crate) async fn recorded<T, F, Fut>(what: &str, mut call: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, StoreError>, actix::MailboxError>>,
+{
+    let mut wait = Duration::from_millis(50);
+    for _ in 0..10 {
+        match call().await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(StoreError::Fenced)) => return None,
+            Ok(Err(e)) => tracing::debug!(error = %e, "{what}: retrying in {wait:?}"),
+            Err(e) => tracing::debug!(error = %e, "{what}: recorder unavailable; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(1));
+    }
+    tracing::warn!("{what}: not recorded; the next run sees the job as it is");
+    None
+}
+
 /// A stored transaction of a job is on the node: the job is `sent` (under its fence),
 /// its change joins the pool.
 pub async fn record_sent(deps: &Deps, job: &StuckJob) {
@@ -78,7 +102,12 @@ pub async fn record_sent(deps: &Deps, job: &StuckJob) {
         sent_at: chrono::Utc::now(),
         change: deps.signer.change_of(&job.raw_tx),
     };
-    if let Ok(Ok(change)) = deps.recorder.send(RecordSent(sent, job.txid.clone())).await {
+    let change = recorded("record sent", || {
+        deps.recorder
+            .send(RecordSent(sent.clone(), job.txid.clone()))
+    })
+    .await;
+    if let Some(change) = change {
         deps.pool.do_send(Add(change.into_iter().collect()));
     }
 }
@@ -95,7 +124,7 @@ pub async fn resend_same(deps: &Deps, job: &StuckJob) {
         BroadcastOutcome::Accepted => record_sent(deps, job).await,
         other => {
             tracing::warn!(job = job.fence.id, txid = %job.txid, outcome = ?other, "re-send not settled; asking the node again next run");
-            let _ = deps.recorder.send(MarkDirty(job.fence)).await;
+            recorded("mark dirty", || deps.recorder.send(MarkDirty(job.fence))).await;
             if let Some(id) = job.utxo_id {
                 deps.pool.do_send(Forget(id));
             }

@@ -280,11 +280,15 @@ impl JanitorStore for PgStore {
         // The jobs are adopted (a new fencing token: no earlier holder records anything), so
         // that their outcome can be recorded under our fence.
         let adopted: Vec<(i64, i32, String, Vec<u8>, Option<i64>)> = sqlx::query_as(
-            "UPDATE publish_jobs
-             SET owner = $2, attempts = attempts + 1, sending_started_at = now(),
+            "UPDATE publish_jobs j
+             SET owner = $2, attempts = j.attempts + 1, sending_started_at = now(),
                  updated_at = now()
-             WHERE id = ANY($1) AND status = 'sending'
-             RETURNING id, attempts, txid, raw_tx, utxo_id",
+             FROM utxos x
+             -- Still as read: sending, its UTXO still dirty under the same transaction
+             -- (a job settled or re-signed meanwhile is not taken).
+             WHERE j.id = ANY($1) AND j.status = 'sending'
+               AND x.id = j.utxo_id AND x.dirty AND x.spent_by_txid = j.txid
+             RETURNING j.id, j.attempts, j.txid, j.raw_tx, j.utxo_id",
         )
         .bind(&job_ids)
         .bind(&self.owner)
