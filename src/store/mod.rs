@@ -14,7 +14,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::DatabaseSettings;
-pub use jobs::{queue_counts, InsertOutcome, JobState, JobView, NewJob, QueueCounts};
+pub use jobs::{
+    compact_job_counts, queue_counts, InsertOutcome, JobState, JobView, NewJob, QueueCounts,
+    JOB_COUNTS_SQL,
+};
 pub use maintenance::PgNotifier;
 pub use raregen_actors::StoreError;
 pub use report::{BatchSummary, LiveGauges, PoolSummary, StatusReport, StatusRow, StuckJob};
