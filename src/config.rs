@@ -81,6 +81,7 @@ pub struct Settings {
     pub broadcaster: BroadcasterSettings,
     pub utxo_pool: UtxoPoolSettings,
     pub janitor: JanitorSettings,
+    pub retention: RetentionSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
@@ -234,6 +235,20 @@ pub struct JanitorSettings {
     /// Confirmations a foreign spend of a job's anchor needs before the job leaves its
     /// anchor for a fresh UTXO (until then the job waits: the spend may still vanish).
     pub reanchor_confirmations: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// How long finished jobs are kept; zero keeps everything.
+    #[serde(with = "humantime_serde")]
+    pub keep: Duration,
+    /// Archive pruned jobs instead of deleting them.
+    pub archive: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows per pruning statement.
+    pub batch: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -431,6 +446,16 @@ impl Settings {
             self.janitor.confirm_interval != Some(Duration::ZERO),
             "janitor.confirm_interval",
             "must be longer than 0s",
+        )?;
+        check(
+            !self.retention.interval.is_zero(),
+            "retention.interval",
+            "must be longer than 0s",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.retention.batch),
+            "retention.batch",
+            "must be from 1 to 1000000",
         )?;
         check(
             !self.janitor.stuck_after.is_zero(),

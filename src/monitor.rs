@@ -166,6 +166,10 @@ fn describe() {
     );
     describe_counter!(names::MAINTENANCE_RUNS, "Runs of a maintenance service.");
     describe_counter!(
+        names::PRUNED,
+        "Rows the Pruner removed or archived past retention.keep (jobs, batches, utxos, splits)."
+    );
+    describe_counter!(
         names::MAINTENANCE_ITEMS,
         "Jobs, UTXOs or transactions a maintenance service acted on."
     );

@@ -4,10 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::{Actor, Addr};
 use raregen_actors::collector::CollectMode;
 use raregen_actors::leaser::LeaserConfig;
+use raregen_actors::maintenance::Maintenance;
 use raregen_actors::maintenance::MaintenanceConfig;
 use raregen_actors::pipeline::{Pipeline, PipelineConfig, Stores};
+use raregen_actors::pruner::{Pruner, RetentionConfig};
 use raregen_actors::utxo_pool::PoolConfig;
 use raregen_actors::{JanitorStore, JobsNotifier};
 use tokio::signal::unix::{signal, SignalKind};
@@ -91,6 +94,25 @@ async fn warn_if_segwit_inactive(settings: &Settings) {
     }
 }
 
+/// The Pruner, unless `retention.keep` is zero (keep everything).
+fn start_pruner(settings: &Settings, store: &PgStore) -> Option<Addr<Maintenance>> {
+    let r = &settings.retention;
+    if r.keep.is_zero() {
+        tracing::info!("retention.keep = 0s: finished jobs are kept for ever");
+        return None;
+    }
+    let pruner = Pruner {
+        store: Arc::new(store.clone()),
+        config: RetentionConfig {
+            keep: r.keep,
+            archive: r.archive,
+            batch: r.batch,
+            interval: r.interval,
+        },
+    };
+    Some(Maintenance::new(Arc::new(pruner), r.interval).start())
+}
+
 /// Starts the pipeline against `store` (shared by `serve` and the tests).
 pub async fn start_pipeline(
     settings: &Settings,
@@ -149,6 +171,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
 
+    // Retention runs with or without a pipeline (an API-only process prunes too).
+    let _pruner = start_pruner(&settings, &store);
     let sampler = Sampler::start(&settings, pool.clone(), pipeline.clone());
     let server = ApiServer::build(&settings, store)?;
     tracing::info!(

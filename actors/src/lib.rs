@@ -17,6 +17,7 @@ pub mod leaser;
 pub mod maintenance;
 pub mod pipeline;
 pub mod ports;
+pub mod pruner;
 pub mod recorder;
 pub mod rescuer;
 pub mod send;
@@ -40,6 +41,6 @@ pub use chain::{
 };
 pub use ports::{
     Anchor, BatchId, ClaimedBatch, ClaimedJob, Confirmation, DirtyUtxo, Fence, JanitorStore, JobId,
-    JobStore, JobsNotifier, PoolStore, Recorded, Retry, Sending, SendingRecorded, Sent, StoreError,
-    StoredSplit, StoredTx, StuckJob,
+    JobStore, JobsNotifier, PoolStore, Pruned, Recorded, Retry, Sending, SendingRecorded, Sent,
+    StoreError, StoredSplit, StoredTx, StuckJob,
 };

@@ -130,6 +130,15 @@ pub struct DirtyUtxo {
     pub split_id: Option<i64>,
 }
 
+/// What one pruning batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub batches: u64,
+    pub utxos: u64,
+    pub splits: u64,
+}
+
 /// A sent transaction (a job's or a split's) not yet seen in a block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unconfirmed {
@@ -259,6 +268,11 @@ pub trait JanitorStore: Send + Sync + 'static {
     /// Takes back the claims of processes whose lease ran out: jobs without a stored
     /// transaction go back to the queue; jobs with one wait for `adopt_stuck`.
     async fn reclaim_dead(&self) -> Result<u64, StoreError>;
+    /// Retention: deletes (or archives) up to `limit` finished jobs whose `keep` has
+    /// passed — `sent` and confirmed more than `keep` ago, `failed` more than `keep`
+    /// ago — and the batches, splits and spent UTXOs of the same age that nothing
+    /// live refers to. Each kind is one statement: a crash between them loses nothing.
+    async fn prune(&self, keep: Duration, archive: bool, limit: u32) -> Result<Pruned, StoreError>;
     /// Jobs with a stored transaction in `sending` (or put back in `processing_batch`
     /// by the seed's manual unstick) for longer than `older_than`, or held by a dead
     /// process: adopted by this process and returned for a re-broadcast of the same bytes.

@@ -43,6 +43,9 @@ pub mod names {
     pub const MAINTENANCE_ITEMS: &str = "raregen_maintenance_items_total";
     /// Errors a maintenance service met (the work waits for its next run), by `service`.
     pub const MAINTENANCE_ERRORS: &str = "raregen_maintenance_errors_total";
+    /// Rows the Pruner removed (or archived), by `what`: `jobs`, `batches`, `utxos`,
+    /// `splits`.
+    pub const PRUNED: &str = "raregen_pruned_total";
 }
 
 #[derive(Default)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use raregen_actors::ports::Unconfirmed;
 use raregen_actors::{
-    Confirmation, DirtyUtxo, Fence, JanitorStore, JobId, JobsNotifier, PoolStore, SignedTx,
+    Confirmation, DirtyUtxo, Fence, JanitorStore, JobId, JobsNotifier, PoolStore, Pruned, SignedTx,
     SpendableUtxo, StoreError, StoredSplit, StuckJob,
 };
 use sqlx::postgres::PgListener;
@@ -176,6 +176,88 @@ impl JanitorStore for PgStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn prune(&self, keep: Duration, archive: bool, limit: u32) -> Result<Pruned, StoreError> {
+        let keep = keep.as_secs_f64();
+        let limit = i64::from(limit);
+        // The oldest first, through the partial indexes of finished rows; a job's
+        // history (job_transactions) goes with it (ON DELETE CASCADE).
+        let jobs: i64 = sqlx::query_scalar(
+            "WITH doomed AS (
+                 (SELECT id FROM publish_jobs
+                  WHERE status = 'sent' AND confirmed_at IS NOT NULL
+                    AND confirmed_at < now() - make_interval(secs => $1)
+                  ORDER BY confirmed_at LIMIT $2)
+                 UNION ALL
+                 (SELECT id FROM publish_jobs
+                  WHERE status = 'failed' AND updated_at < now() - make_interval(secs => $1)
+                  ORDER BY updated_at LIMIT $2)
+                 LIMIT $2
+             ), gone AS (
+                 DELETE FROM publish_jobs j USING doomed WHERE j.id = doomed.id
+                 RETURNING j.*
+             ), archived AS (
+                 INSERT INTO publish_jobs_archive SELECT gone.* FROM gone WHERE $3
+                 RETURNING 1
+             )
+             SELECT count(*) FROM gone",
+        )
+        .bind(keep)
+        .bind(limit)
+        .bind(archive)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let batches = sqlx::query(
+            "DELETE FROM batches WHERE id IN (
+                 SELECT id FROM batches
+                 WHERE completed_at IS NOT NULL AND completed_at < now() - make_interval(secs => $1)
+                 ORDER BY completed_at LIMIT $2)",
+        )
+        .bind(keep)
+        .bind(limit)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        let splits = sqlx::query(
+            "DELETE FROM pool_transactions WHERE id IN (
+                 SELECT id FROM pool_transactions
+                 WHERE (status = 'sent' AND confirmed_at < now() - make_interval(secs => $1))
+                    OR (status = 'failed' AND created_at < now() - make_interval(secs => $1))
+                 ORDER BY id LIMIT $2)",
+        )
+        .bind(keep)
+        .bind(limit)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        // A spent UTXO goes once the job that spent it is gone (`reserved_by` still
+        // names it), a retired one once its age is past; none a split still names.
+        let utxos = sqlx::query(
+            "DELETE FROM utxos WHERE id IN (
+                 SELECT x.id FROM utxos x
+                 WHERE x.state IN ('spent', 'retired')
+                   AND x.updated_at < now() - make_interval(secs => $1)
+                   AND (x.reserved_by IS NULL
+                        OR NOT EXISTS (SELECT 1 FROM publish_jobs j WHERE j.id = x.reserved_by))
+                   AND NOT EXISTS (SELECT 1 FROM pool_transactions p WHERE p.input_utxo_id = x.id)
+                 ORDER BY x.updated_at LIMIT $2)",
+        )
+        .bind(keep)
+        .bind(limit)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        Ok(Pruned {
+            jobs: jobs as u64,
+            batches,
+            utxos,
+            splits,
+        })
     }
 
     async fn reclaim_dead(&self) -> Result<u64, StoreError> {
