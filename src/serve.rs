@@ -129,10 +129,9 @@ pub async fn start_pipeline(
     warn_if_segwit_inactive(settings).await;
     // The lease first: from now on our claims are live.
     store.heartbeat(lease(settings)).await?;
-    let notifier: Option<Arc<dyn JobsNotifier>> = match settings.mode {
-        Mode::Single => Some(Arc::new(PgNotifier::start(store.pool()).await?)),
-        Mode::Batch => None,
-    };
+    // Both modes wake on new jobs: nothing is claimed while nothing is queued.
+    let notifier: Option<Arc<dyn JobsNotifier>> =
+        Some(Arc::new(PgNotifier::start(store.pool()).await?));
     let leaser_store = Arc::new(store.with_own_pool());
     let store = Arc::new(store);
     Ok(Pipeline::start(

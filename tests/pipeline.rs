@@ -147,6 +147,74 @@ async fn single_mode_broadcasts_a_lone_job_at_once(pool: PgPool) {
     assert!(daemon.stop().success());
 }
 
+/// Claim statements so far (`raregen_claim_duration_seconds_count`) and jobs claimed
+/// (`raregen_batch_size_sum`), from the daemon's `/metrics`.
+async fn claims(base: &str) -> (f64, f64) {
+    let body = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    (
+        value("raregen_claim_duration_seconds_count "),
+        value("raregen_batch_size_sum "),
+    )
+}
+
+/// Batch mode at rest asks Postgres nothing but its interval's fallback claim, and a
+/// new job wakes it at once (a notification, not a poll): with a 120 s interval, 30 s
+/// of idling make at most one claim statement, and a trickle of 10 jobs (1 per
+/// second) is published long before the fallback would have claimed it.
+#[sqlx::test]
+async fn batch_mode_at_rest_makes_no_claims_and_wakes_on_new_jobs(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 50, 20_000).await;
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &node.url,
+        &wif,
+        &[("RAREGEN__COLLECTOR__INTERVAL", "120s")],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (before, _) = claims(&daemon.base).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (idle, _) = claims(&daemon.base).await;
+    println!("idle: {} claim statements in 30 s", idle - before);
+    assert!(
+        idle - before <= 1.0,
+        "{} claim statements in 30 s of idling",
+        idle - before
+    );
+    let started = Instant::now();
+    for i in 0..10 {
+        e2e::submit(&daemon.base, &format!("trickle-{i}"), 1).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(40), &daemon).await;
+    assert_eq!((sent, failed), (10, 0), "{}", daemon.log());
+    let (after, jobs) = claims(&daemon.base).await;
+    println!(
+        "trickle of 1 job/s: {} claim statements for {jobs} jobs in {:?}",
+        after - idle,
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "published only by the 120 s fallback"
+    );
+    assert!(daemon.stop().success());
+    e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await;
+}
+
 /// One funded UTXO and nothing else: auto-split keeps the broadcasters fed.
 #[sqlx::test]
 async fn auto_split_feeds_the_pool_from_one_utxo(pool: PgPool) {

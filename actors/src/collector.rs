@@ -1,10 +1,16 @@
 //! Collector: claims queued jobs from the store and hands them to the Batch actor.
 //!
 //! Batch mode claims up to `max_batch` jobs per statement, at least every `interval`
-//! (while there is room) and at once whenever the broadcasters would otherwise run dry:
-//! the interval is a longest wait, not a cap on throughput. Single mode wakes on a
-//! notification from the store (Postgres `LISTEN/NOTIFY`), with a fallback poll every
-//! `interval`, and claims one job at a time until none is left.
+//! (while there is room) and at once whenever the broadcasters would otherwise run dry
+//! while jobs may be queued: the interval is a longest wait, not a cap on throughput.
+//! "May be queued" is known without asking Postgres: a notification from the store
+//! (Postgres `LISTEN/NOTIFY`, one per insert statement) says jobs arrived, a full
+//! batch says more may wait, a short one says the queue is drained. So an idle
+//! Collector makes one claim per `interval` (the fallback for jobs that come back to
+//! the queue without a notification: retries, a dead process's claims), a trickle one
+//! claim per arrival (notifications within 20 ms share it), and full load full batches.
+//! Single mode wakes on the same notification, with the same fallback poll, and claims
+//! one job at a time until none is left.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +49,9 @@ pub struct Collector {
     /// After a store error, no claim before this.
     pause_until: Option<Instant>,
     claims: u64,
+    /// Jobs may be queued (batch mode): a notification came, or the last claim was
+    /// full. Always true without a notifier.
+    maybe_queued: bool,
 }
 
 impl Collector {
@@ -62,6 +71,7 @@ impl Collector {
             stopped: false,
             pause_until: None,
             claims: 0,
+            maybe_queued: true,
         }
     }
 
@@ -74,18 +84,20 @@ impl Collector {
         let store = self.store.clone();
         let cfg = self.config.clone();
         let since_last = self.last_claim.elapsed();
+        let maybe_queued = self.maybe_queued || self.notifier.is_none();
         ctx.spawn(
             async move {
                 let (waiting, _, _) = batch.send(Depth).await.unwrap_or((usize::MAX, 0, 0));
                 let room = waiting < 2 * cfg.max_batch as usize;
                 let due = match cfg.mode {
                     CollectMode::Batch => {
-                        waiting < cfg.low_water || (since_last >= cfg.interval && room)
+                        (maybe_queued && waiting < cfg.low_water)
+                            || (since_last >= cfg.interval && room)
                     }
                     CollectMode::Single => room,
                 };
                 if !due {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let max = match cfg.mode {
                     CollectMode::Batch => cfg.max_batch,
@@ -96,31 +108,39 @@ impl Collector {
                 metrics::histogram!(names::CLAIM_DURATION).record(started.elapsed().as_secs_f64());
                 match claimed {
                     Some(claimed) => {
-                        metrics::histogram!(names::BATCH_SIZE).record(claimed.jobs.len() as f64);
+                        let n = claimed.jobs.len();
+                        metrics::histogram!(names::BATCH_SIZE).record(n as f64);
                         crate::fail_point!("after-claim");
                         let _ = batch.send(Enqueue(claimed)).await;
-                        Ok(true)
+                        Ok(Some(n >= max as usize))
                     }
-                    None => Ok(false),
+                    None => Ok(Some(false)),
                 }
             }
             .into_actor(self)
-            .map(|res: Result<bool, crate::ports::StoreError>, act, ctx| {
-                act.claiming = false;
-                match res {
-                    Ok(true) => {
-                        act.last_claim = Instant::now();
-                        act.claims += 1;
-                        // More may be waiting: look again at once.
-                        ctx.notify(Wake);
+            .map(
+                |res: Result<Option<bool>, crate::ports::StoreError>, act, ctx| {
+                    act.claiming = false;
+                    match res {
+                        Ok(Some(full)) => {
+                            act.last_claim = Instant::now();
+                            act.claims += 1;
+                            // A full batch: more may be waiting, look again at once. A short
+                            // one (or none): the queue was drained; wait for a notification
+                            // or the interval. (Single mode asks until it finds none.)
+                            act.maybe_queued = full;
+                            if full || act.config.mode == CollectMode::Single {
+                                act.tick(ctx);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claim failed; retrying in 1 s");
+                            act.pause_until = Some(Instant::now() + Duration::from_secs(1));
+                        }
                     }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claim failed; retrying in 1 s");
-                        act.pause_until = Some(Instant::now() + Duration::from_secs(1));
-                    }
-                }
-            }),
+                },
+            ),
         );
     }
 }
@@ -131,7 +151,26 @@ impl Actor for Collector {
     fn started(&mut self, ctx: &mut Context<Self>) {
         match self.config.mode {
             CollectMode::Batch => {
+                // Every 20 ms: notifications that arrived meanwhile share one claim.
                 ctx.run_interval(Duration::from_millis(20), |act, ctx| act.tick(ctx));
+                if let Some(notifier) = self.notifier.clone() {
+                    let me = ctx.address();
+                    let interval = self.config.interval;
+                    ctx.spawn(
+                        async move {
+                            loop {
+                                let arrived = notifier.wait(interval).await;
+                                if !me.connected() {
+                                    break;
+                                }
+                                if arrived {
+                                    let _ = me.try_send(Arrived);
+                                }
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
             }
             CollectMode::Single => {
                 let interval = self.config.interval;
@@ -163,6 +202,20 @@ impl Actor for Collector {
 #[rtype(result = "()")]
 pub struct Wake;
 
+/// Jobs may have arrived (batch mode): the next 20 ms tick claims if broadcasters are
+/// running dry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Arrived;
+
+impl Handler<Arrived> for Collector {
+    type Result = ();
+
+    fn handle(&mut self, _: Arrived, _: &mut Context<Self>) {
+        self.maybe_queued = true;
+    }
+}
+
 /// Stop claiming (shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -177,6 +230,7 @@ impl Handler<Wake> for Collector {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        self.maybe_queued = true;
         self.tick(ctx);
     }
 }

@@ -345,6 +345,6 @@ pub trait JanitorStore: Send + Sync + 'static {
 /// Wakes the single-mode Collector when jobs are inserted (Postgres `LISTEN/NOTIFY`).
 #[async_trait]
 pub trait JobsNotifier: Send + Sync + 'static {
-    /// Returns when a notification arrives, or after `timeout`.
-    async fn wait(&self, timeout: Duration);
+    /// Returns when a notification arrives (`true`), or after `timeout` (`false`).
+    async fn wait(&self, timeout: Duration) -> bool;
 }

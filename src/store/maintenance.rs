@@ -760,7 +760,9 @@ impl PgNotifier {
 
 #[async_trait]
 impl JobsNotifier for PgNotifier {
-    async fn wait(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    async fn wait(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.notify.notified())
+            .await
+            .is_ok()
     }
 }
