@@ -158,7 +158,10 @@ async fn claims(base: &str) -> (f64, f64) {
         .unwrap();
     let value = |name: &str| {
         body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
             .unwrap_or(0.0)
     };
     (
