@@ -106,13 +106,17 @@ async fn run(jobs: i64, workers: u32) -> anyhow::Result<()> {
     sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
 
     let store = PgStore::new(pool.clone(), "bench").with_mode("batch");
+    let mut peak_rss = 0;
     let started = Instant::now();
     let pipeline = raregen::serve::start_pipeline(&settings, store, wallet).await?;
     loop {
-        let sent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM publish_jobs WHERE status = 'sent'")
-                .fetch_one(&pool)
-                .await?;
+        // From the per-status counters: a count over the table would itself load the run.
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(n), 0)::bigint FROM job_counts WHERE status = 'sent'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        peak_rss = peak_rss.max(rss_kib("VmRSS"));
         if sent >= jobs {
             break;
         }
@@ -129,9 +133,26 @@ async fn run(jobs: i64, workers: u32) -> anyhow::Result<()> {
         took.as_secs_f64(),
         jobs as f64 / took.as_secs_f64()
     );
+    println!(
+        "resident memory of the process (pipeline + sink): peak sampled {} MiB, high-water mark {} MiB",
+        peak_rss / 1024,
+        rss_kib("VmHWM") / 1024
+    );
     pool.close().await;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
         .execute(&mut admin)
         .await?;
     Ok(())
+}
+
+/// A line of /proc/self/status in KiB (`VmRSS`: now; `VmHWM`: the peak).
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }

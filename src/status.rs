@@ -102,10 +102,9 @@ pub fn render_pool(p: &PoolSummary) -> String {
         p.pending.to_string(),
         "-".into(),
     ]);
-    pool.add_row(vec!["spent".to_owned(), p.spent.to_string(), "-".into()]);
     pool.add_row(vec![
-        "retired".to_owned(),
-        p.retired.to_string(),
+        "spent or retired (estimate)".to_owned(),
+        p.spent_or_retired_estimate.to_string(),
         "-".into(),
     ]);
     format!("UTXO pool\n{pool}\n")
