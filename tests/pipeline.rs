@@ -87,6 +87,12 @@ async fn five_thousand_jobs_batch_mode_under_the_rate_limit(pool: PgPool) {
         arrivals.len(),
         (last - first).as_secs_f64()
     );
+    let (claims, mean): (i64, f64) =
+        sqlx::query_as("SELECT count(*), coalesce(avg(size), 0)::float8 FROM batches")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    println!("full load: {claims} claims, mean batch size {mean:.0}");
     // The rate is a figure, not a check (a loaded machine may not reach the limit):
     // docs/benchmarks.md has the measured figures.
     for warning in daemon_log
