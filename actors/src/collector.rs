@@ -52,6 +52,9 @@ pub struct Collector {
     /// Jobs may be queued (batch mode): a notification came, or the last claim was
     /// full. Always true without a notifier.
     maybe_queued: bool,
+    /// Notifications so far: one that arrives while a claim is in flight keeps
+    /// `maybe_queued` (the claim's snapshot may predate the new job).
+    arrivals: u64,
 }
 
 impl Collector {
@@ -72,6 +75,7 @@ impl Collector {
             pause_until: None,
             claims: 0,
             maybe_queued: true,
+            arrivals: 0,
         }
     }
 
@@ -85,6 +89,7 @@ impl Collector {
         let cfg = self.config.clone();
         let since_last = self.last_claim.elapsed();
         let maybe_queued = self.maybe_queued || self.notifier.is_none();
+        let arrivals_before = self.arrivals;
         ctx.spawn(
             async move {
                 let (waiting, _, _) = batch.send(Depth).await.unwrap_or((usize::MAX, 0, 0));
@@ -119,7 +124,7 @@ impl Collector {
             }
             .into_actor(self)
             .map(
-                |res: Result<Option<bool>, crate::ports::StoreError>, act, ctx| {
+                move |res: Result<Option<bool>, crate::ports::StoreError>, act, ctx| {
                     act.claiming = false;
                     match res {
                         Ok(Some(full)) => {
@@ -128,7 +133,7 @@ impl Collector {
                             // A full batch: more may be waiting, look again at once. A short
                             // one (or none): the queue was drained; wait for a notification
                             // or the interval. (Single mode asks until it finds none.)
-                            act.maybe_queued = full;
+                            act.maybe_queued = full || act.arrivals != arrivals_before;
                             if full || act.config.mode == CollectMode::Single {
                                 act.tick(ctx);
                             }
@@ -213,6 +218,7 @@ impl Handler<Arrived> for Collector {
 
     fn handle(&mut self, _: Arrived, _: &mut Context<Self>) {
         self.maybe_queued = true;
+        self.arrivals += 1;
     }
 }
 
@@ -231,6 +237,7 @@ impl Handler<Wake> for Collector {
 
     fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
         self.maybe_queued = true;
+        self.arrivals += 1;
         self.tick(ctx);
     }
 }
