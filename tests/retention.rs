@@ -17,7 +17,8 @@ const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 /// 400 jobs created 12 days ago: 1–200 `sent` and confirmed (id % 10) days and an hour
 /// ago; 201–300 `failed` (id % 10) days and an hour ago; 301–340 `sent` 11 days ago and
 /// never confirmed; 341–400 `queued`. One spent UTXO per sent job, spent 10 days ago;
-/// a retired UTXO 10 days old, and one a day old. Returns the ids that must go after a
+/// a retired UTXO 10 days old, and one a day old; each failed job holds its anchor
+/// (`reserved`). Returns the ids that must go after a
 /// week: sent and failed with id % 10 in 7..=9 (90 jobs).
 async fn history(pool: &PgPool) -> BTreeSet<i64> {
     for sql in [
@@ -39,9 +40,16 @@ async fn history(pool: &PgPool) -> BTreeSet<i64> {
          SELECT lpad(to_hex(id + 100000), 64, '0'), 0, 1000, '\\x0014', 'spent', id, txid,
                 now() - interval '10 days'
          FROM publish_jobs WHERE status = 'sent'",
+        "UPDATE publish_jobs j SET utxo_id = x.id FROM utxos x WHERE x.reserved_by = j.id",
         "INSERT INTO utxos (txid, vout, satoshis, script_pubkey, state, updated_at) VALUES
              (lpad('aa', 64, '0'), 0, 1000, '\\x0014', 'retired', now() - interval '10 days'),
              (lpad('bb', 64, '0'), 0, 1000, '\\x0014', 'retired', now() - interval '1 day')",
+        // Failed jobs keep the anchor they signed on, reserved.
+        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey, state, reserved_by, reserved_at)
+         SELECT lpad(to_hex(id + 200000), 64, '0'), 0, 1000, '\\x0014', 'reserved', id, now()
+         FROM publish_jobs WHERE status = 'failed'",
+        "UPDATE publish_jobs j SET anchor_utxo_id = x.id FROM utxos x
+         WHERE x.reserved_by = j.id AND x.state = 'reserved'",
     ] {
         sqlx::query(sql).execute(pool).await.unwrap();
     }
@@ -90,7 +98,7 @@ async fn exactly_the_expired_finished_jobs_go_and_nothing_live(pool: PgPool) {
     assert_eq!(prune_all(&store, false).await, 90);
     let left = ids(&pool, "SELECT id FROM publish_jobs").await;
     assert_eq!(left, all.difference(&expired).copied().collect());
-    // Spent UTXOs went with their jobs, and only those; the old retired one went too.
+    // Spent UTXOs went with their jobs, and only those; retired ones of no job stay.
     let spent_left = ids(&pool, "SELECT reserved_by FROM utxos WHERE state = 'spent'").await;
     assert_eq!(
         spent_left,
@@ -103,7 +111,23 @@ async fn exactly_the_expired_finished_jobs_go_and_nothing_live(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(retired, 1, "the day-old retired UTXO stays");
+    assert_eq!(retired, 2, "retired UTXOs of no job stay");
+    // The anchors the pruned failed jobs held are back in the pool, dirty (asked
+    // about before anyone spends them); the kept failed jobs still hold theirs.
+    let freed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM utxos
+         WHERE state = 'available' AND dirty AND reserved_by IS NULL AND satoshis = 1000",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(freed, 30);
+    let held = ids(
+        &pool,
+        "SELECT reserved_by FROM utxos WHERE state = 'reserved'",
+    )
+    .await;
+    assert_eq!(held, (201..=300).filter(|id| id % 10 < 7).collect());
     assert_counts_exact(&pool).await;
     // Nothing more to do: a second pass prunes nothing.
     assert_eq!(prune_all(&store, false).await, 0);
@@ -126,6 +150,24 @@ async fn archiving_moves_the_same_jobs_whole(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(archived, before);
+    // The archive has publish_jobs' columns in the same order, then `archived_at` (a
+    // migration that adds a column to one must add it to the other, in place).
+    let columns = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_name = $1 ORDER BY ordinal_position",
+            )
+            .bind(table)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mut jobs = columns("publish_jobs").await;
+    jobs.push("archived_at".into());
+    assert_eq!(columns("publish_jobs_archive").await, jobs);
     assert_counts_exact(&pool).await;
 }
 
@@ -196,4 +238,28 @@ async fn a_daemon_killed_mid_pruning_loses_nothing(pool: PgPool) {
         daemon.log().contains("pruner: removed finished rows"),
         "a log line per run that removed rows"
     );
+}
+
+/// The counters survive what bypasses their statement triggers: a TRUNCATE empties
+/// them with the table, and `raregen_recount_job_counts()` rebuilds them from the table
+/// (after, say, a data-only restore with triggers off).
+#[sqlx::test]
+async fn the_counters_follow_a_truncate_and_a_recount_repairs_them(pool: PgPool) {
+    history(&pool).await;
+    assert_counts_exact(&pool).await;
+    sqlx::query("TRUNCATE publish_jobs CASCADE")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_counts_exact(&pool).await;
+    common::insert_queued(&pool, 7).await;
+    sqlx::query("INSERT INTO job_counts (status, n) VALUES ('sent', 1000), ('queued', -3)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT raregen_recount_job_counts()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_counts_exact(&pool).await;
 }

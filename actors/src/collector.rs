@@ -4,10 +4,10 @@
 //! (while there is room) and at once whenever the broadcasters would otherwise run dry
 //! while jobs may be queued: the interval is a longest wait, not a cap on throughput.
 //! "May be queued" is known without asking Postgres: a notification from the store
-//! (Postgres `LISTEN/NOTIFY`, one per insert statement) says jobs arrived, a full
-//! batch says more may wait, a short one says the queue is drained. So an idle
-//! Collector makes one claim per `interval` (the fallback for jobs that come back to
-//! the queue without a notification: retries, a dead process's claims), a trickle one
+//! (Postgres `LISTEN/NOTIFY`, one per statement that inserts jobs or puts them back in
+//! the queue) says jobs arrived, a full batch says more may wait, a short one says the
+//! queue is drained. So an idle Collector makes one claim per `interval` (the fallback
+//! for what no notification announces: a retry whose backoff ends later), a trickle one
 //! claim per arrival (notifications within 20 ms share it), and full load full batches.
 //! Single mode wakes on the same notification, with the same fallback poll, and claims
 //! one job at a time until none is left.

@@ -181,9 +181,25 @@ impl JanitorStore for PgStore {
     async fn prune(&self, keep: Duration, archive: bool, limit: u32) -> Result<Pruned, StoreError> {
         let keep = keep.as_secs_f64();
         let limit = i64::from(limit);
-        // The oldest first, through the partial indexes of finished rows; a job's
-        // history (job_transactions) goes with it (ON DELETE CASCADE).
-        let jobs: i64 = sqlx::query_scalar(
+        // One batch is one transaction, and one process prunes at a time (the others
+        // find the lock taken and wait for their next run).
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let ours: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('raregen_prune'))")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        if !ours {
+            return Ok(Pruned::default());
+        }
+        // The oldest first, through the partial indexes of finished rows; the DELETE
+        // checks the conditions again (a row requeued meanwhile is not taken). A job's
+        // history (job_transactions) goes with it (ON DELETE CASCADE); the UTXOs it
+        // spent or was anchored on go with it once spent or retired; an anchor a failed
+        // job still held goes back to the pool dirty (the DirtySettler asks the node
+        // before anyone spends it: a refused transaction of the job may have been
+        // mined after all).
+        let (jobs, utxos): (i64, i64) = sqlx::query_as(
             "WITH doomed AS (
                  (SELECT id FROM publish_jobs
                   WHERE status = 'sent' AND confirmed_at IS NOT NULL
@@ -195,18 +211,32 @@ impl JanitorStore for PgStore {
                   ORDER BY updated_at LIMIT $2)
                  LIMIT $2
              ), gone AS (
-                 DELETE FROM publish_jobs j USING doomed WHERE j.id = doomed.id
+                 DELETE FROM publish_jobs j USING doomed
+                 WHERE j.id = doomed.id
+                   AND ((j.status = 'sent' AND j.confirmed_at < now() - make_interval(secs => $1))
+                        OR (j.status = 'failed' AND j.updated_at < now() - make_interval(secs => $1)))
                  RETURNING j.*
              ), archived AS (
                  INSERT INTO publish_jobs_archive SELECT gone.* FROM gone WHERE $3
                  RETURNING 1
+             ), freed AS (
+                 UPDATE utxos x SET state = 'available', dirty = TRUE, reserved_by = NULL,
+                                    reserved_at = NULL, updated_at = now()
+                 FROM gone WHERE x.reserved_by = gone.id AND x.state = 'reserved'
+                 RETURNING x.id
+             ), dropped AS (
+                 DELETE FROM utxos x USING gone
+                 WHERE x.id IN (gone.utxo_id, gone.anchor_utxo_id)
+                   AND x.state IN ('spent', 'retired')
+                   AND NOT EXISTS (SELECT 1 FROM pool_transactions p WHERE p.input_utxo_id = x.id)
+                 RETURNING 1
              )
-             SELECT count(*) FROM gone",
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM dropped)",
         )
         .bind(keep)
         .bind(limit)
         .bind(archive)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
         let batches = sqlx::query(
@@ -217,46 +247,42 @@ impl JanitorStore for PgStore {
         )
         .bind(keep)
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?
         .rows_affected();
-        let splits = sqlx::query(
-            "DELETE FROM pool_transactions WHERE id IN (
-                 SELECT id FROM pool_transactions
-                 WHERE (status = 'sent' AND confirmed_at < now() - make_interval(secs => $1))
-                    OR (status = 'failed' AND created_at < now() - make_interval(secs => $1))
-                 ORDER BY id LIMIT $2)",
+        // Splits, and the coins they spent.
+        let (splits, split_inputs): (i64, i64) = sqlx::query_as(
+            "WITH gone AS (
+                 DELETE FROM pool_transactions WHERE id IN (
+                     SELECT id FROM pool_transactions
+                     WHERE (status = 'sent' AND confirmed_at < now() - make_interval(secs => $1))
+                        OR (status = 'failed' AND created_at < now() - make_interval(secs => $1))
+                     ORDER BY id LIMIT $2)
+                 RETURNING id, input_utxo_id
+             ), dropped AS (
+                 -- (This statement's own DELETE is not visible to its subqueries: a
+                 -- split still naming the coin is one not deleted here.)
+                 DELETE FROM utxos x USING gone
+                 WHERE x.id = gone.input_utxo_id AND x.state IN ('spent', 'retired')
+                   AND NOT EXISTS (SELECT 1 FROM pool_transactions p
+                                   WHERE p.input_utxo_id = x.id
+                                     AND p.id NOT IN (SELECT id FROM gone))
+                 RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM dropped)",
         )
         .bind(keep)
         .bind(limit)
-        .execute(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(store_error)?
-        .rows_affected();
-        // A spent UTXO goes once the job that spent it is gone (`reserved_by` still
-        // names it), a retired one once its age is past; none a split still names.
-        let utxos = sqlx::query(
-            "DELETE FROM utxos WHERE id IN (
-                 SELECT x.id FROM utxos x
-                 WHERE x.state IN ('spent', 'retired')
-                   AND x.updated_at < now() - make_interval(secs => $1)
-                   AND (x.reserved_by IS NULL
-                        OR NOT EXISTS (SELECT 1 FROM publish_jobs j WHERE j.id = x.reserved_by))
-                   AND NOT EXISTS (SELECT 1 FROM pool_transactions p WHERE p.input_utxo_id = x.id)
-                 ORDER BY x.updated_at LIMIT $2)",
-        )
-        .bind(keep)
-        .bind(limit)
-        .execute(&self.pool)
-        .await
-        .map_err(store_error)?
-        .rows_affected();
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(Pruned {
             jobs: jobs as u64,
             batches,
-            utxos,
-            splits,
+            utxos: (utxos + split_inputs) as u64,
+            splits: splits as u64,
         })
     }
 
@@ -743,8 +769,15 @@ impl PgNotifier {
         let wake = notify.clone();
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
-                    Ok(_) => wake.notify_one(),
+                // `try_recv` answers `None` when the connection was lost (it reconnects
+                // and listens again on the next call): notifications sent meanwhile are
+                // gone, so look once.
+                match listener.try_recv().await {
+                    Ok(Some(_)) => wake.notify_one(),
+                    Ok(None) => {
+                        tracing::warn!("LISTEN connection lost; reconnected");
+                        wake.notify_one();
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                         // Jobs may have arrived meanwhile: look once.
