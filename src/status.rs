@@ -102,10 +102,18 @@ pub fn render_pool(p: &PoolSummary) -> String {
         p.pending.to_string(),
         "-".into(),
     ]);
-    pool.add_row(vec![
-        "spent or retired (estimate)".to_owned(),
-        p.spent_or_retired_estimate.to_string(),
-        "-".into(),
-    ]);
+    match (p.spent, p.retired) {
+        (Some(spent), Some(retired)) => {
+            pool.add_row(vec!["spent".to_owned(), spent.to_string(), "-".into()]);
+            pool.add_row(vec!["retired".to_owned(), retired.to_string(), "-".into()]);
+        }
+        _ => {
+            pool.add_row(vec![
+                "spent or retired (estimate)".to_owned(),
+                p.spent_or_retired_estimate.to_string(),
+                "-".into(),
+            ]);
+        }
+    }
     format!("UTXO pool\n{pool}\n")
 }

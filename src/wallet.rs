@@ -426,7 +426,7 @@ pub async fn balance(settings: &Settings, json: bool) -> anyhow::Result<()> {
         Err(crate::chain::WalletError::Missing) => {}
         Err(e) => return Err(e.into()),
     }
-    let summary = PoolSummary::load(&pool).await?;
+    let summary = PoolSummary::load_with_history(&pool).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -34,8 +34,12 @@ pub struct PoolSummary {
     pub dirty_sats: i64,
     /// Outputs of stored transactions not yet accepted (a split in flight).
     pub pending: i64,
-    /// Spent or retired UTXOs kept (history, pruned with the jobs): Postgres's
-    /// estimate from the statistics, so that the report costs the same at any size.
+    /// Spent and retired UTXOs kept (history, pruned with the jobs), counted exactly
+    /// only by `wallet balance` ([`PoolSummary::load_with_history`]); `None` in
+    /// `raregen status`, which costs the same at any size.
+    pub spent: Option<i64>,
+    pub retired: Option<i64>,
+    /// Spent or retired UTXOs kept: Postgres's estimate from its statistics.
     pub spent_or_retired_estimate: i64,
 }
 
@@ -136,6 +140,22 @@ impl StatusReport {
 }
 
 impl PoolSummary {
+    /// [`PoolSummary::load`] with the exact counts of spent and retired UTXOs (a pass
+    /// over the pool's history: `wallet balance`, not the status report).
+    pub async fn load_with_history(pool: &PgPool) -> Result<PoolSummary, StoreError> {
+        let mut summary = PoolSummary::load(pool).await?;
+        let (spent, retired): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'spent'), count(*) FILTER (WHERE state = 'retired')
+             FROM utxos WHERE state IN ('spent', 'retired')",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(store_error)?;
+        summary.spent = Some(spent);
+        summary.retired = Some(retired);
+        Ok(summary)
+    }
+
     pub async fn load(pool: &PgPool) -> Result<PoolSummary, StoreError> {
         let r = sqlx::query(
             "SELECT
@@ -161,6 +181,8 @@ impl PoolSummary {
             dirty: r.get("dirty"),
             dirty_sats: r.get("dirty_sats"),
             pending: r.get("pending"),
+            spent: None,
+            retired: None,
             spent_or_retired_estimate: r.get("finished"),
         })
     }
