@@ -252,12 +252,7 @@ impl World {
                 self.forget(w, h.job.id);
             }
             Op::Adopt(w) => {
-                let held: Vec<i64> = self.procs[w]
-                    .held
-                    .iter()
-                    .filter(|h| h.claimed)
-                    .map(|h| h.job.id)
-                    .collect();
+                let held = self.batch_held(w);
                 let stuck = ok(
                     "adopt",
                     self.procs[w]
@@ -271,12 +266,7 @@ impl World {
                 }
             }
             Op::RequeueLost(w) => {
-                let held: Vec<i64> = self.procs[w]
-                    .held
-                    .iter()
-                    .filter(|h| h.claimed)
-                    .map(|h| h.job.id)
-                    .collect();
+                let held = self.batch_held(w);
                 ok(
                     "requeue",
                     self.procs[w]
@@ -324,6 +314,17 @@ impl World {
                 self.procs[w] = p;
             }
         }
+    }
+
+    /// The jobs process `w`'s Batch actor holds (claimed, not adopted): what its
+    /// Rescuer leaves alone.
+    fn batch_held(&self, w: usize) -> Vec<i64> {
+        self.procs[w]
+            .held
+            .iter()
+            .filter(|h| h.claimed)
+            .map(|h| h.job.id)
+            .collect()
     }
 
     /// A job adopted with its stored bytes: this process holds it now.

@@ -263,3 +263,33 @@ async fn the_counters_follow_a_truncate_and_a_recount_repairs_them(pool: PgPool)
         .unwrap();
     assert_counts_exact(&pool).await;
 }
+
+/// A failed job requeued by an operator while a pruning batch runs is not deleted: the
+/// batch picked it as expired, waited for the requeue's lock, and must check again.
+#[sqlx::test]
+async fn a_job_requeued_during_a_pruning_batch_stays(pool: PgPool) {
+    let expired = history(&pool).await;
+    let victim = *expired
+        .iter()
+        .find(|id| **id > 200)
+        .expect("an expired failed job");
+    let mut requeue = pool.begin().await.unwrap();
+    sqlx::query("UPDATE publish_jobs SET status = 'queued', next_attempt_at = now() WHERE id = $1")
+        .bind(victim)
+        .execute(&mut *requeue)
+        .await
+        .unwrap();
+    let store = PgStore::new(pool.clone(), "pruner");
+    let pruning = tokio::spawn(async move { store.prune(WEEK, false, 1_000).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    requeue.commit().await.unwrap();
+    let pruned = pruning.await.unwrap();
+    assert_eq!(pruned.jobs, 89, "every expired job but the requeued one");
+    let status: String = sqlx::query_scalar("SELECT status FROM publish_jobs WHERE id = $1")
+        .bind(victim)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "queued");
+    assert_counts_exact(&pool).await;
+}
