@@ -330,3 +330,47 @@ async fn broadcast_outcomes_against_a_real_node(pool: PgPool) {
         Err(raregen_actors::NodeError::Unavailable(_))
     ));
 }
+
+/// bcoin's `gettxout` asks its mempool only about coins the mempool created: a
+/// confirmed coin that a mempool transaction spends still looks unspent there. The
+/// node client must not take it for unspent (the DirtySettler would hand it back, and
+/// a second transaction would be signed for a coin already spent).
+#[sqlx::test]
+async fn a_confirmed_coin_spent_in_the_mempool_is_not_unspent(pool: PgPool) {
+    let s = setup(&pool, AddressType::P2wpkh).await;
+    let script = s.wallet.builder.wallet().script_pubkey().clone();
+    let coinbases = s.node.mine_to(&script, SEGWIT_HEIGHT).await;
+    s.wallet
+        .import(&[format!("{}:0", coinbases[0])])
+        .await
+        .unwrap();
+    let coin = SpendableUtxo {
+        id: 1,
+        txid: coinbases[0].clone(),
+        vout: 0,
+        satoshis: 5_000_000_000,
+        unconfirmed_depth: 0,
+    };
+    let node = s.node.client();
+    assert!(matches!(
+        node.outpoint(&coin.txid, 0).await.unwrap(),
+        OutpointState::Unspent { confirmations, .. } if confirmations > 100
+    ));
+    let signed = s
+        .wallet
+        .builder
+        .build_publish(&coin, b"spends a confirmed coin")
+        .unwrap();
+    assert_eq!(
+        node.broadcast(&signed.raw_tx).await,
+        BroadcastOutcome::Accepted
+    );
+    assert_eq!(
+        wait_presence(node, &signed.txid, true).await,
+        TxPresence::InMempool
+    );
+    assert_eq!(
+        node.outpoint(&coin.txid, 0).await.unwrap(),
+        OutpointState::Gone { spent_by: None }
+    );
+}

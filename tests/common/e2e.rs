@@ -389,7 +389,19 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
     if state.down.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().body("node away");
     }
-    let mut out = state.client.post(&state.target).body(body.to_vec());
+    // The same method and path (JSON-RPC at the root; bcoin's REST, e.g. GET /coin/…).
+    let url = format!(
+        "{}{}",
+        state.target.trim_end_matches('/'),
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut out = state
+        .client
+        .request(
+            reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap(),
+            url,
+        )
+        .body(body.to_vec());
     if let Some(auth) = req.headers().get("authorization") {
         out = out.header("authorization", auth.to_str().unwrap());
     }

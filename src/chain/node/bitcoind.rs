@@ -16,6 +16,8 @@ pub struct BitcoindClient {
     url: reqwest::Url,
     user: String,
     password: SecretString,
+    /// Whether the node is bcoin (asked once, by its user agent): see [`Node::outpoint`].
+    bcoin: tokio::sync::OnceCell<bool>,
 }
 
 /// Why a call failed.
@@ -56,19 +58,69 @@ impl BitcoindClient {
             url,
             user,
             password,
+            bcoin: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Is the node bcoin? (Its user agent, `/bcoin:2.2.0/`, says so.) Asked once.
+    async fn is_bcoin(&self) -> Result<bool, NodeError> {
+        self.bcoin
+            .get_or_try_init(|| async {
+                match self.call("getnetworkinfo", json!([])).await {
+                    Ok(info) => Ok(info["subversion"]
+                        .as_str()
+                        .is_some_and(|agent| agent.starts_with("/bcoin:"))),
+                    // A node without the call is no bcoin; no answer: ask again later.
+                    Err(RpcFailure::Rpc { .. }) => Ok(false),
+                    Err(RpcFailure::Http(status, _)) if status.is_client_error() => Ok(false),
+                    Err(e) => Err(NodeError::from(e)),
+                }
+            })
+            .await
+            .copied()
+    }
+
+    /// bcoin's own view of a coin (its REST `GET /coin/:hash/:index`, which, unlike its
+    /// `gettxout`, leaves out a coin a mempool transaction spends): `false` when gone.
+    async fn bcoin_coin_exists(&self, txid: &str, vout: u32) -> Result<bool, NodeError> {
+        let url = self
+            .url
+            .join(&format!("coin/{txid}/{vout}"))
+            .map_err(|e| NodeError::Protocol(format!("coin URL: {e}")))?;
+        let response = self
+            .authed(self.http.get(url))
+            .send()
+            .await
+            .map_err(|e| NodeError::Unavailable(transport_error(e)))?;
+        match response.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::TOO_MANY_REQUESTS => Err(NodeError::RateLimited {
+                retry_after: retry_after(response.headers()),
+            }),
+            status if status.is_server_error() => {
+                Err(NodeError::Unavailable(format!("GET /coin: HTTP {status}")))
+            }
+            status => Err(NodeError::Protocol(format!("GET /coin: HTTP {status}"))),
+        }
+    }
+
+    /// The request with the node's credentials, if any.
+    fn authed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.user.is_empty() && self.password.expose_secret().is_empty() {
+            return request;
+        }
+        request.basic_auth(&self.user, Some(self.password.expose_secret()))
     }
 
     /// One JSON-RPC call; `Ok` holds the `result`.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, RpcFailure> {
-        let mut request = self
+        let request = self
             .http
             .post(self.url.clone())
             .json(&json!({"jsonrpc": "1.0", "id": "raregen", "method": method, "params": params}));
-        if !self.user.is_empty() || !self.password.expose_secret().is_empty() {
-            request = request.basic_auth(&self.user, Some(self.password.expose_secret()));
-        }
-        let response = request
+        let response = self
+            .authed(request)
             .send()
             .await
             .map_err(|e| RpcFailure::Transport(transport_error(e)))?;
@@ -236,6 +288,12 @@ impl Node for BitcoindClient {
     async fn outpoint(&self, txid: &str, vout: u32) -> Result<OutpointState, NodeError> {
         let v = self.call("gettxout", json!([txid, vout, true])).await?;
         if v.is_null() {
+            return Ok(OutpointState::Gone { spent_by: None });
+        }
+        // Core's gettxout (include_mempool) leaves out a coin its mempool spends; bcoin's
+        // asks its mempool only about coins the mempool created, and answers a confirmed
+        // coin a mempool transaction spends as unspent. Its REST view does not.
+        if self.is_bcoin().await? && !self.bcoin_coin_exists(txid, vout).await? {
             return Ok(OutpointState::Gone { spent_by: None });
         }
         let value = btc_to_sats(&v["value"])
