@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{LogFormat, Mode, Settings};
@@ -147,6 +148,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Migrate => {
                 let pool = store::connect_or_create(&settings.database).await?;
+                if let store::seed::Found::Seed(seed) = store::seed::inspect(&pool).await? {
+                    // The seed's UTXOs carry no script: they are the key's coins.
+                    let key = crate::chain::WalletKey::from_settings(&settings).context(
+                        "this database holds the seed's schema; adopting it needs the wallet \
+                         key the seed used (its UTXOs are that key's coins)",
+                    )?;
+                    let adopted =
+                        store::seed::adopt(&pool, &seed, key.script_pubkey().as_bytes()).await?;
+                    println!(
+                        "adopted the seed's database at {} — {adopted}; the seed's tables are \
+                         kept in schema {} (drop it once satisfied)",
+                        settings.database.redacted_url(),
+                        store::seed::SEED_SCHEMA
+                    );
+                    return Ok(());
+                }
                 store::migrate(&pool).await?;
                 println!("migrations applied to {}", settings.database.redacted_url());
                 Ok(())

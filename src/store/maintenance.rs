@@ -431,8 +431,15 @@ impl JanitorStore for PgStore {
     }
 
     async fn utxo_clean(&self, id: i64) -> Result<Option<SpendableUtxo>, StoreError> {
+        // A job adopted from the seed in flight and held on this coin (its anchor) is
+        // released: the coin is unspent, so no transaction of the seed's spends it, and
+        // every transaction the job signs from now on spends this very coin.
         let row = sqlx::query(
-            "UPDATE utxos SET dirty = FALSE, updated_at = now() WHERE id = $1
+            "WITH released AS (
+                 UPDATE publish_jobs SET next_attempt_at = now(), updated_at = now()
+                 WHERE anchor_utxo_id = $1 AND status = 'queued' AND next_attempt_at = 'infinity'
+             )
+             UPDATE utxos SET dirty = FALSE, updated_at = now() WHERE id = $1
              RETURNING id, txid, vout, satoshis, unconfirmed_depth, state",
         )
         .bind(id)
@@ -443,8 +450,19 @@ impl JanitorStore for PgStore {
     }
 
     async fn utxo_retire(&self, id: i64) -> Result<(), StoreError> {
+        // A job adopted from the seed in flight and held on this coin fails: the coin is
+        // spent, most likely by the seed's own transaction of the job, so signing it
+        // again on any coin could publish it twice.
         sqlx::query(
-            "UPDATE utxos SET state = 'retired', dirty = FALSE, reserved_by = NULL, updated_at = now()
+            "WITH failed AS (
+                 UPDATE publish_jobs
+                 SET status = 'failed', updated_at = now(),
+                     last_error = 'adopted from the seed in flight; its coin is spent (most likely '
+                                  || 'by the seed''s own transaction of it): never signed again; '
+                                  || COALESCE(last_error, '')
+                 WHERE anchor_utxo_id = $1 AND status = 'queued' AND next_attempt_at = 'infinity'
+             )
+             UPDATE utxos SET state = 'retired', dirty = FALSE, reserved_by = NULL, updated_at = now()
              WHERE id = $1",
         )
         .bind(id)

@@ -4,6 +4,7 @@
 mod jobs;
 mod maintenance;
 mod report;
+pub mod seed;
 pub mod utxos;
 
 use std::time::Duration;
@@ -157,8 +158,22 @@ fn pool_options(db: &DatabaseSettings) -> PgPoolOptions {
         .acquire_timeout(db.acquire_timeout)
 }
 
-/// Applies the embedded migrations; idempotent.
+/// Applies the embedded migrations; idempotent. Refuses a database that is neither
+/// empty nor raregen's: the seed's is adopted by `raregen migrate` alone
+/// ([`seed::adopt`]), never as a side effect of starting a daemon.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    match seed::inspect(pool).await? {
+        seed::Found::Empty | seed::Found::Raregen => {}
+        seed::Found::Seed(_) => anyhow::bail!(
+            "this database holds the seed's schema (RareGen's batch worker): stop the seed's \
+             worker, then run `raregen migrate` with the wallet key the seed used, which \
+             adopts it (docs/operations.md, \"Migrating from RareGen's batch worker\")"
+        ),
+        seed::Found::Foreign(why) => anyhow::bail!(
+            "refusing to apply raregen's migrations to this database: {why}; point \
+             DATABASE_URL / database.url at an empty database or at raregen's own"
+        ),
+    }
     MIGRATOR.run(pool).await.context("applying migrations")
 }
 

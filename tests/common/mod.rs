@@ -140,6 +140,13 @@ pub struct FreshDb {
 
 impl FreshDb {
     pub async fn new() -> FreshDb {
+        let db = FreshDb::empty().await;
+        raregen::store::migrate(&db.pool).await.unwrap();
+        db
+    }
+
+    /// A new database with nothing in it (no migrations).
+    pub async fn empty() -> FreshDb {
         let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
         let name = format!("raregen_test_{:016x}", rand::random::<u64>());
         let mut admin = PgConnection::connect(&server).await.unwrap();
@@ -149,7 +156,6 @@ impl FreshDb {
             .unwrap();
         let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
         let pool = PgPool::connect(&url).await.unwrap();
-        raregen::store::migrate(&pool).await.unwrap();
         FreshDb { pool, name, server }
     }
 
