@@ -38,25 +38,31 @@ fn fake_txid(i: u64) -> String {
     format!("{i:064x}")
 }
 
-/// `raregen migrate` with `env`: (success, stdout + stderr).
-fn migrate(env: &[(String, String)]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_raregen"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .arg("migrate")
-        .stdin(Stdio::null())
-        .output()
-        .expect("raregen runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+/// `raregen migrate` with `env`: (success, stdout + stderr). On a blocking thread: the
+/// test's runtime keeps running meanwhile (a pool's connections close on it).
+async fn migrate(env: &[(String, String)]) -> (bool, String) {
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_raregen"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("migrate")
+            .stdin(Stdio::null())
+            .output()
+            .expect("raregen runs");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 async fn url_of(pool: &PgPool) -> String {
@@ -73,7 +79,7 @@ async fn a_foreign_database_is_refused_and_left_alone() {
         .await
         .unwrap();
     let env = vec![("DATABASE_URL".to_owned(), url_of(&db.pool).await)];
-    let (ok, out) = migrate(&env);
+    let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
     assert!(
         out.contains("neither raregen's schema nor the seed's") && out.contains("orders"),
@@ -98,7 +104,7 @@ async fn a_foreign_database_is_refused_and_left_alone() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let (ok, out) = migrate(&env);
+    let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
     assert!(
         out.contains("missing columns") && out.contains("publish_jobs.batch_seq"),
@@ -120,7 +126,7 @@ async fn the_seed_is_adopted_by_migrate_with_the_key_only() {
     let err = raregen::store::migrate(&db.pool).await.unwrap_err();
     assert!(format!("{err:#}").contains("raregen migrate"), "{err:#}");
     let env = vec![("DATABASE_URL".to_owned(), url_of(&db.pool).await)];
-    let (ok, out) = migrate(&env);
+    let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
     assert!(out.contains("needs the wallet key"), "{out}");
     let seed_tables: i64 = sqlx::query_scalar(
@@ -139,7 +145,8 @@ async fn the_seed_is_adopted_by_migrate_with_the_key_only() {
     .unwrap();
     assert_eq!(raw_tx, 0, "nothing of raregen's was created");
 
-    // An unknown status refuses the adoption, and the refusal changes nothing.
+    // While another session is connected (a service of the seed still running), the
+    // adoption is refused.
     sqlx::query("INSERT INTO publish_jobs (payload, status) VALUES ('01', 'paused')")
         .execute(&db.pool)
         .await
@@ -150,19 +157,27 @@ async fn the_seed_is_adopted_by_migrate_with_the_key_only() {
         "RAREGEN_WALLET_KEY".to_owned(),
         secrecy::ExposeSecret::expose_secret(&wif).to_owned(),
     ));
-    let (ok, out) = migrate(&env);
+    let (ok, out) = migrate(&env).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("other sessions are connected"), "{out}");
+
+    // An unknown status refuses the adoption, and the refusal changes nothing.
+    db.pool.close().await;
+    let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
     assert!(
         out.contains("paused") && out.contains("nothing was changed"),
         "{out}"
     );
+    let pool = PgPool::connect(&env[0].1).await.unwrap();
     let schemas: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'raregen_seed'",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(schemas, 0);
+    pool.close().await;
     db.drop_db().await;
 }
 
@@ -303,15 +318,20 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
         &[("RAREGEN__JANITOR__SETTLE_INTERVAL", "1s")],
     )
     .await;
-    let (ok, out) = migrate(&env);
+    // Adoption needs the seed's services stopped: no other session on the database.
+    let url = url_of(db).await;
+    seed.pool.close().await;
+    let (ok, out) = migrate(&env).await;
     assert!(ok, "{out}");
+    let reopened = PgPool::connect(&url).await.unwrap();
+    let db = &reopened;
     assert!(
         out.contains("1000 queued, 200 claimed and queued again, 4 in flight held")
             && out.contains("1 in flight with no coin of their own failed, 1000 sent, 500 failed"),
         "{out}"
     );
     // A second run is a plain (idempotent) migrate.
-    let (ok, out) = migrate(&env);
+    let (ok, out) = migrate(&env).await;
     assert!(ok && out.contains("migrations applied"), "{out}");
     let adopted: Vec<(i64, String)> =
         sqlx::query_as("SELECT id, status FROM publish_jobs ORDER BY id")
@@ -328,6 +348,14 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
     let mut expect_held = held_unspent.clone();
     expect_held.push(spent_job);
     assert_eq!(held, expect_held);
+    // The API shows a held job (no next attempt yet) rather than failing on 'infinity'.
+    let view = raregen::store::PgStore::new(db.clone(), "test")
+        .get_job(held[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.next_attempt_at, None);
+    assert_eq!(view.status, "queued");
     runbook_queries_run(db).await;
 
     // Serve until nothing is left to do.
@@ -427,6 +455,13 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
         "{states:?}"
     );
     runbook_queries_run(db).await;
+    // The jobs adopted in flight are on record (they never leave their coin).
+    let in_flight: i64 = sqlx::query_scalar("SELECT count(*) FROM seed_in_flight")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(in_flight, 5);
+    reopened.close().await;
     seed.drop_db().await;
 }
 

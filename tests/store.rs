@@ -837,3 +837,83 @@ async fn every_takeover_fences_out_the_holders_before_it(pool: PgPool) {
         "the last adopter records"
     );
 }
+
+/// A job adopted from the seed in flight never leaves its anchor: a transaction raregen
+/// did not sign that spends the anchor may be the seed's own transaction of the job, so
+/// a re-anchor fails the job instead of signing it on another coin.
+#[sqlx::test]
+async fn a_job_adopted_in_flight_from_the_seed_is_never_re_anchored(pool: PgPool) {
+    common::insert_queued(&pool, 2).await;
+    let utxos = common::insert_utxos(&pool, 2).await;
+    let store = PgStore::new(pool.clone(), "w1");
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM publish_jobs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO seed_in_flight (job_id, seed_txid) VALUES ($1, NULL)")
+        .bind(ids[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE publish_jobs SET next_attempt_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let batch = store.claim_batch(2).await.unwrap().unwrap();
+    let sending: Vec<Sending> = batch
+        .jobs
+        .iter()
+        .zip(&utxos)
+        .map(|(j, u)| Sending {
+            fence: Fence {
+                id: j.id,
+                attempts: j.attempts,
+            },
+            utxo_id: *u,
+            txid: fake_txid(j.id as _),
+            raw_tx: vec![1],
+        })
+        .collect();
+    assert_eq!(
+        store.record_sending(&sending).await.unwrap().stored.len(),
+        2
+    );
+    // Both anchors spent by a confirmed transaction that is none of the jobs' own.
+    sqlx::query("UPDATE utxos SET state = 'retired', reserved_by = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let retries: Vec<Retry> = sending
+        .iter()
+        .map(|s| Retry {
+            fence: s.fence,
+            error: "its anchor was spent by another transaction".into(),
+            not_before: Utc::now(),
+            reanchor: true,
+        })
+        .collect();
+    let recorded = store.record_retry(&retries, 5).await.unwrap();
+    assert_eq!(recorded.failed, 1);
+    let rows: Vec<(i64, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT id, status, anchor_utxo_id, last_error FROM publish_jobs ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows[0].1, "failed", "the seed's job is not signed again");
+    assert_eq!(rows[0].2, Some(utxos[0]));
+    assert!(
+        rows[0]
+            .3
+            .as_deref()
+            .unwrap()
+            .contains("adopted from the seed"),
+        "{:?}",
+        rows[0].3
+    );
+    assert_eq!(
+        (rows[1].1.as_str(), rows[1].2),
+        ("queued", None),
+        "any other job is re-anchored"
+    );
+}

@@ -56,7 +56,9 @@ pub struct JobView {
     pub processing_batch_id: Option<i64>,
     pub batch_seq: Option<i32>,
     pub created_at: DateTime<Utc>,
-    pub next_attempt_at: DateTime<Utc>,
+    /// When the job may be claimed next; `None` while it is held (adopted from the
+    /// seed in flight, until the node has been asked about its coin).
+    pub next_attempt_at: Option<DateTime<Utc>>,
     pub sending_started_at: Option<DateTime<Utc>>,
     pub sent_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
@@ -248,7 +250,8 @@ impl PgStore {
     pub async fn get_job(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
         let row = sqlx::query(
             "SELECT id, status, payload, idempotency_key, priority, txid, attempts, last_error,
-                    processing_batch_id, batch_seq, created_at, next_attempt_at,
+                    processing_batch_id, batch_seq, created_at,
+                    NULLIF(next_attempt_at, 'infinity') AS next_attempt_at,
                     sending_started_at, sent_at, confirmed_at, block_height,
                     (SELECT x.txid || ':' || x.vout FROM utxos x WHERE x.id = j.anchor_utxo_id)
                         AS anchor,
@@ -673,20 +676,30 @@ impl JobStore for PgStore {
                  -- A job whose anchor is dirty is not sent back: a transaction of it with
                  -- an unknown outcome may still be mined; the Janitor settles it first.
                  SELECT j.id, COALESCE(j.utxo_id, j.anchor_utxo_id) AS anchor, j.txid, j.raw_tx,
-                        u.attempts, u.error, u.reanchor,
+                        u.attempts,
+                        -- A job adopted from the seed in flight never leaves its anchor:
+                        -- the foreign spend may be the seed's own transaction of it.
+                        CASE WHEN u.reanchor AND s.job_id IS NOT NULL
+                             THEN 'adopted from the seed in flight; its coin was spent by a '
+                                  || 'transaction raregen did not sign (most likely the seed''s '
+                                  || 'own transaction of it): never signed again (' || u.error || ')'
+                             ELSE u.error END AS error,
+                        u.reanchor AND s.job_id IS NULL AS reanchor,
                         -- `max_attempts` counts the job's refused transactions (the one
                         -- refused now, and those in its history), not its claims: a
                         -- claim taken back from a dead or frozen process is no attempt.
-                        NOT u.reanchor
-                        AND ((j.txid IS NOT NULL)::int
-                             + (SELECT count(*) FROM job_transactions t
-                                WHERE t.job_id = j.id AND t.refused)) >= $5 AS final,
+                        (u.reanchor AND s.job_id IS NOT NULL)
+                        OR (NOT u.reanchor
+                            AND ((j.txid IS NOT NULL)::int
+                                 + (SELECT count(*) FROM job_transactions t
+                                    WHERE t.job_id = j.id AND t.refused)) >= $5) AS final,
                         -- Has the job ever signed on its anchor?
                         (j.txid IS NOT NULL OR EXISTS (
                             SELECT 1 FROM job_transactions t
                             WHERE t.job_id = j.id
                               AND t.anchor_utxo_id = COALESCE(j.utxo_id, j.anchor_utxo_id))) AS signed
                  FROM publish_jobs j JOIN u ON j.id = u.id
+                 LEFT JOIN seed_in_flight s ON s.job_id = j.id
                  WHERE j.attempts = u.attempts AND j.owner = $6
                    AND j.status IN ('processing_batch', 'sending')
                    AND NOT EXISTS (SELECT 1 FROM utxos d
@@ -704,7 +717,7 @@ impl JobStore for PgStore {
                  SET status = CASE WHEN before.final THEN 'failed' ELSE 'queued' END,
                      next_attempt_at = CASE WHEN before.final THEN j.next_attempt_at
                                             ELSE u.not_before END,
-                     last_error = u.error,
+                     last_error = before.error,
                      anchor_utxo_id = CASE WHEN before.reanchor THEN NULL ELSE before.anchor END,
                      owner = NULL, utxo_id = NULL, txid = NULL, raw_tx = NULL,
                      sending_started_at = NULL, updated_at = now()

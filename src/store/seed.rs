@@ -61,6 +61,7 @@ const RAREGEN_TABLES: &[&str] = &[
     "job_transactions",
     "job_counts",
     "publish_jobs_archive",
+    "seed_in_flight",
 ];
 
 /// Looks at the tables of the connection's current schema.
@@ -73,6 +74,17 @@ pub async fn inspect(pool: &PgPool) -> anyhow::Result<Found> {
     .fetch_all(pool)
     .await
     .context("listing the database's tables")?;
+    let mut tables = tables;
+    if tables.iter().any(|t| t == "_sqlx_migrations") {
+        // An empty one is what a failed first migration leaves behind: as if absent.
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+            .fetch_one(pool)
+            .await
+            .context("reading _sqlx_migrations")?;
+        if applied == 0 {
+            tables.retain(|t| t != "_sqlx_migrations");
+        }
+    }
     if tables.is_empty() {
         return Ok(Found::Empty);
     }
@@ -217,14 +229,13 @@ impl SeedSchema {
         self.jobs.contains_key(name)
     }
 
-    /// SQL for one seed job column, or its stand-in when the seed has no such column.
-    fn seed_jobs_select(&self) -> String {
+    /// The seed's jobs as raregen reads them. `hex`: the payloads are text holding hex
+    /// (decided once for the whole table, never row by row).
+    fn seed_jobs_select(&self, hex: bool) -> String {
         let payload = match self.jobs["payload"].as_str() {
-            "bytea" => "s.payload".to_owned(),
-            // Text: hex when it is hex (what the seed's API stored), else its UTF-8 bytes.
-            _ => "CASE WHEN s.payload ~ '^([0-9a-fA-F]{2})+$' THEN decode(s.payload, 'hex')
-                       ELSE convert_to(s.payload, 'UTF8') END"
-                .to_owned(),
+            "bytea" => "s.payload",
+            _ if hex => "decode(s.payload, 'hex')",
+            _ => "convert_to(s.payload, 'UTF8')",
         };
         let opt = |name: &str, cast: &str, default: &str| {
             if self.job_column(name) {
@@ -238,20 +249,31 @@ impl SeedSchema {
         } else {
             opt("error", "text", "NULL::text")
         };
+        // Without a record of the coins jobs spend, a claimed job may be one the seed's
+        // unstick query moved back from `sending`: in flight, with no coin.
+        let claimed_in_flight = if self.job_column("utxo_id") {
+            "FALSE"
+        } else {
+            "s.status = 'processing_batch'"
+        };
         format!(
             "SELECT s.id::bigint AS id, s.status::text AS status, {payload} AS payload,
-                    lower({txid}) AS txid, {utxo} AS utxo_id,
+                    -- A txid raregen can use (else none: a finished job becomes failed).
+                    CASE WHEN lower({txid}) ~ '^[0-9a-f]{{64}}$' THEN lower({txid}) END AS txid,
+                    {utxo} AS utxo_id,
                     GREATEST(COALESCE({attempts}, 0), 0) AS attempts, {error} AS error,
                     s.processing_batch_id::text AS batch_key, s.batch_seq::int AS batch_seq,
                     s.sending_started_at, s.sent_at, s.created_at,
                     COALESCE({updated}, s.sent_at, s.created_at) AS updated_at,
-                    -- In flight: its transaction may exist. The seed's own unstick query
-                    -- moves `sending` jobs back to processing_batch and clears
-                    -- sending_started_at: a claimed job that names a txid or a coin is
-                    -- taken as in flight too.
-                    (s.status = 'sending'
-                     OR (s.status = 'processing_batch'
-                         AND (s.sending_started_at IS NOT NULL OR {txid} IS NOT NULL
+                    -- In flight: a transaction of it may exist. The seed's own unstick
+                    -- query moves `sending` jobs back to processing_batch and clears
+                    -- sending_started_at, and a job the seed retried is queued again:
+                    -- any unfinished job that names a txid, a coin or a send time is
+                    -- taken as in flight.
+                    (s.status = 'sending' OR {claimed_in_flight}
+                     OR (s.status IN ('queued', 'processing_batch')
+                         AND (s.sending_started_at IS NOT NULL
+                              OR NULLIF({txid}, '') IS NOT NULL
                               OR {utxo} IS NOT NULL))) AS in_flight
              FROM {SEED_SCHEMA}.publish_jobs s",
             txid = opt("txid", "text", "NULL::text"),
@@ -270,13 +292,47 @@ pub async fn adopt(
     seed: &SeedSchema,
     script_pubkey: &[u8],
 ) -> anyhow::Result<Adopted> {
+    // The seed's processes must be stopped: its worker would spend coins raregen now
+    // holds, and its API would write rows into raregen's table by name.
+    // (A client that just disconnected may still be listed for a moment: a few seconds'
+    // grace.)
+    let mut others: Vec<String> = Vec::new();
+    for _ in 0..25 {
+        others = sqlx::query_scalar(
+            "SELECT DISTINCT COALESCE(NULLIF(application_name, ''), 'unnamed')
+                    || ' from ' || COALESCE(host(client_addr), 'a local socket')
+             FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend' AND application_name <> 'raregen'
+             ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await
+        .context("listing the database's other sessions")?;
+        if others.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    anyhow::ensure!(
+        others.is_empty(),
+        "other sessions are connected to the seed's database ({}): stop every service of \
+         the seed (its worker and its API) before adopting it; nothing was changed",
+        others.join(", ")
+    );
     let mut tx = pool.begin().await.context("starting the adoption")?;
-    // Nobody else migrates meanwhile (the same lock sqlx's migrator takes is taken by
-    // it inside; this one covers the tables' move).
+    // Nobody else migrates meanwhile, and nobody writes to the seed's tables (a session
+    // that holds them makes the adoption give up rather than wait).
+    sqlx::query("SET LOCAL lock_timeout = '10s'")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("LOCK TABLE publish_jobs, utxos IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await
-        .context("locking the seed's tables (is the seed's worker still running?)")?;
+        .context("locking the seed's tables (is a service of the seed still running?)")?;
+    sqlx::query("SET LOCAL lock_timeout = 0")
+        .execute(&mut *tx)
+        .await?;
     let statuses: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT status::text FROM publish_jobs ORDER BY 1")
             .fetch_all(&mut *tx)
@@ -297,6 +353,15 @@ pub async fn adopt(
             .join(", "),
         SEED_STATUSES.join(", ")
     );
+    // Text payloads: hex if every one is hex (what the seed's API stored), else UTF-8.
+    let hex = seed.jobs["payload"] != "bytea"
+        && sqlx::query_scalar::<_, Option<bool>>(
+            "SELECT bool_and(payload::text ~ '^([0-9a-fA-F]{2})*$') FROM publish_jobs",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .context("reading the seed's payloads")?
+        .unwrap_or(true);
     for statement in [
         format!("CREATE SCHEMA {SEED_SCHEMA}"),
         format!("ALTER TABLE publish_jobs SET SCHEMA {SEED_SCHEMA}"),
@@ -311,7 +376,7 @@ pub async fn adopt(
         .run(&mut *tx)
         .await
         .context("applying raregen's migrations")?;
-    let adopted = copy_rows(&mut tx, seed, script_pubkey).await?;
+    let adopted = copy_rows(&mut tx, &seed.seed_jobs_select(hex), script_pubkey).await?;
     sqlx::query(&format!(
         "COMMENT ON SCHEMA {SEED_SCHEMA} IS 'The seed''s publish_jobs and utxos as they were \
          when raregen adopted them ({}); raregen never reads them again: drop this schema \
@@ -326,11 +391,10 @@ pub async fn adopt(
 
 async fn copy_rows(
     tx: &mut Transaction<'_, Postgres>,
-    seed: &SeedSchema,
+    seed_jobs: &str,
     script_pubkey: &[u8],
 ) -> anyhow::Result<Adopted> {
-    let seed_jobs = seed.seed_jobs_select();
-    let steps: [(&str, String); 7] = [
+    let steps: [(&str, String); 8] = [
         (
             "linking the seed's jobs to their coins",
             // Per coin a job names: the lowest in-flight job naming it (the one that may
@@ -433,9 +497,9 @@ async fn copy_rows(
                         CASE WHEN f.status = 'sent' THEN j.txid END,
                         CASE WHEN f.finished THEN j.sending_started_at END,
                         CASE WHEN f.status = 'sent' THEN COALESCE(j.sent_at, j.updated_at) END,
-                        CASE WHEN f.status = 'sent' THEN COALESCE(j.sent_at, j.updated_at) END,
-                        j.created_at,
-                        CASE WHEN f.finished AND NOT j.in_flight THEN j.updated_at ELSE now() END
+                        -- Taken as final at adoption (and kept `retention.keep` from it).
+                        CASE WHEN f.status = 'sent' THEN now() END,
+                        j.created_at, now()
                  FROM ({seed_jobs}) j
                  LEFT JOIN seed_anchors a ON a.job_id = j.id
                  LEFT JOIN seed_batches b ON b.batch_key = j.batch_key
@@ -447,6 +511,13 @@ async fn copy_rows(
                                  ELSE 'queued' END AS status
                  ) s0
                  CROSS JOIN LATERAL (SELECT s0.status, s0.status <> 'queued' AS finished) f"
+            ),
+        ),
+        (
+            "recording the jobs adopted in flight",
+            format!(
+                "INSERT INTO seed_in_flight (job_id, seed_txid)
+                 SELECT id, txid FROM ({seed_jobs}) j WHERE j.in_flight"
             ),
         ),
         (
