@@ -394,7 +394,9 @@ async fn copy_rows(
     seed_jobs: &str,
     script_pubkey: &[u8],
 ) -> anyhow::Result<Adopted> {
-    let steps: [(&str, String); 8] = [
+    let steps: Vec<(&str, String)> = vec![
+        // Statistics for the planner (a database loaded in bulk may have none yet).
+        ("analysing", format!("ANALYZE {SEED_SCHEMA}.publish_jobs, {SEED_SCHEMA}.utxos")),
         (
             "linking the seed's jobs to their coins",
             // Per coin a job names: the lowest in-flight job naming it (the one that may
@@ -408,6 +410,9 @@ async fn copy_rows(
                  FROM ({seed_jobs}) j WHERE utxo_id IS NOT NULL GROUP BY utxo_id"
             ),
         ),
+        // Temporary tables have no statistics until analysed (autovacuum never sees
+        // them): without, the planner joins a million jobs to them by nested loops.
+        ("analysing", "ANALYZE seed_links".to_owned()),
         (
             "choosing the anchors of the jobs in flight",
             format!(
@@ -417,6 +422,7 @@ async fn copy_rows(
                  WHERE l.in_flight_job IS NOT NULL AND l.spent_by IS NULL"
             ),
         ),
+        ("analysing", "ANALYZE seed_anchors".to_owned()),
         (
             "copying the seed's UTXOs",
             // Spent by a sent job: spent. An in-flight job's coin: its anchor, reserved by
@@ -455,6 +461,7 @@ async fn copy_rows(
                  FROM ({seed_jobs}) j WHERE batch_key IS NOT NULL GROUP BY batch_key"
             ),
         ),
+        ("analysing", "ANALYZE seed_batches, utxos".to_owned()),
         (
             "copying the seed's batches",
             "INSERT INTO batches (id, owner, size, sent, failed, retried, created_at, completed_at)
@@ -530,6 +537,9 @@ async fn copy_rows(
         ),
     ];
     for (what, sql) in steps {
+        // Progress: each step of a big table takes a while.
+        let started = std::time::Instant::now();
+        tracing::info!("adopting the seed's database: {what}");
         let query = sqlx::query(&sql);
         let query = if sql.contains("$1") {
             query.bind(script_pubkey)
@@ -540,6 +550,7 @@ async fn copy_rows(
             .execute(&mut **tx)
             .await
             .with_context(|| format!("adopting the seed's database: {what}"))?;
+        tracing::info!(elapsed = ?started.elapsed(), "adopting the seed's database: {what}: done");
     }
     let adopted: Adopted = sqlx::query_as(&format!(
         "SELECT count(*) FILTER (WHERE j.status = 'queued') AS queued,
