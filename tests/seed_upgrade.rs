@@ -260,13 +260,24 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
     )
     .await;
     // In flight on coins the seed never spent (296..=298): published by raregen, once.
-    // In flight on a coin the seed's transaction did spend (299): never signed again.
+    // In flight on a coin the seed's transaction did spend (300): never signed again.
     // In flight with no coin on record: failed at once.
     let mut held_unspent = Vec::new();
     for (n, utxo_id) in [(0, 296), (1, 297), (2, 298)] {
         held_unspent
             .push(insert_in_flight(db, &format!("seed-a-{n}"), Some(utxo_id), &batch_a).await);
     }
+    // Queued again by the seed after an attempt on coin 299 (it names the coin): in
+    // flight too, held, published on that coin.
+    let retried: i32 = sqlx::query_scalar(
+        "INSERT INTO publish_jobs (status, payload, utxo_id, attempts, error)
+         VALUES ('queued', encode(convert_to('seed-r-0', 'UTF8'), 'hex'), 299, 1, 'timeout')
+         RETURNING id",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    held_unspent.push(i64::from(retried));
     let spent_job = insert_in_flight(db, "seed-b-0", Some(300), &batch_a).await;
     let no_coin = insert_in_flight(db, "seed-c-0", None, &batch_a).await;
     let key = WalletKey::from_wif(&wif, Network::Regtest, AddressType::P2wpkh).unwrap();
@@ -307,7 +318,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
             .fetch_all(db)
             .await
             .unwrap();
-    assert_eq!(seed_rows.len(), 2_705);
+    assert_eq!(seed_rows.len(), 2_706);
 
     // Adopt.
     let env = e2e::serve_env(
@@ -326,7 +337,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
     let reopened = PgPool::connect(&url).await.unwrap();
     let db = &reopened;
     assert!(
-        out.contains("1000 queued, 200 claimed and queued again, 4 in flight held")
+        out.contains("1000 queued, 200 claimed and queued again, 5 in flight held")
             && out.contains("1 in flight with no coin of their own failed, 1000 sent, 500 failed"),
         "{out}"
     );
@@ -364,7 +375,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
     assert!(daemon.stop().success());
     assert_eq!(
         (sent, failed),
-        (1_000 + 1_200 + 3, 500 + 2),
+        (1_000 + 1_200 + 4, 500 + 2),
         "{}",
         daemon.log()
     );
@@ -418,7 +429,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
         .filter(|j| j.3 == "sent" && !j.1.starts_with(b"seed-s-"))
         .map(|j| (j.1.clone(), j.2.clone().unwrap()))
         .collect();
-    assert_eq!(published.len(), 1_203);
+    assert_eq!(published.len(), 1_204);
     e2e::wait_mempool(&node, published.len() + 1, Duration::from_secs(60)).await;
     let on_node = e2e::mempool_payloads(&node).await;
     let mut by_payload: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
@@ -439,7 +450,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
         Some(&vec![seed_tx.txid.clone()])
     );
     assert!(!by_payload.contains_key(b"seed-c-0".as_slice()));
-    assert_eq!(on_node.len(), 1_204, "nothing else carries a payload");
+    assert_eq!(on_node.len(), 1_205, "nothing else carries a payload");
     // The coins the seed left dirty or reserved were asked about and are usable again
     // (unspent), the seed's spent coin is retired.
     let states: HashSet<(i64, String, bool)> =
@@ -460,7 +471,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
         .fetch_one(db)
         .await
         .unwrap();
-    assert_eq!(in_flight, 5);
+    assert_eq!(in_flight, 6);
     reopened.close().await;
     seed.drop_db().await;
 }
@@ -541,7 +552,7 @@ async fn runbook_queries_run(db: &PgPool) {
     .await
     .unwrap();
     let total: i64 = queue.iter().map(|q| q.1).sum();
-    assert_eq!(total, 2_705, "{queue:?}");
+    assert_eq!(total, 2_706, "{queue:?}");
     let batches: Vec<(Option<i64>, i64)> = sqlx::query_as(
         "
   SELECT 

@@ -693,8 +693,9 @@ impl JobStore for PgStore {
                             AND ((j.txid IS NOT NULL)::int
                                  + (SELECT count(*) FROM job_transactions t
                                     WHERE t.job_id = j.id AND t.refused)) >= $5) AS final,
-                        -- Has the job ever signed on its anchor?
-                        (j.txid IS NOT NULL OR EXISTS (
+                        -- Has the job ever signed on its anchor? (One adopted from the seed
+                        -- in flight may have, in the seed.)
+                        (j.txid IS NOT NULL OR s.job_id IS NOT NULL OR EXISTS (
                             SELECT 1 FROM job_transactions t
                             WHERE t.job_id = j.id
                               AND t.anchor_utxo_id = COALESCE(j.utxo_id, j.anchor_utxo_id))) AS signed

@@ -303,7 +303,9 @@ pub async fn adopt(
                     || ' from ' || COALESCE(host(client_addr), 'a local socket')
              FROM pg_stat_activity
              WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND backend_type = 'client backend' AND application_name <> 'raregen'
+               -- (NULL: another role's session, whose details this role may not see.)
+               AND COALESCE(backend_type, 'client backend') = 'client backend'
+               AND application_name IS DISTINCT FROM 'raregen'
              ORDER BY 1",
         )
         .fetch_all(pool)
@@ -362,6 +364,20 @@ pub async fn adopt(
         .await
         .context("reading the seed's payloads")?
         .unwrap_or(true);
+    let bad_coins: Vec<i64> = sqlx::query_scalar(
+        "SELECT id::bigint FROM utxos WHERE NOT (lower(txid) ~ '^[0-9a-f]{64}$')
+            OR vout < 0 OR satoshis <= 0 ORDER BY id LIMIT 10",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .context("checking the seed's UTXOs")?;
+    anyhow::ensure!(
+        bad_coins.is_empty(),
+        "the seed's utxos has rows that are no coin (a txid that is not 64 hex digits, a \
+         negative vout or no satoshis), ids {:?}: fix or delete them, then run `raregen \
+         migrate` again; nothing was changed",
+        bad_coins
+    );
     for statement in [
         format!("CREATE SCHEMA {SEED_SCHEMA}"),
         format!("ALTER TABLE publish_jobs SET SCHEMA {SEED_SCHEMA}"),
@@ -457,7 +473,8 @@ async fn copy_rows(
                         count(*) FILTER (WHERE status = 'sent') AS sent,
                         count(*) FILTER (WHERE status = 'failed') AS failed,
                         count(*) FILTER (WHERE status NOT IN ('sent', 'failed')) AS retried,
-                        min(created_at) AS created_at, max(updated_at) AS completed_at
+                        -- Completed at the adoption: retention counts from it.
+                        min(created_at) AS created_at, now() AS completed_at
                  FROM ({seed_jobs}) j WHERE batch_key IS NOT NULL GROUP BY batch_key"
             ),
         ),
@@ -553,7 +570,7 @@ async fn copy_rows(
         tracing::info!(elapsed = ?started.elapsed(), "adopting the seed's database: {what}: done");
     }
     let adopted: Adopted = sqlx::query_as(&format!(
-        "SELECT count(*) FILTER (WHERE j.status = 'queued') AS queued,
+        "SELECT count(*) FILTER (WHERE j.status = 'queued' AND NOT j.in_flight) AS queued,
                 count(*) FILTER (WHERE j.status = 'processing_batch' AND NOT j.in_flight) AS requeued,
                 count(a.job_id) AS held,
                 count(*) FILTER (WHERE j.in_flight AND a.job_id IS NULL) AS in_doubt_failed,
