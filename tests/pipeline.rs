@@ -42,13 +42,7 @@ async fn five_thousand_jobs_batch_mode_under_the_rate_limit(pool: PgPool) {
     let waited = e2e::wait_mempool(&node, 5_000 + 1, Duration::from_secs(60)).await;
     println!("mempool complete {waited:?} after the last job was recorded sent");
     let on_node = e2e::mempool_payloads(&node).await;
-    let mut by_payload: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
-    for (txid, payload) in &on_node {
-        by_payload
-            .entry(payload.clone())
-            .or_default()
-            .push(txid.clone());
-    }
+    let by_payload = e2e::txids_by_payload(&on_node);
     let jobs: Vec<(i64, Vec<u8>, String)> =
         sqlx::query_as("SELECT id, payload, txid FROM publish_jobs ORDER BY id")
             .fetch_all(&pool)

@@ -65,10 +65,6 @@ async fn migrate(env: &[(String, String)]) -> (bool, String) {
     .unwrap()
 }
 
-async fn url_of(pool: &PgPool) -> String {
-    common::database_url(pool).await
-}
-
 /// A database that is neither empty, raregen's, nor the seed's is refused, by
 /// `migrate` and by `serve`'s own migration step, and nothing in it changes.
 #[tokio::test]
@@ -78,7 +74,10 @@ async fn a_foreign_database_is_refused_and_left_alone() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let env = vec![("DATABASE_URL".to_owned(), url_of(&db.pool).await)];
+    let env = vec![(
+        "DATABASE_URL".to_owned(),
+        common::database_url(&db.pool).await,
+    )];
     let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
     assert!(
@@ -125,7 +124,10 @@ async fn the_seed_is_adopted_by_migrate_with_the_key_only() {
         .unwrap();
     let err = raregen::store::migrate(&db.pool).await.unwrap_err();
     assert!(format!("{err:#}").contains("raregen migrate"), "{err:#}");
-    let env = vec![("DATABASE_URL".to_owned(), url_of(&db.pool).await)];
+    let env = vec![(
+        "DATABASE_URL".to_owned(),
+        common::database_url(&db.pool).await,
+    )];
     let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
     assert!(out.contains("needs the wallet key"), "{out}");
@@ -330,7 +332,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
     )
     .await;
     // Adoption needs the seed's services stopped: no other session on the database.
-    let url = url_of(db).await;
+    let url = common::database_url(db).await;
     seed.pool.close().await;
     let (ok, out) = migrate(&env).await;
     assert!(ok, "{out}");
@@ -432,13 +434,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
     assert_eq!(published.len(), 1_204);
     e2e::wait_mempool(&node, published.len() + 1, Duration::from_secs(60)).await;
     let on_node = e2e::mempool_payloads(&node).await;
-    let mut by_payload: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
-    for (txid, payload) in &on_node {
-        by_payload
-            .entry(payload.clone())
-            .or_default()
-            .push(txid.clone());
-    }
+    let by_payload = e2e::txids_by_payload(&on_node);
     let wrong: Vec<String> = published
         .iter()
         .filter(|(payload, txid)| by_payload.get(*payload) != Some(&vec![(*txid).clone()]))

@@ -316,6 +316,20 @@ fn payloads_of(txid: &str, raw: &[u8]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The txids carrying each payload, from `on_node` (txid, payload).
+pub fn txids_by_payload(
+    on_node: &[(String, Vec<u8>)],
+) -> std::collections::HashMap<Vec<u8>, Vec<String>> {
+    let mut by_payload: std::collections::HashMap<Vec<u8>, Vec<String>> = Default::default();
+    for (txid, payload) in on_node {
+        by_payload
+            .entry(payload.clone())
+            .or_default()
+            .push(txid.clone());
+    }
+    by_payload
+}
+
 /// Every OP_RETURN payload in the node's mempool, with the txid carrying it.
 pub async fn mempool_payloads(node: &RegtestNode) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
