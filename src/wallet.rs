@@ -392,15 +392,13 @@ pub fn address(settings: &Settings) -> anyhow::Result<String> {
 /// before it verifies (bcoin, some explorers) would say "accepted" to each of them.
 pub async fn ensure_pool_is_ours(pool: &PgPool, key: &WalletKey) -> anyhow::Result<()> {
     let foreign = utxos::foreign_utxos(pool, key.script_pubkey().as_bytes()).await?;
-    if foreign.is_empty() {
+    if foreign.coins == 0 {
         return Ok(());
     }
-    let (count, sats) = foreign
+    let mut payees: Vec<String> = foreign
+        .top
         .iter()
-        .fold((0, 0), |(c, s), (_, n, sats)| (c + n, s + sats));
-    let payees: Vec<String> = foreign
-        .iter()
-        .map(|(script, n, _)| {
+        .map(|(script, n)| {
             let script = bitcoin::Script::from_bytes(script);
             let to = bitcoin::Address::from_script(script, key.network())
                 .map(|a| a.to_string())
@@ -408,6 +406,15 @@ pub async fn ensure_pool_is_ours(pool: &PgPool, key: &WalletKey) -> anyhow::Resu
             format!("{n} to {to}")
         })
         .collect();
+    let shown = foreign.top.len() as i64;
+    if foreign.scripts > shown {
+        let rest: i64 = foreign.coins - foreign.top.iter().map(|(_, n)| n).sum::<i64>();
+        payees.push(format!(
+            "{rest} to {} other address(es)",
+            foreign.scripts - shown
+        ));
+    }
+    let (count, sats) = (foreign.coins, foreign.sats);
     bail!(
         "the UTXO pool holds {count} coin(s) ({sats} sats) that pay to another address than \
          this wallet key's ({}): {}. The wallet key (RAREGEN_WALLET_KEY or \

@@ -917,3 +917,49 @@ async fn a_job_adopted_in_flight_from_the_seed_is_never_re_anchored(pool: PgPool
         "any other job is re-anchored"
     );
 }
+
+#[sqlx::test]
+async fn foreign_coins_are_counted_over_every_script_not_only_the_five_shown(pool: PgPool) {
+    let ours = vec![0x51u8];
+    // Seven foreign scripts (script i paid i + 1 times) and two coins of our own.
+    let mut id = 0;
+    for i in 0..7u8 {
+        for _ in 0..=i {
+            id += 1;
+            sqlx::query(
+                "INSERT INTO utxos (txid, vout, satoshis, script_pubkey) VALUES ($1, 0, 1000, $2)",
+            )
+            .bind(fake_txid(id))
+            .bind(vec![0x60 + i])
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+    for n in 0..2 {
+        sqlx::query(
+            "INSERT INTO utxos (txid, vout, satoshis, script_pubkey) VALUES ($1, 1, 5, $2)",
+        )
+        .bind(fake_txid(100 + n))
+        .bind(&ours)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let foreign = raregen::store::utxos::foreign_utxos(&pool, &ours)
+        .await
+        .unwrap();
+    assert_eq!(foreign.coins, 28, "1 + 2 + … + 7 foreign coins");
+    assert_eq!(foreign.sats, 28_000);
+    assert_eq!(foreign.scripts, 7);
+    let shown: Vec<i64> = foreign.top.iter().map(|(_, n)| *n).collect();
+    assert_eq!(shown, vec![7, 6, 5, 4, 3], "the five scripts paid most");
+    assert_eq!(
+        raregen::store::utxos::foreign_utxos(&pool, &[0x60])
+            .await
+            .unwrap()
+            .coins,
+        27 + 2,
+        "every script but the key's"
+    );
+}

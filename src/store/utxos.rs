@@ -18,12 +18,13 @@ pub struct NewUtxo {
 
 /// Coins still in play (not spent, not retired) that pay to another script than
 /// `script`, by script: (script, count, sats), the most numerous first.
-pub async fn foreign_utxos(
-    pool: &PgPool,
-    script: &[u8],
-) -> Result<Vec<(Vec<u8>, i64, i64)>, StoreError> {
-    sqlx::query_as(
-        "SELECT script_pubkey, count(*), coalesce(sum(satoshis), 0)::bigint FROM utxos
+pub async fn foreign_utxos(pool: &PgPool, script: &[u8]) -> Result<ForeignCoins, StoreError> {
+    // The five scripts paid most, with the totals over every script (not only those).
+    let rows: Vec<(Vec<u8>, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT script_pubkey, count(*), coalesce(sum(satoshis), 0)::bigint,
+                sum(count(*)) OVER ()::bigint, sum(coalesce(sum(satoshis), 0)) OVER ()::bigint,
+                count(*) OVER ()
+         FROM utxos
          WHERE state IN ('pending', 'available', 'reserved', 'spending')
            AND script_pubkey <> $1
          GROUP BY script_pubkey ORDER BY count(*) DESC LIMIT 5",
@@ -31,7 +32,26 @@ pub async fn foreign_utxos(
     .bind(script)
     .fetch_all(pool)
     .await
-    .map_err(store_error)
+    .map_err(store_error)?;
+    let (coins, sats, scripts) = rows.first().map_or((0, 0, 0), |r| (r.3, r.4, r.5));
+    Ok(ForeignCoins {
+        coins,
+        sats,
+        scripts,
+        top: rows.into_iter().map(|r| (r.0, r.1)).collect(),
+    })
+}
+
+/// Live coins of the pool that pay to another script than the wallet key's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForeignCoins {
+    /// Coins and their value, over every foreign script.
+    pub coins: i64,
+    pub sats: i64,
+    /// How many distinct scripts they pay to.
+    pub scripts: i64,
+    /// The scripts paid most (at most five) with their coin counts.
+    pub top: Vec<(Vec<u8>, i64)>,
 }
 
 /// Adds coins to the pool as available. Returns, in order, whether each was new (an
