@@ -443,6 +443,24 @@ async fn bad_input_gets_a_4xx_and_stores_nothing(pool: PgPool) {
             422,
             "invalid_idempotency_key",
         ),
+        (
+            "/v1/jobs",
+            r#"{"payload": "a", "idempotency_key": "nul\u0000inside"}"#.into(),
+            422,
+            "invalid_idempotency_key",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"payload_hex": " cafe "}"#.into(),
+            422,
+            "invalid_hex",
+        ),
+        (
+            "/v1/jobs/lookup",
+            r#"{"ids": [-9223372036854775809]}"#.into(),
+            422,
+            "invalid_field",
+        ),
         ("/v1/jobs/bulk", r#"{"jobs": []}"#.into(), 422, "empty_bulk"),
         ("/v1/jobs/bulk", r#"{}"#.into(), 422, "invalid_field"),
         (
@@ -570,7 +588,7 @@ async fn a_bulk_over_ten_thousand_is_refused_whole(pool: PgPool) {
         .post_json("/v1/jobs/bulk", &json!({ "jobs": jobs }))
         .await;
     let (status, code, message) = error_of(resp).await;
-    assert_eq!((status, code.as_str()), (413, "too_many_jobs"), "{message}");
+    assert_eq!((status, code.as_str()), (422, "too_many_jobs"), "{message}");
     assert_eq!(app.job_count().await, 0);
 }
 
@@ -603,4 +621,319 @@ async fn readyz_is_503_until_migrations_are_applied(pool: PgPool) {
     let (status, code, message) = error_of(resp).await;
     assert_eq!((status, code.as_str()), (503, "not_ready"));
     assert!(message.contains("raregen migrate"), "{message}");
+}
+
+/// The README's error table: (code, status) for every code it lists.
+fn readme_error_table() -> Vec<(String, u16)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("| error code | status | when |")
+        .expect("the README has the error table");
+    readme[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .flat_map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let status: u16 = cells[2].parse().expect("a status");
+            cells[1]
+                .split(',')
+                .map(|c| c.trim().trim_matches('`').to_owned())
+                .map(move |code| (code, status))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[sqlx::test]
+async fn the_openapi_document_and_the_readme_name_the_same_routes_and_errors(pool: PgPool) {
+    let app = spawn_app_with(pool, &[("RAREGEN__API__API_KEY", "k")]).await;
+    // Served without the key, like /metrics.
+    let resp = app.get("/openapi.json").await;
+    assert_eq!(resp.status(), 200);
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/v1/batches",
+            "/v1/info",
+            "/v1/jobs",
+            "/v1/jobs/bulk",
+            "/v1/jobs/lookup",
+            "/v1/jobs/{id}",
+            "/v1/pool",
+            "/v1/queue",
+            "/v1/rate",
+        ]
+    );
+    // Every /v1 operation names the bearer scheme; the health routes need nothing.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let secured = op["security"][0].get("bearer").is_some();
+            assert_eq!(secured, path.starts_with("/v1/"), "{method} {path}");
+        }
+    }
+
+    // The README's table and the document's ErrorCode list the same codes, and every
+    // code is documented, with the README's status, on at least one operation.
+    let table = readme_error_table();
+    let mut readme_codes: Vec<&str> = table.iter().map(|(c, _)| c.as_str()).collect();
+    readme_codes.sort();
+    let mut doc_codes: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    doc_codes.sort();
+    let documented_405 = ["method_not_allowed"];
+    assert_eq!(
+        readme_codes, doc_codes,
+        "README error table vs /openapi.json"
+    );
+    for (code, status) in &table {
+        if documented_405.contains(&code.as_str()) {
+            // Not an operation's answer: what every route says to another method.
+            continue;
+        }
+        let described = doc["paths"].as_object().unwrap().values().any(|item| {
+            item.as_object().unwrap().values().any(|op| {
+                op["responses"][status.to_string()]["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&format!("`{code}`")))
+            })
+        });
+        assert!(
+            described,
+            "`{code}` ({status}) is on no operation of the document"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn another_method_gets_405_with_allow_and_another_media_type_415(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for (method, path, allow) in [
+        (reqwest::Method::DELETE, "/v1/jobs/7", "GET"),
+        (reqwest::Method::GET, "/v1/jobs/bulk", "POST"),
+        (reqwest::Method::PUT, "/v1/jobs", "GET, POST"),
+        (reqwest::Method::POST, "/healthz", "GET"),
+        (reqwest::Method::POST, "/openapi.json", "GET"),
+    ] {
+        let resp = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+        let (status, code, _) = error_of(resp).await;
+        assert_eq!((status, code.as_str()), (405, "method_not_allowed"));
+    }
+    // A path that is no route stays a 404; a job id that is no i64 too.
+    for path in [
+        "/v1/nothing",
+        "/v1/jobs/9223372036854775808",
+        "/v1/jobs/abc",
+    ] {
+        let (status, code, _) = error_of(app.get(path).await).await;
+        assert_eq!((status, code.as_str()), (404, "not_found"), "{path}");
+    }
+    for kind in ["text/plain", "multipart/form-data", "application/xml"] {
+        let resp = app
+            .client
+            .post(app.url("/v1/jobs"))
+            .header("content-type", kind)
+            .body(r#"{"payload": "a"}"#)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, _) = error_of(resp).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (415, "unsupported_media_type"),
+            "{kind}"
+        );
+    }
+    // JSON with parameters, a +json type, or no Content-Type at all are JSON.
+    for kind in [
+        Some("application/json; charset=utf-8"),
+        Some("application/merge-patch+json"),
+        None,
+    ] {
+        let mut req = app
+            .client
+            .post(app.url("/v1/jobs"))
+            .body(r#"{"payload": "a"}"#);
+        if let Some(kind) = kind {
+            req = req.header("content-type", kind);
+        }
+        let status = req.send().await.unwrap().status();
+        assert!(status == 201 || status == 200, "{kind:?}: {status}");
+    }
+    assert_eq!(
+        app.job_count().await,
+        3,
+        "the three JSON requests stored a job each, the refused ones none"
+    );
+}
+
+#[sqlx::test]
+async fn what_the_document_calls_valid_is_accepted(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // JSON Schema's integers include 5.0; a key is 255 characters, whatever their bytes.
+    let key = "é".repeat(255);
+    let resp = app
+        .post_json(
+            "/v1/jobs",
+            &json!({"payload": "a", "priority": 5.0, "idempotency_key": key}),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let resp = app
+        .post_raw("/v1/jobs/lookup", format!(r#"{{"ids": [{id}.0, 1e300]}}"#))
+        .await;
+    let (status, code, message) = error_of(resp).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (422, "invalid_field"),
+        "1e300 is no i64"
+    );
+    assert!(message.starts_with("ids[1]"), "{message}");
+    let resp = app
+        .post_raw("/v1/jobs/lookup", format!(r#"{{"ids": [{id}.0]}}"#))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let jobs = resp.json::<Value>().await.unwrap()["jobs"].clone();
+    assert_eq!(jobs[0]["id"], id);
+    let job: Value = app
+        .get(&format!("/v1/jobs/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["priority"], 5);
+    assert_eq!(
+        job["idempotency_key"].as_str().unwrap().chars().count(),
+        255
+    );
+}
+
+#[sqlx::test]
+async fn the_read_endpoints_answer_what_the_database_holds(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let ids: Vec<i64> = app
+        .post_json(
+            "/v1/jobs/bulk",
+            &json!({"jobs": [{"payload": "a"}, {"payload": "b"}, {"payload": "c"}]}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    sqlx::query(
+        "UPDATE publish_jobs SET status = 'failed', last_error = 'refused: test', updated_at = now() - make_interval(secs => id)
+         WHERE id = ANY($1)",
+    )
+    .bind(&ids[..2])
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO batches (owner, size, sent, failed) VALUES ('w1', 3, 1, 2), ('w2', 5, 5, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let failed: Value = app
+        .get("/v1/jobs?status=failed&limit=5")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<i64> = failed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[0], ids[1]], "newest failure first");
+    assert_eq!(failed["jobs"][0]["last_error"], "refused: test");
+    let queued: Value = app
+        .get("/v1/jobs?status=queued")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queued["jobs"].as_array().unwrap().len(), 1);
+    for bad in [
+        "status=lost",
+        "status=failed&limit=0",
+        "status=failed&limit=501",
+        "limit=5",
+        "status=failed&colour=red",
+    ] {
+        let (status, code, _) = error_of(app.get(&format!("/v1/jobs?{bad}")).await).await;
+        assert_eq!((status, code.as_str()), (422, "invalid_query"), "{bad}");
+    }
+
+    let batches: Value = app.get("/v1/batches?limit=1").await.json().await.unwrap();
+    assert_eq!(batches["batches"].as_array().unwrap().len(), 1);
+    assert_eq!(batches["batches"][0]["owner"], "w2", "newest first");
+    assert_eq!(batches["batches"][0]["sent"], 5);
+    let (status, code, _) = error_of(app.get("/v1/batches?limit=101").await).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_query"));
+
+    let pool_view: Value = app.get("/v1/pool").await.json().await.unwrap();
+    assert_eq!(pool_view["available"], 0);
+    let info: Value = app.get("/v1/info").await.json().await.unwrap();
+    assert_eq!(info["network"], "regtest");
+    assert_eq!(info["rate_limit_max"], 500);
+    assert_eq!(info["rate_limit_per_seconds"], 3.0);
+    let rate: Value = app.get("/v1/rate").await.json().await.unwrap();
+    assert!((rate["limit_per_second"].as_f64().unwrap() - 500.0 / 3.0).abs() < 1e-9);
+    assert!(rate["points"].is_array());
+
+    let totals: (i64, i64) = raregen::store::finished_totals(&pool).await.unwrap();
+    assert_eq!(totals, (0, 2), "two failed, none sent");
+    // Pruned finished jobs still count: the rate never dips when the Pruner deletes.
+    sqlx::query("DELETE FROM publish_jobs WHERE id = $1")
+        .bind(ids[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT raregen_compact_job_counts()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        raregen::store::finished_totals(&pool).await.unwrap(),
+        (0, 2)
+    );
+    let queue: Value = app.get("/v1/queue").await.json().await.unwrap();
+    assert_eq!(queue["failed"], 1, "the queue counts what is there");
 }

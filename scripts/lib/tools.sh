@@ -37,3 +37,21 @@ ensure_debian_package() {
         return 1
     fi
 }
+
+# Pinned: the console test drives Debian's Chromium with this playwright-core.
+PLAYWRIGHT_CORE_VERSION=1.64.1
+
+# ensure_console_driver ROOT: Debian's chromium, and playwright-core (npm) in
+# target/tools/console-driver/ for tests/console/drive.cjs.
+ensure_console_driver() {
+    local root=$1 dir=$1/target/tools/console-driver
+    ensure_debian_package chromium chromium || return 1
+    if [ -f "$dir/node_modules/playwright-core/package.json" ] &&
+        grep -q "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" "$dir/node_modules/playwright-core/package.json"; then
+        return 0
+    fi
+    echo "installing playwright-core $PLAYWRIGHT_CORE_VERSION into $dir (npm)" >&2
+    mkdir -p "$dir"
+    printf '{"private": true, "dependencies": {"playwright-core": "%s"}}\n' "$PLAYWRIGHT_CORE_VERSION" > "$dir/package.json"
+    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >&2)
+}

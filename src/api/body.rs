@@ -4,7 +4,7 @@ use actix_web::{http::header, web, HttpRequest};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// Reads the whole body (at most `limit` bytes) and parses it as `T`.
 ///
@@ -17,11 +17,26 @@ pub async fn read_json<T: DeserializeOwned>(
     limit: usize,
 ) -> Result<T, ApiError> {
     let too_large = || {
-        ApiError::too_large(
-            "body_too_large",
+        ApiError::new(
+            ErrorCode::BodyTooLarge,
             format!("the request body is larger than api.max_body_bytes ({limit} bytes)"),
         )
     };
+    if let Some(kind) = req.headers().get(header::CONTENT_TYPE) {
+        let kind = kind.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = kind.split(';').next().unwrap_or("").trim();
+        let json = essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"));
+        if !json {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "the body is sent as {essence:?}; send JSON with \
+                     `Content-Type: application/json` (or no Content-Type)"
+                ),
+            ));
+        }
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -33,7 +48,7 @@ pub async fn read_json<T: DeserializeOwned>(
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk
-            .map_err(|e| ApiError::bad_request("bad_body", format!("cannot read the body: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::BadBody, format!("cannot read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -45,17 +60,20 @@ pub async fn read_json<T: DeserializeOwned>(
 /// Parses a JSON object, naming the path of a field of the wrong shape.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "malformed_json",
+        return Err(ApiError::new(
+            ErrorCode::MalformedJson,
             "the body is empty; send a JSON object",
         ));
     }
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {e}"),
+        )
     })?;
     if !value.is_object() {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
             "the body must be a JSON object",
         ));
     }
@@ -68,6 +86,63 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         };
         // serde names Rust types ("expected i16"); the client sees JSON words.
         let message = crate::config::plain_serde_message(&e.into_inner().to_string());
-        ApiError::unprocessable("invalid_field", format!("{at}{message}"))
+        ApiError::new(ErrorCode::InvalidField, format!("{at}{message}"))
     })
+}
+
+/// An integer as JSON Schema counts them: `5` and `5.0` alike (the OpenAPI document says
+/// `integer`, and a schema-valid request is never refused for its spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Int<T>(pub T);
+
+/// The Rust name serde's messages use for `T` (turned into JSON words for the client).
+pub trait IntName: TryFrom<i64> {
+    const NAME: &'static str;
+}
+
+impl IntName for i16 {
+    const NAME: &'static str = "i16";
+}
+
+impl IntName for i64 {
+    const NAME: &'static str = "i64";
+}
+
+impl<'de, T: IntName> serde::Deserialize<'de> for Int<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected, Visitor};
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<T: IntName> V<T> {
+            fn fit<E: Error>(v: i64, shown: Unexpected<'_>) -> Result<Int<T>, E> {
+                T::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(shown, &T::NAME))
+            }
+        }
+        impl<T: IntName> Visitor<'_> for V<T> {
+            type Value = Int<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(T::NAME)
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Int<T>, E> {
+                Self::fit(v, Unexpected::Signed(v))
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Int<T>, E> {
+                let signed = i64::try_from(v)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))?;
+                Self::fit(signed, Unexpected::Unsigned(v))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> Result<Int<T>, E> {
+                // Only where a float still names one integer exactly (|v| ≤ 2^53): a
+                // bigger one may be the rounding of an integer out of range.
+                const EXACT: f64 = 9_007_199_254_740_992.0;
+                if v.fract() == 0.0 && (-EXACT..=EXACT).contains(&v) {
+                    Self::fit(v as i64, Unexpected::Float(v))
+                } else {
+                    Err(E::invalid_type(Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }

@@ -1,81 +1,112 @@
-//! `/v1/jobs`, `/v1/jobs/bulk`, `/v1/jobs/lookup`, `/v1/jobs/{id}`, `/v1/queue`.
+//! `/v1/jobs` (submit and list), `/v1/jobs/bulk`, `/v1/jobs/lookup`, `/v1/jobs/{id}`,
+//! `/v1/queue`.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::body::read_json;
-use super::error::ApiError;
+use super::body::{read_json, Int};
+use super::error::{error_responses, ApiError, ErrorCode};
 use super::AppState;
-use crate::store::{InsertOutcome, NewJob};
+use crate::store::{InsertOutcome, JobListing, JobState, JobStatus, JobView, NewJob, QueueCounts};
 
 /// Most jobs in one bulk request.
 pub const MAX_BULK_JOBS: usize = 10_000;
-/// Longest idempotency key, in bytes.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+/// Longest idempotency key, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
-/// A job as a client submits it.
-#[derive(Debug, Deserialize)]
+/// A job as a client submits it: exactly one of `payload` and `payload_hex`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
-    /// Text payload, published as its UTF-8 bytes.
+    /// Text payload, published as its UTF-8 bytes (at most `chain.max_payload_bytes`).
+    #[schema(min_length = 1)]
     pub payload: Option<String>,
-    /// Binary payload, as hex.
+    /// Binary payload, as hex (at most `chain.max_payload_bytes` bytes).
+    #[schema(min_length = 2, pattern = "^([0-9a-fA-F]{2})+$")]
     pub payload_hex: Option<String>,
+    /// The same key with the same payload names the same job; with another payload it
+    /// is refused (409). 1 to 255 characters, no NUL.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub idempotency_key: Option<String>,
     /// Higher is claimed first; default 0.
-    pub priority: Option<i16>,
+    #[schema(value_type = Option<i16>, minimum = -32768, maximum = 32767)]
+    pub priority: Option<Int<i16>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
+    /// 1 to 10,000 jobs, stored all or nothing.
+    #[schema(min_items = 1, max_items = 10000)]
     pub jobs: Vec<JobRequest>,
 }
 
-#[derive(Serialize)]
-struct Created {
-    id: i64,
-    status: &'static str,
+/// A job just stored.
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub id: i64,
+    /// Always `queued`.
+    pub status: JobStatus,
 }
 
-#[derive(Serialize)]
-struct BulkCreated {
-    ids: Vec<i64>,
+/// The jobs of a bulk request, in the order given.
+#[derive(Serialize, ToSchema)]
+pub struct BulkCreated {
+    pub ids: Vec<i64>,
 }
+
+/// Many jobs' states.
+#[derive(Serialize, ToSchema)]
+pub struct JobStates {
+    pub jobs: Vec<JobState>,
+}
+
+error_responses!(SubmitErrors: MalformedJson, BadBody, UnsupportedMediaType, Unauthorized, IdempotencyConflict,
+    BodyTooLarge, InvalidField, PayloadRequired, PayloadConflict, InvalidHex, EmptyPayload,
+    PayloadTooLarge, InvalidIdempotencyKey, Internal, DatabaseUnavailable);
+error_responses!(BulkErrors: MalformedJson, BadBody, UnsupportedMediaType, Unauthorized, IdempotencyConflict,
+    BodyTooLarge, TooManyJobs, InvalidField, PayloadRequired, PayloadConflict, InvalidHex,
+    EmptyPayload, PayloadTooLarge, InvalidIdempotencyKey, EmptyBulk, Internal,
+    DatabaseUnavailable);
+error_responses!(LookupErrors: MalformedJson, BadBody, UnsupportedMediaType, Unauthorized, BodyTooLarge, TooManyIds,
+    InvalidField, Internal, DatabaseUnavailable);
+error_responses!(GetErrors: Unauthorized, NotFound, Internal, DatabaseUnavailable);
+error_responses!(ListErrors: Unauthorized, InvalidQuery, Internal, DatabaseUnavailable);
 
 impl JobRequest {
     /// Checks the request and turns it into a job; `at` prefixes messages (bulk index).
     pub fn validate(self, max_payload: usize, at: &str) -> Result<NewJob, ApiError> {
         let payload = match (self.payload, self.payload_hex) {
             (Some(text), None) => text.into_bytes(),
-            (None, Some(hex_text)) => hex::decode(hex_text.trim()).map_err(|e| {
-                ApiError::unprocessable(
-                    "invalid_hex",
+            (None, Some(hex_text)) => hex::decode(&hex_text).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidHex,
                     format!("{at}payload_hex is not valid hex: {e}"),
                 )
             })?,
             (Some(_), Some(_)) => {
-                return Err(ApiError::unprocessable(
-                    "payload_conflict",
+                return Err(ApiError::new(
+                    ErrorCode::PayloadConflict,
                     format!("{at}send either payload or payload_hex, not both"),
                 ))
             }
             (None, None) => {
-                return Err(ApiError::unprocessable(
-                    "payload_required",
+                return Err(ApiError::new(
+                    ErrorCode::PayloadRequired,
                     format!("{at}send payload (text) or payload_hex (hex bytes)"),
                 ))
             }
         };
         if payload.is_empty() {
-            return Err(ApiError::unprocessable(
-                "empty_payload",
+            return Err(ApiError::new(
+                ErrorCode::EmptyPayload,
                 format!("{at}the payload is empty"),
             ));
         }
         if payload.len() > max_payload {
-            return Err(ApiError::unprocessable(
-                "payload_too_large",
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
                 format!(
                     "{at}the payload is {} bytes; chain.max_payload_bytes allows {max_payload}",
                     payload.len()
@@ -83,21 +114,37 @@ impl JobRequest {
             ));
         }
         if let Some(key) = &self.idempotency_key {
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-                return Err(ApiError::unprocessable(
-                    "invalid_idempotency_key",
-                    format!("{at}idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+            let chars = key.chars().count();
+            if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS || key.contains('\0') {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidIdempotencyKey,
+                    format!(
+                        "{at}idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters, \
+                         none of them NUL"
+                    ),
                 ));
             }
         }
         Ok(NewJob {
             payload,
             idempotency_key: self.idempotency_key,
-            priority: self.priority.unwrap_or(0),
+            priority: self.priority.map_or(0, |p| p.0),
         })
     }
 }
 
+/// Submits one job.
+#[utoipa::path(
+    tag = "jobs",
+    request_body = JobRequest,
+    responses(
+        (status = 201, description = "The job is stored and queued.", body = Created),
+        (status = 200, description = "The idempotency key and payload name a job already stored: that job.", body = JobView),
+        SubmitErrors,
+    ),
+    security(("bearer" = [])),
+)]
+#[post("/jobs")]
 pub async fn submit(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -108,7 +155,7 @@ pub async fn submit(
     match state.store.insert_job(&job).await? {
         InsertOutcome::Created(id) => Ok(HttpResponse::Created().json(Created {
             id,
-            status: "queued",
+            status: JobStatus::Queued,
         })),
         InsertOutcome::Existing(id) => {
             let view = state.store.get_job(id).await?.ok_or_else(|| {
@@ -116,13 +163,24 @@ pub async fn submit(
             })?;
             Ok(HttpResponse::Ok().json(view))
         }
-        InsertOutcome::Conflict(id) => Err(ApiError::conflict(
-            "idempotency_conflict",
+        InsertOutcome::Conflict(id) => Err(ApiError::new(
+            ErrorCode::IdempotencyConflict,
             format!("the idempotency key already names job {id}, which has another payload"),
         )),
     }
 }
 
+/// Submits up to 10,000 jobs, all or nothing.
+#[utoipa::path(
+    tag = "jobs",
+    request_body = BulkRequest,
+    responses(
+        (status = 201, description = "Every job is stored (or was already, under its idempotency key); ids in the order given.", body = BulkCreated),
+        BulkErrors,
+    ),
+    security(("bearer" = [])),
+)]
+#[post("/jobs/bulk")]
 pub async fn submit_bulk(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -130,14 +188,14 @@ pub async fn submit_bulk(
 ) -> Result<HttpResponse, ApiError> {
     let request: BulkRequest = read_json(&req, body, state.max_body_bytes).await?;
     if request.jobs.is_empty() {
-        return Err(ApiError::unprocessable(
-            "empty_bulk",
+        return Err(ApiError::new(
+            ErrorCode::EmptyBulk,
             "jobs is empty; send 1 to 10000 jobs",
         ));
     }
     if request.jobs.len() > MAX_BULK_JOBS {
-        return Err(ApiError::too_large(
-            "too_many_jobs",
+        return Err(ApiError::new(
+            ErrorCode::TooManyJobs,
             format!(
                 "{} jobs in one request; send at most {MAX_BULK_JOBS} per request",
                 request.jobs.len()
@@ -161,8 +219,8 @@ pub async fn submit_bulk(
         .collect();
     if !conflicts.is_empty() {
         let shown: Vec<&str> = conflicts.iter().take(10).map(String::as_str).collect();
-        return Err(ApiError::conflict(
-            "idempotency_conflict",
+        return Err(ApiError::new(
+            ErrorCode::IdempotencyConflict,
             format!(
                 "{} job(s) reuse an idempotency key with another payload: {}{}; nothing was stored",
                 conflicts.len(),
@@ -180,29 +238,66 @@ pub async fn submit_bulk(
     }))
 }
 
+/// One job, with every transaction signed for it.
+#[utoipa::path(
+    tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        GetErrors,
+    ),
+    security(("bearer" = [])),
+)]
+#[get("/jobs/{id}")]
 pub async fn get(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let not_found = || ApiError::not_found(format!("no job with id {id:?}"));
-    let job_id: i64 = id.parse().map_err(|_| not_found())?;
+    let Ok(job_id) = id.parse::<i64>() else {
+        // `/v1/jobs/bulk` and `/v1/jobs/lookup` exist for POST: a GET of them is a 405.
+        return super::method_not_allowed(&req, true).ok_or_else(not_found);
+    };
     let job = state.store.get_job(job_id).await?.ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(job))
 }
 
+/// Jobs per state.
+#[utoipa::path(
+    tag = "jobs",
+    responses(
+        (status = 200, description = "Jobs per state (exact counts).", body = QueueCounts),
+        super::views::ReadErrors,
+    ),
+    security(("bearer" = [])),
+)]
+#[get("/queue")]
 pub async fn queue(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.store.queue_counts().await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupRequest {
-    pub ids: Vec<i64>,
+    /// Up to 10,000 job ids.
+    #[schema(value_type = Vec<i64>, max_items = 10000)]
+    pub ids: Vec<Int<i64>>,
 }
 
 /// `POST /v1/jobs/lookup {"ids": [...]}` (up to 10,000): the state of many jobs in one
 /// round trip (what `raregen load-test` polls). Ids that name no job are left out.
+#[utoipa::path(
+    tag = "jobs",
+    request_body = LookupRequest,
+    responses(
+        (status = 200, description = "The jobs that exist, by id.", body = JobStates),
+        LookupErrors,
+    ),
+    security(("bearer" = [])),
+)]
+#[post("/jobs/lookup")]
 pub async fn lookup(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -210,14 +305,64 @@ pub async fn lookup(
 ) -> Result<HttpResponse, ApiError> {
     let request: LookupRequest = read_json(&req, body, state.max_body_bytes).await?;
     if request.ids.len() > MAX_BULK_JOBS {
-        return Err(ApiError::too_large(
-            "too_many_ids",
+        return Err(ApiError::new(
+            ErrorCode::TooManyIds,
             format!(
                 "{} ids in one request; send at most {MAX_BULK_JOBS} per request",
                 request.ids.len()
             ),
         ));
     }
-    let jobs = state.store.job_states(&request.ids).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs })))
+    let ids: Vec<i64> = request.ids.iter().map(|id| id.0).collect();
+    let jobs = state.store.job_states(&ids).await?;
+    Ok(HttpResponse::Ok().json(JobStates { jobs }))
+}
+
+/// Most jobs one `GET /v1/jobs` lists.
+pub const MAX_LIST_JOBS: i64 = 500;
+
+/// Which jobs `GET /v1/jobs` lists.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// The state to list.
+    pub status: JobStatus,
+    /// How many (1 to 500; default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+}
+
+/// Jobs in one state, in the order that matters for it: failed ones newest failure
+/// first, sending ones oldest first (the stuck ones), queued ones in claim order,
+/// processing ones by id, sent ones newest first.
+#[utoipa::path(
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The jobs, at most `limit`.", body = JobListing),
+        ListErrors,
+    ),
+    security(("bearer" = [])),
+)]
+#[get("/jobs")]
+pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<ListQuery>::from_query(req.query_string())
+        .map_err(|e| {
+            let message = crate::config::plain_serde_message(&e.to_string());
+            ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("{message}; send ?status=queued|processing_batch|sending|sent|failed&limit=1..500"),
+            )
+        })?
+        .into_inner();
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LIST_JOBS).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("limit is {limit}; send 1 to {MAX_LIST_JOBS}"),
+        ));
+    }
+    let jobs = state.store.list_jobs(query.status, limit).await?;
+    Ok(HttpResponse::Ok().json(jobs))
 }

@@ -42,10 +42,34 @@ impl InsertOutcome {
     }
 }
 
+/// The states of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    ProcessingBatch,
+    Sending,
+    Sent,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::ProcessingBatch => "processing_batch",
+            JobStatus::Sending => "sending",
+            JobStatus::Sent => "sent",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
 /// A job as `GET /v1/jobs/{id}` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct JobView {
     pub id: JobId,
+    #[schema(value_type = JobStatus)]
     pub status: String,
     pub payload_hex: String,
     pub idempotency_key: Option<String>,
@@ -70,20 +94,34 @@ pub struct JobView {
     pub earlier_txids: Vec<String>,
 }
 
-/// A job's progress, as `POST /v1/jobs/lookup` answers it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, PartialEq, Eq)]
+/// A job's progress, as `POST /v1/jobs/lookup` and `GET /v1/jobs` answer it.
+#[derive(
+    Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, PartialEq, Eq, utoipa::ToSchema,
+)]
 pub struct JobState {
     pub id: JobId,
+    #[schema(value_type = JobStatus)]
     pub status: String,
     pub txid: Option<String>,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// When the job last changed state.
+    #[serde(default)]
+    #[sqlx(default)]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /v1/jobs`: jobs in one state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct JobListing {
+    pub status: JobStatus,
+    pub jobs: Vec<JobState>,
 }
 
 /// Jobs per state.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct QueueCounts {
     pub queued: i64,
     pub processing_batch: i64,
@@ -238,13 +276,36 @@ impl PgStore {
     /// The state of each job in `ids` that exists (in id order).
     pub async fn job_states(&self, ids: &[JobId]) -> Result<Vec<JobState>, StoreError> {
         sqlx::query_as(
-            "SELECT id, status, txid, attempts, last_error, created_at, sent_at
+            "SELECT id, status, txid, attempts, last_error, created_at, sent_at, updated_at
              FROM publish_jobs WHERE id = ANY($1) ORDER BY id",
         )
         .bind(ids)
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)
+    }
+
+    /// Up to `limit` jobs in one state, each state read through its own index in the
+    /// order an operator wants it (see `GET /v1/jobs`): the cost does not grow with
+    /// the table.
+    pub async fn list_jobs(&self, status: JobStatus, limit: i64) -> Result<JobListing, StoreError> {
+        let order = match status {
+            JobStatus::Failed => "updated_at DESC, id DESC",
+            JobStatus::Sending => "sending_started_at, id",
+            JobStatus::Queued => "priority DESC, id",
+            JobStatus::ProcessingBatch => "id",
+            JobStatus::Sent => "id DESC",
+        };
+        let jobs = sqlx::query_as(&format!(
+            "SELECT id, status, txid, attempts, last_error, created_at, sent_at, updated_at
+             FROM publish_jobs WHERE status = $1 ORDER BY {order} LIMIT $2"
+        ))
+        .bind(status.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(JobListing { status, jobs })
     }
 
     pub async fn get_job(&self, id: JobId) -> Result<Option<JobView>, StoreError> {

@@ -16,12 +16,15 @@ use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::DatabaseSettings;
 pub use jobs::{
-    compact_job_counts, queue_counts, InsertOutcome, JobState, JobView, NewJob, QueueCounts,
-    JOB_COUNTS_SQL,
+    compact_job_counts, queue_counts, InsertOutcome, JobListing, JobState, JobStatus, JobView,
+    NewJob, QueueCounts, JOB_COUNTS_SQL,
 };
 pub use maintenance::PgNotifier;
 pub use raregen_actors::StoreError;
-pub use report::{BatchSummary, LiveGauges, PoolSummary, StatusReport, StatusRow, StuckJob};
+pub use report::{
+    finished_totals, recent_batches, BatchSummary, BatchView, LiveGauges, PoolSummary,
+    StatusReport, StatusRow, StuckJob,
+};
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -24,7 +24,8 @@ pub struct BatchSummary {
     pub failed: i64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+/// The UTXO pool by state (`GET /v1/pool`, `raregen status`, `wallet balance`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PoolSummary {
     pub available: i64,
     pub available_sats: i64,
@@ -228,4 +229,47 @@ impl LiveGauges {
             oldest_sending_seconds: r.get::<f64, _>("oldest").max(0.0),
         })
     }
+}
+
+/// A batch as `GET /v1/batches` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow, utoipa::ToSchema)]
+pub struct BatchView {
+    pub id: i64,
+    /// The process that claimed it.
+    pub owner: String,
+    /// Jobs claimed.
+    pub size: i32,
+    pub sent: i32,
+    pub failed: i32,
+    /// Jobs sent back to the queue for another attempt (they join a later batch).
+    pub retried: i32,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// The last `limit` batches, newest first (read by key: the same cost at any size).
+pub async fn recent_batches(pool: &PgPool, limit: i64) -> Result<Vec<BatchView>, StoreError> {
+    sqlx::query_as(
+        "SELECT id, owner, size, sent, failed, retried, created_at, completed_at
+         FROM batches ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(store_error)
+}
+
+/// Jobs that ever reached `sent` and `failed` (those the Pruner removed included): the
+/// rate chart's samples.
+pub async fn finished_totals(pool: &PgPool) -> Result<(i64, i64), StoreError> {
+    sqlx::query_as(
+        "SELECT COALESCE(sum(n) FILTER (WHERE status = 'sent'), 0)::bigint,
+                COALESCE(sum(n) FILTER (WHERE status = 'failed'), 0)::bigint
+         FROM (SELECT status, n FROM job_counts WHERE status IN ('sent', 'failed')
+               UNION ALL
+               SELECT status, n FROM job_counts_removed) totals",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(store_error)
 }
