@@ -669,3 +669,429 @@ async fn the_runbook_commands_run_as_written(pool: PgPool) {
     }
     assert!(daemon.stop().success());
 }
+
+/// A real Prometheus (Debian's `prometheus`) on a free port, scraping `target` every
+/// second with the project's alert rules loaded; stopped when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    base: String,
+    _dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempdir("prometheus");
+        std::fs::copy(
+            repo().join("config/prometheus-alerts.yml"),
+            dir.join("prometheus-alerts.yml"),
+        )
+        .unwrap();
+        // The project's config with the test's target and a short interval.
+        let config = std::fs::read_to_string(repo().join("config/prometheus.yml"))
+            .unwrap()
+            .replace("raregen:8080", target)
+            .replace("scrape_interval: 5s", "scrape_interval: 1s")
+            .replace("evaluation_interval: 15s", "evaluation_interval: 1s");
+        assert!(
+            config.contains(target),
+            "config/prometheus.yml names raregen:8080"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect(
+                "prometheus is installed (Debian package prometheus; scripts/test installs it)",
+            );
+        Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// An instant query at now: the result array (vector) or a one-element array (scalar).
+    async fn query(&self, expr: &str) -> Vec<Value> {
+        let resp: Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(resp["status"], "success", "{expr}: {resp}");
+        match resp["data"]["resultType"].as_str() {
+            Some("scalar") => vec![resp["data"]["result"].clone()],
+            _ => resp["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..120 {
+            if let Ok(resp) = reqwest::get(format!("{}/api/v1/query?query=up", self.base)).await {
+                if let Ok(v) = resp.json::<Value>().await {
+                    if v["data"]["result"][0]["value"][1] == "1" {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("Prometheus never scraped the daemon");
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The operands of an alert's expression without their thresholds
+/// (`a > 0 and b < 10` → `a`, `b`): what must have data for the alert to mean anything.
+fn alert_operands(expr: &str) -> Vec<String> {
+    expr.split(" and ")
+        .flat_map(|part| part.split(" or "))
+        .map(|part| {
+            let mut part = part.trim();
+            for op in ["==", "!=", ">=", "<=", ">", "<"] {
+                if let Some((left, right)) = part.rsplit_once(op) {
+                    if right.trim().parse::<f64>().is_ok() {
+                        part = left.trim();
+                        break;
+                    }
+                }
+            }
+            part.to_owned()
+        })
+        .collect()
+}
+
+/// Debian's Prometheus scrapes a daemon publishing to bcoin; the alert rules load, and
+/// every query of the Grafana dashboard and every operand of the alert rules returns
+/// data through Prometheus's HTTP API: no panel stays blank.
+#[sqlx::test]
+async fn prometheus_finds_data_for_every_panel_and_alert(pool: PgPool) {
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &node.url,
+        &wif,
+        &[("RAREGEN__METRICS__REFRESH", "1s")],
+    )
+    .await;
+    let daemon = Daemon::start(&env, &["--mode", "batch"]);
+    let prometheus = Prometheus::start(daemon.base.trim_start_matches("http://"));
+    prometheus.wait_up().await;
+
+    let out = raregen(
+        &env,
+        &[
+            "load-test",
+            "--count",
+            "1500",
+            "--url",
+            &daemon.base,
+            "--timeout",
+            "3m",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "load-test failed: {}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    // A few scrapes and rule evaluations after the last job.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let rules: Value = reqwest::get(format!("{}/api/v1/rules", prometheus.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let loaded: Vec<&Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(
+        loaded.len(),
+        alert_exprs().len(),
+        "every alert rule is loaded"
+    );
+    for rule in &loaded {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+
+    let mut blank = Vec::new();
+    let dashboard = dashboard();
+    for expr in &dashboard {
+        // Grafana's variables as a dashboard over the last few minutes would set them.
+        let expr = expr
+            .replace("$__rate_interval", "30s")
+            .replace("$__interval", "5s")
+            .replace("$__range", "5m");
+        if prometheus.query(&expr).await.is_empty() {
+            blank.push(format!("dashboard: {expr}"));
+        }
+    }
+    let alerts = alert_exprs();
+    for alert in &alerts {
+        for operand in alert_operands(alert) {
+            if prometheus.query(&operand).await.is_empty() {
+                blank.push(format!("alert `{alert}`: {operand}"));
+            }
+        }
+    }
+    assert!(
+        blank.is_empty(),
+        "queries with no data after 1,500 jobs:\n{}",
+        blank.join("\n")
+    );
+    println!(
+        "Prometheus: {} dashboard queries and {} alert rules, all with data",
+        dashboard.len(),
+        alerts.len()
+    );
+    // And what it measured is what happened.
+    let sent = prometheus
+        .query("sum(raregen_jobs_sent_total)")
+        .await
+        .first()
+        .and_then(|s| s["value"][1].as_str().map(|v| v.parse::<f64>().unwrap()))
+        .unwrap();
+    assert_eq!(sent, 1500.0);
+}
+
+/// GET `path` on the daemon with the API key, as JSON.
+async fn api(base: &str, key: &str, path: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    resp.json().await.unwrap()
+}
+
+/// The operator console in a real browser (Debian's Chromium, driven by
+/// tests/console/drive.cjs) against a daemon publishing to bcoin: the key goes in
+/// through the login field, every figure on the page is the API's, nothing leaves the
+/// daemon's origin, the key is kept nowhere, and the phone width needs no sideways
+/// scrolling. The screenshots are saved in target/console-screenshots/.
+#[sqlx::test]
+async fn the_console_shows_what_the_api_says_in_a_real_browser(pool: PgPool) {
+    const KEY: &str = "console-test-key";
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &node.url,
+        &wif,
+        &[("RAREGEN__API__API_KEY", KEY)],
+    )
+    .await;
+    let daemon = Daemon::start(&env, &["--mode", "batch"]);
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for chunk in 0..3 {
+        let jobs: Vec<Value> = (0..500)
+            .map(|i| serde_json::json!({"payload": format!("console-{chunk}-{i}")}))
+            .collect();
+        let resp: Value = client
+            .post(format!("{}/v1/jobs/bulk", daemon.base))
+            .bearer_auth(KEY)
+            .json(&serde_json::json!({ "jobs": jobs }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.extend(
+            resp["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap()),
+        );
+    }
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
+    assert_eq!((sent, failed), (1500, 0));
+    // Two failures to show: the pipeline against bcoin fails nothing, so these are set
+    // by hand, as an operator's `UPDATE … SET status = 'failed'` would.
+    let failures = [ids[0], ids[1]];
+    sqlx::query(
+        "UPDATE publish_jobs SET status = 'failed', last_error = 'refused: <b>bad</b> & co'
+         WHERE id = ANY($1)",
+    )
+    .bind(&failures[..])
+    .execute(&pool)
+    .await
+    .unwrap();
+    let looked_up = ids[700];
+    // Two rate samples (5 s apart) after the last job: the figures stop moving.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+
+    let out_dir = repo().join("target/console-screenshots");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut command = Command::new("node");
+    command
+        .arg(repo().join("tests/console/drive.cjs"))
+        .env(
+            "NODE_PATH",
+            repo().join("target/tools/console-driver/node_modules"),
+        )
+        .env("BASE", &daemon.base)
+        .env("KEY", KEY)
+        .env("JOB", looked_up.to_string())
+        .env("OUT", &out_dir);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("node runs (scripts/test installs the console driver)");
+    assert!(
+        output.status.success(),
+        "the browser run failed:\n{}",
+        text(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("the driver prints JSON");
+
+    let queue = api(&daemon.base, KEY, "/v1/queue").await;
+    let pool_view = api(&daemon.base, KEY, "/v1/pool").await;
+    let info = api(&daemon.base, KEY, "/v1/info").await;
+    let rate = api(&daemon.base, KEY, "/v1/rate").await;
+    let batches = api(&daemon.base, KEY, "/v1/batches?limit=10").await;
+    let failed_jobs = api(&daemon.base, KEY, "/v1/jobs?status=failed&limit=20").await;
+    let job = api(&daemon.base, KEY, &format!("/v1/jobs/{looked_up}")).await;
+    let ids_of = |v: &Value, key: &str| -> Vec<i64> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["id"].as_i64().unwrap())
+            .collect()
+    };
+    for width in ["desktop", "phone"] {
+        let page = &seen[width];
+        let figure = |id: &str| page["figures"][id].as_str().unwrap_or("").to_owned();
+        assert_eq!(page["beforeLogin"]["auth"], "API key needed", "{width}");
+        assert!(
+            page["problems"].as_array().unwrap().is_empty(),
+            "{width}: {}",
+            page["problems"]
+        );
+        assert!(page["error"].is_null(), "{width}: {}", page["error"]);
+        for status in ["queued", "processing_batch", "sending", "sent", "failed"] {
+            assert_eq!(
+                figure(&format!("queue-{status}")),
+                queue[status].to_string(),
+                "{width} {status}"
+            );
+        }
+        for field in [
+            "available",
+            "available_sats",
+            "reserved",
+            "reserved_sats",
+            "dirty",
+            "dirty_sats",
+            "pending",
+        ] {
+            assert_eq!(
+                figure(&format!("pool-{field}")),
+                pool_view[field].to_string(),
+                "{width} pool {field}"
+            );
+        }
+        assert_eq!(figure("info-network"), info["network"].as_str().unwrap());
+        assert_eq!(figure("info-mode"), "batch");
+        assert_eq!(figure("info-limit-max"), info["rate_limit_max"].to_string());
+        assert_eq!(
+            figure("rate-limit"),
+            format!("{:.1}", rate["limit_per_second"].as_f64().unwrap())
+        );
+        assert!(rate["points"].as_array().unwrap().len() >= 2, "{rate}");
+        assert!(
+            page["chartPoints"].as_u64().unwrap() >= 1,
+            "{width}: the chart draws the rate"
+        );
+        assert_eq!(
+            page["batches"],
+            serde_json::json!(ids_of(&batches, "batches")),
+            "{width}"
+        );
+        assert_eq!(
+            page["failed"],
+            serde_json::json!(ids_of(&failed_jobs, "jobs")),
+            "{width}"
+        );
+        assert_eq!(ids_of(&failed_jobs, "jobs").len(), 2);
+        assert!(
+            page["failedReasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("refused: <b>bad</b> & co"),
+            "{width}: the reason, as text: {}",
+            page["failedReasons"]
+        );
+        assert_eq!(figure("sending-count"), "0");
+        assert_eq!(figure("ready"), "ready");
+        assert_eq!(figure("job-status"), job["status"].as_str().unwrap());
+        assert_eq!(figure("job-attempts"), job["attempts"].to_string());
+        assert!(
+            figure("job-txid").starts_with(job["txid"].as_str().unwrap()),
+            "{width}"
+        );
+        let mut history: Vec<Value> = job["earlier_txids"].as_array().unwrap().clone();
+        history.push(job["txid"].clone());
+        assert_eq!(page["history"], Value::Array(history), "{width}");
+        // The key lives in the page's memory only.
+        assert_eq!(page["stored"]["local"], 0);
+        assert_eq!(page["stored"]["session"], 0);
+        assert_eq!(page["stored"]["cookie"], "");
+        assert!(!page["stored"]["url"].as_str().unwrap().contains(KEY));
+    }
+    let phone = &seen["phone"];
+    assert!(
+        phone["scrollWidth"].as_u64() <= phone["innerWidth"].as_u64(),
+        "the phone width scrolls sideways: {} > {}",
+        phone["scrollWidth"],
+        phone["innerWidth"]
+    );
+    for name in ["desktop", "phone"] {
+        let shot = out_dir.join(format!("console-{name}.png"));
+        assert!(
+            std::fs::metadata(&shot).unwrap().len() > 10_000,
+            "{}",
+            shot.display()
+        );
+    }
+    assert!(!daemon.log().contains(KEY), "the API key reached the log");
+}
