@@ -910,6 +910,26 @@ async fn the_read_endpoints_answer_what_the_database_holds(pool: PgPool) {
 
     let pool_view: Value = app.get("/v1/pool").await.json().await.unwrap();
     assert_eq!(pool_view["available"], 0);
+    assert_eq!(pool_view["capacity"], 0);
+    // Two clean lanes, 0 and 3 deep, and a dirty coin: 25 + 22 transactions fundable
+    // before the next confirmation (utxo_pool.max_chain_depth = 25).
+    for (vout, depth, dirty) in [(0, 0, false), (1, 3, false), (2, 0, true)] {
+        sqlx::query(
+            "INSERT INTO utxos (txid, vout, satoshis, script_pubkey, unconfirmed_depth, dirty)
+             VALUES (repeat('a', 64), $1, 10000, '\\x51', $2, $3)",
+        )
+        .bind(vout)
+        .bind(depth)
+        .bind(dirty)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let pool_view: Value = app.get("/v1/pool").await.json().await.unwrap();
+    assert_eq!(pool_view["available"], 2);
+    assert_eq!(pool_view["dirty"], 1);
+    assert_eq!(pool_view["max_chain_depth"], 25);
+    assert_eq!(pool_view["capacity"], 47);
     let info: Value = app.get("/v1/info").await.json().await.unwrap();
     assert_eq!(info["network"], "regtest");
     assert_eq!(info["rate_limit_max"], 500);

@@ -1023,6 +1023,7 @@ async fn the_console_shows_what_the_api_says_in_a_real_browser(pool: PgPool) {
             "dirty",
             "dirty_sats",
             "pending",
+            "capacity",
         ] {
             assert_eq!(
                 figure(&format!("pool-{field}")),

@@ -34,6 +34,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub info: Info,
     pub rate: Arc<RateHistory>,
+    pub max_chain_depth: u32,
     api_key: Option<SecretString>,
 }
 
@@ -218,6 +219,7 @@ impl ApiServer {
                 max_payload_bytes: settings.chain.max_payload_bytes,
             },
             rate,
+            max_chain_depth: settings.utxo_pool.max_chain_depth,
             api_key: settings.api.key().map(|k| SecretString::from(k.to_owned())),
         });
         let document = web::Data::new(Document::new(openapi(settings.chain.max_payload_bytes)));

@@ -72,15 +72,33 @@ pub async fn batches(
     Ok(HttpResponse::Ok().json(Batches { batches }))
 }
 
+/// The UTXO pool, and how many transactions it can fund now.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PoolView {
+    #[serde(flatten)]
+    pub pool: PoolSummary,
+    /// Transactions the pool can fund before the next confirmation: over the available
+    /// clean coins, the links each lane can still add under `utxo_pool.max_chain_depth`
+    /// (a coin `d` unconfirmed transactions deep funds `max_chain_depth − d` more).
+    pub capacity: i64,
+    pub max_chain_depth: u32,
+}
+
 /// The UTXO pool by state.
 #[utoipa::path(
     tag = "operations",
-    responses((status = 200, description = "The pool (exact counts of its live coins).", body = PoolSummary), ReadErrors),
+    responses((status = 200, description = "The pool (exact counts of its live coins).", body = PoolView), ReadErrors),
     security(("bearer" = [])),
 )]
 #[get("/pool")]
 pub async fn pool(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(PoolSummary::load(state.store.pool()).await?))
+    let db = state.store.pool();
+    let max_chain_depth = state.max_chain_depth;
+    Ok(HttpResponse::Ok().json(PoolView {
+        pool: PoolSummary::load(db).await?,
+        capacity: store::pool_capacity(db, max_chain_depth).await?,
+        max_chain_depth,
+    }))
 }
 
 /// What this daemon runs with (nothing secret).

@@ -22,8 +22,8 @@ pub use jobs::{
 pub use maintenance::PgNotifier;
 pub use raregen_actors::StoreError;
 pub use report::{
-    finished_totals, recent_batches, BatchSummary, BatchView, LiveGauges, PoolSummary,
-    StatusReport, StatusRow, StuckJob,
+    finished_totals, pool_capacity, recent_batches, BatchSummary, BatchView, LiveGauges,
+    PoolSummary, StatusReport, StatusRow, StuckJob,
 };
 
 /// The migrations in `migrations/`, compiled into the binary.

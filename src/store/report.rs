@@ -273,3 +273,17 @@ pub async fn finished_totals(pool: &PgPool) -> Result<(i64, i64), StoreError> {
     .await
     .map_err(store_error)
 }
+
+/// Transactions the pool's available clean coins can fund before the next confirmation
+/// (see `GET /v1/pool`'s `capacity`).
+pub async fn pool_capacity(pool: &PgPool, max_chain_depth: u32) -> Result<i64, StoreError> {
+    let max = i32::try_from(max_chain_depth).unwrap_or(i32::MAX);
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum($1 - unconfirmed_depth), 0)::bigint FROM utxos
+         WHERE state = 'available' AND NOT dirty AND unconfirmed_depth < $1",
+    )
+    .bind(max)
+    .fetch_one(pool)
+    .await
+    .map_err(store_error)
+}

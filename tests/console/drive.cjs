@@ -16,7 +16,7 @@ const FIGURES = [
   'info-mode', 'info-network', 'info-version', 'info-limit-max', 'info-limit-per',
   'rate-now', 'rate-limit',
   'pool-available', 'pool-available_sats', 'pool-reserved', 'pool-reserved_sats',
-  'pool-dirty', 'pool-dirty_sats', 'pool-pending',
+  'pool-dirty', 'pool-dirty_sats', 'pool-pending', 'pool-capacity',
   'sending-count', 'ready',
   'job-status', 'job-attempts', 'job-txid', 'job-anchor', 'job-last_error',
 ];
