@@ -239,32 +239,32 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-/// 5,000 jobs through `raregen load-test` against `raregen serve` and bcoin; then the
-/// scrape, the dashboard, the alerts and `status --json` checked against the database.
-#[sqlx::test]
-async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
+/// A bcoin node, a wallet of `coins` funded on it, and `raregen serve --mode batch`
+/// publishing to it with `overrides`: the setup of the end-to-end operations tests.
+async fn publishing_daemon(
+    pool: &PgPool,
+    coins: u32,
+    overrides: &[(&str, &str)],
+) -> (RegtestNode, Vec<(String, String)>, Daemon) {
     let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 500, 20_000).await;
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &node.url,
-        &wif,
-        &[("RAREGEN__METRICS__REFRESH", "1s")],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
+    let wif = e2e::funded_wallet(&node, pool, coins, 20_000).await;
+    let env = e2e::serve_env(pool, &node, &node.url, &wif, overrides).await;
+    let daemon = Daemon::start(&env, &["--mode", "batch"]);
+    (node, env, daemon)
+}
 
+/// `raregen load-test --count N --json` against `daemon`: its summary.
+fn load_test(env: &[(String, String)], daemon: &Daemon, count: u32, timeout: &str) -> Value {
     let out = raregen(
-        &env,
+        env,
         &[
             "load-test",
             "--count",
-            "5000",
+            &count.to_string(),
             "--url",
             &daemon.base,
             "--timeout",
-            "4m",
+            timeout,
             "--json",
         ],
     );
@@ -274,7 +274,16 @@ async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
         text(&out.stderr),
         daemon.log()
     );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("the summary is JSON");
+    serde_json::from_slice(&out.stdout).expect("the summary is JSON")
+}
+
+/// 5,000 jobs through `raregen load-test` against `raregen serve` and bcoin; then the
+/// scrape, the dashboard, the alerts and `status --json` checked against the database.
+#[sqlx::test]
+async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
+    let (node, env, mut daemon) =
+        publishing_daemon(&pool, 500, &[("RAREGEN__METRICS__REFRESH", "1s")]).await;
+    let summary = load_test(&env, &daemon, 5000, "4m");
     println!("load-test summary: {summary:#}");
     assert_eq!(summary["submitted"], 5000);
     assert_eq!(summary["sent"], 5000);
@@ -790,39 +799,12 @@ fn alert_operands(expr: &str) -> Vec<String> {
 /// data through Prometheus's HTTP API: no panel stays blank.
 #[sqlx::test]
 async fn prometheus_finds_data_for_every_panel_and_alert(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &node.url,
-        &wif,
-        &[("RAREGEN__METRICS__REFRESH", "1s")],
-    )
-    .await;
-    let daemon = Daemon::start(&env, &["--mode", "batch"]);
+    let (_node, env, daemon) =
+        publishing_daemon(&pool, 200, &[("RAREGEN__METRICS__REFRESH", "1s")]).await;
     let prometheus = Prometheus::start(daemon.base.trim_start_matches("http://"));
     prometheus.wait_up().await;
-
-    let out = raregen(
-        &env,
-        &[
-            "load-test",
-            "--count",
-            "1500",
-            "--url",
-            &daemon.base,
-            "--timeout",
-            "3m",
-            "--json",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "load-test failed: {}\n{}",
-        text(&out.stderr),
-        daemon.log()
-    );
+    let summary = load_test(&env, &daemon, 1500, "3m");
+    assert_eq!(summary["sent"], 1500);
     // A few scrapes and rule evaluations after the last job.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
@@ -907,17 +889,8 @@ async fn api(base: &str, key: &str, path: &str) -> Value {
 #[sqlx::test]
 async fn the_console_shows_what_the_api_says_in_a_real_browser(pool: PgPool) {
     const KEY: &str = "console-test-key";
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &node.url,
-        &wif,
-        &[("RAREGEN__API__API_KEY", KEY)],
-    )
-    .await;
-    let daemon = Daemon::start(&env, &["--mode", "batch"]);
+    let (_node, _env, daemon) =
+        publishing_daemon(&pool, 200, &[("RAREGEN__API__API_KEY", KEY)]).await;
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for chunk in 0..3 {
