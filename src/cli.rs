@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{LogFormat, Mode, Settings};
 use crate::{load_test, serve, status, store, telemetry, unstick, wallet};
@@ -48,6 +48,15 @@ pub enum Command {
     /// Submit N jobs through the HTTP API, follow them until sent or failed, and report
     /// throughput and latency. Exits non-zero if any job failed or the timeout passed.
     LoadTest(load_test::LoadTest),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell, e.g.
+    /// `raregen completions bash > /etc/bash_completion.d/raregen`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual pages (roff), e.g. `raregen man | man -l -`.
+    Man,
     /// Re-broadcast the stored transactions of jobs stuck in `sending` (never re-signs).
     Unstick {
         /// Only jobs sending for longer than this (humantime).
@@ -73,8 +82,10 @@ pub enum WalletCommand {
     },
     /// Split the largest pool UTXO into N outputs of SATS each (plus change).
     Split {
+        /// How many outputs of SATS each.
         #[arg(long, value_name = "N")]
         outputs: u32,
+        /// The value of each output, in satoshis.
         #[arg(long, value_name = "SATS")]
         amount: u64,
     },
@@ -138,6 +149,13 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match print_docs(&cli.command) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        // `raregen man | head`: the reader has seen enough.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(format) = cli.log_format {
         settings.log.format = format;
@@ -180,8 +198,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 unstick::main(settings, older_than, limit).await
             }
             Command::Wallet(command) => run_wallet(settings, command).await,
+            Command::Completions { .. } | Command::Man => unreachable!("answered before"),
         }
     })
+}
+
+/// `raregen completions SHELL` and `raregen man`: printed from the command line's own
+/// definition, without configuration.
+fn print_docs(command: &Command) -> std::io::Result<bool> {
+    let mut cli = Cli::command();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "raregen", &mut std::io::stdout());
+            Ok(true)
+        }
+        Command::Man => {
+            let mut out = std::io::stdout();
+            clap_mangen::Man::new(cli.clone()).render(&mut out)?;
+            // Each command's own page after the summary, as `raregen-<command>(1)`.
+            for sub in cli.get_subcommands() {
+                let title = format!("raregen-{}", sub.get_name());
+                clap_mangen::Man::new(sub.clone())
+                    .title(title)
+                    .render(&mut out)?;
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 async fn run_wallet(settings: Settings, command: WalletCommand) -> anyhow::Result<()> {
@@ -229,4 +273,35 @@ async fn run_wallet(settings: Settings, command: WalletCommand) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && !path.ends_with(" help") {
+                missing.push(format!("{path} (the command)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

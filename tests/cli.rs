@@ -281,3 +281,50 @@ async fn status_json_matches_the_database(pool: PgPool) {
         "{text}"
     );
 }
+
+/// Completions and the manual come from the command line's own definition: no
+/// configuration, no database.
+#[test]
+fn completions_and_the_manual_need_nothing_but_the_binary() {
+    let nowhere = "postgres://nobody@127.0.0.1:1/none";
+    for (shell, marker) in [
+        ("bash", "_raregen()"),
+        ("zsh", "#compdef raregen"),
+        ("fish", "complete -c raregen"),
+    ] {
+        let out = raregen(nowhere)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(marker), "{shell}");
+        for command in ["load-test", "unstick", "wallet", "split", "completions"] {
+            assert!(text.contains(command), "{shell} completes {command}");
+        }
+    }
+    let out = raregen(nowhere).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    for title in [
+        ".TH raregen 1",
+        ".TH raregen-serve 1",
+        ".TH raregen-wallet 1",
+        ".TH raregen-load-test 1",
+    ] {
+        assert!(page.contains(title), "{title}");
+    }
+    assert!(
+        page.contains("batch or single"),
+        "serve's --mode is described"
+    );
+    let out = raregen(nowhere)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an unknown shell is refused");
+}

@@ -91,7 +91,7 @@ async fn the_api_keeps_its_openapi_contract_under_schemathesis(pool: PgPool) {
     // type, a header, the media type, a method): every one is refused, none stores a
     // job.
     let before = jobs(&pool).await;
-    let negative = run(&app.base, &["--mode", "negative", "--max-examples", "300"]).await;
+    let negative = run(&app.base, &["--mode", "negative", "--max-examples", "400"]).await;
     assert_eq!(
         jobs(&pool).await,
         before,

@@ -22,20 +22,27 @@ pub async fn read_json<T: DeserializeOwned>(
             format!("the request body is larger than api.max_body_bytes ({limit} bytes)"),
         )
     };
-    if let Some(kind) = req.headers().get(header::CONTENT_TYPE) {
-        let kind = kind.to_str().unwrap_or("").to_ascii_lowercase();
-        let essence = kind.split(';').next().unwrap_or("").trim();
-        let json = essence == "application/json"
-            || (essence.starts_with("application/") && essence.ends_with("+json"));
-        if !json {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!(
-                    "the body is sent as {essence:?}; send JSON with \
-                     `Content-Type: application/json` (or no Content-Type)"
-                ),
-            ));
-        }
+    // JSON only, and said so: a cross-site page can POST a body without a Content-Type
+    // (or as text/plain) without asking first; it cannot send `application/json`
+    // without a CORS preflight, which this server never grants.
+    let kind = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
+    let essence = kind
+        .as_deref()
+        .map(|k| k.split(';').next().unwrap_or("").trim().to_owned());
+    let json = essence.as_deref().is_some_and(|e| {
+        e == "application/json" || (e.starts_with("application/") && e.ends_with("+json"))
+    });
+    if !json {
+        let sent = essence.map_or_else(|| "no Content-Type".to_owned(), |e| format!("{e:?}"));
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "the body is sent with {sent}; send JSON with `Content-Type: application/json`"
+            ),
+        ));
     }
     let declared = req
         .headers()

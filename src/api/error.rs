@@ -133,7 +133,7 @@ impl ErrorCode {
             MethodNotAllowed => "the route exists, not with this method (the `Allow` header lists its methods)",
             IdempotencyConflict => "the idempotency key names a job with another payload",
             UnsupportedMediaType => {
-                "a `Content-Type` other than `application/json` (leaving it out is fine)"
+                "a body without `Content-Type: application/json`"
             }
             BodyTooLarge => "body over `api.max_body_bytes`",
             TooManyJobs => "bulk over 10,000 jobs",

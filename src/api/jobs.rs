@@ -62,7 +62,7 @@ pub struct JobStates {
     pub jobs: Vec<JobState>,
 }
 
-error_responses!(SubmitErrors: MalformedJson, BadBody, UnsupportedMediaType, Unauthorized, IdempotencyConflict,
+error_responses!(SubmitErrors: MalformedJson, BadBody, UnsupportedMediaType, Unauthorized, NotFound, IdempotencyConflict,
     BodyTooLarge, InvalidField, PayloadRequired, PayloadConflict, InvalidHex, EmptyPayload,
     PayloadTooLarge, InvalidIdempotencyKey, Internal, DatabaseUnavailable);
 error_responses!(BulkErrors: MalformedJson, BadBody, UnsupportedMediaType, Unauthorized, IdempotencyConflict,

@@ -42,7 +42,8 @@ pub struct AppState {
 pub struct ApiServer {
     addr: SocketAddr,
     server: Server,
-    sampler: tokio::task::JoinHandle<()>,
+    /// The rate history and the database it samples (started by [`ApiServer::run`]).
+    sampled: (Arc<RateHistory>, PgPool),
 }
 
 /// The OpenAPI document's fixed parts; the routes and their schemas are added by
@@ -127,7 +128,16 @@ pub fn openapi(max_payload_bytes: usize) -> serde_json::Value {
         {"required": ["payload_hex"], "properties": {"payload_hex": {"type": "string"}}},
     ]);
     request["properties"]["payload"]["maxLength"] = max_payload_bytes.into();
+    request["properties"]["payload"]["description"] = format!(
+        "Text payload, published as its UTF-8 bytes: at most {max_payload_bytes} bytes \
+         (`chain.max_payload_bytes`; maxLength counts characters, exact for ASCII)."
+    )
+    .into();
     request["properties"]["payload_hex"]["maxLength"] = (2 * max_payload_bytes).into();
+    // Job ids are i64: JSON Schema's integers are unbounded.
+    let ids = &mut json["components"]["schemas"]["LookupRequest"]["properties"]["ids"]["items"];
+    ids["minimum"] = i64::MIN.into();
+    ids["maximum"] = i64::MAX.into();
     json
 }
 
@@ -191,10 +201,10 @@ impl Document {
 }
 
 fn segments(path: &str) -> Vec<String> {
-    path.trim_end_matches('/')
-        .split('/')
-        .map(str::to_owned)
-        .collect()
+    // "/" is the root route; any other trailing slash is another path (actix does not
+    // match `/healthz/` to `/healthz`).
+    let path = if path == "/" { "" } else { path };
+    path.split('/').map(str::to_owned).collect()
 }
 
 impl ApiServer {
@@ -205,7 +215,7 @@ impl ApiServer {
             .with_context(|| format!("cannot listen on api.listen {}", settings.api.listen))?;
         let addr = listener.local_addr()?;
         let rate = Arc::new(RateHistory::default());
-        let sampler = tokio::spawn(rate.clone().run(store.pool().clone()));
+        let sampled = (rate.clone(), store.pool().clone());
         let state = web::Data::new(AppState {
             store,
             max_payload_bytes: settings.chain.max_payload_bytes,
@@ -245,7 +255,7 @@ impl ApiServer {
         Ok(ApiServer {
             addr,
             server,
-            sampler,
+            sampled,
         })
     }
 
@@ -260,8 +270,10 @@ impl ApiServer {
     }
 
     pub async fn run(self) -> std::io::Result<()> {
+        let (rate, pool) = self.sampled;
+        let sampler = tokio::spawn(rate.run(pool));
         let result = self.server.await;
-        self.sampler.abort();
+        sampler.abort();
         result
     }
 }
@@ -352,6 +364,11 @@ fn method_not_allowed(req: &actix_web::HttpRequest, literal_only: bool) -> Optio
     let methods = req
         .app_data::<web::Data<Document>>()
         .and_then(|d| d.methods(req.path(), literal_only))?;
+    // A route that has this very method did not match (e.g. a path parameter that is no
+    // id): that is a 404, not a 405.
+    if methods.iter().any(|m| m == req.method().as_str()) {
+        return None;
+    }
     let allow = methods.join(", ");
     let mut response = actix_web::ResponseError::error_response(&ApiError::new(
         ErrorCode::MethodNotAllowed,

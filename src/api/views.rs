@@ -106,8 +106,10 @@ pub async fn pool(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 pub struct Info {
     pub version: String,
     /// `batch` or `single`.
+    #[schema(pattern = "^(batch|single)$")]
     pub mode: String,
-    /// `mainnet`, `testnet`, `signet` or `regtest`.
+    /// `chain.network`: `bitcoin`, `testnet`, `signet` or `regtest`.
+    #[schema(pattern = "^(bitcoin|testnet|signet|regtest)$")]
     pub network: String,
     /// At most `rate_limit_max` broadcasts in any `rate_limit_per_seconds`, over every
     /// process on the database.

@@ -289,22 +289,47 @@ impl PgStore {
     /// order an operator wants it (see `GET /v1/jobs`): the cost does not grow with
     /// the table.
     pub async fn list_jobs(&self, status: JobStatus, limit: i64) -> Result<JobListing, StoreError> {
-        let order = match status {
-            JobStatus::Failed => "updated_at DESC, id DESC",
-            JobStatus::Sending => "sending_started_at, id",
-            JobStatus::Queued => "priority DESC, id",
-            JobStatus::ProcessingBatch => "id",
-            JobStatus::Sent => "id DESC",
+        const COLUMNS: &str =
+            "id, status, txid, attempts, last_error, created_at, sent_at, updated_at";
+        // Each through a partial index in its order (a tie-breaker the index does not
+        // hold would sort every tied row: the seed adoption stamps thousands alike).
+        let sql = match status {
+            JobStatus::Failed => format!(
+                "SELECT {COLUMNS} FROM publish_jobs WHERE status = 'failed'
+                 ORDER BY updated_at DESC LIMIT $1"
+            ),
+            JobStatus::Sending => format!(
+                "SELECT {COLUMNS} FROM publish_jobs WHERE status = 'sending'
+                 ORDER BY sending_started_at LIMIT $1"
+            ),
+            JobStatus::Queued => format!(
+                "SELECT {COLUMNS} FROM publish_jobs WHERE status = 'queued'
+                 ORDER BY priority DESC, id LIMIT $1"
+            ),
+            JobStatus::ProcessingBatch => format!(
+                "SELECT {COLUMNS} FROM publish_jobs WHERE status = 'processing_batch'
+                 ORDER BY id LIMIT $1"
+            ),
+            // Newest first: the unconfirmed by send time, then the confirmed by
+            // confirmation time (the two partial indexes of sent jobs), never a walk
+            // over the queued jobs' newer ids.
+            JobStatus::Sent => format!(
+                "SELECT {COLUMNS} FROM (
+                     (SELECT {COLUMNS}, 0 AS part, sent_at AS at FROM publish_jobs
+                      WHERE status = 'sent' AND confirmed_at IS NULL
+                      ORDER BY sent_at DESC LIMIT $1)
+                     UNION ALL
+                     (SELECT {COLUMNS}, 1 AS part, confirmed_at AS at FROM publish_jobs
+                      WHERE status = 'sent' AND confirmed_at IS NOT NULL
+                      ORDER BY confirmed_at DESC LIMIT $1)
+                 ) newest ORDER BY part, at DESC LIMIT $1"
+            ),
         };
-        let jobs = sqlx::query_as(&format!(
-            "SELECT id, status, txid, attempts, last_error, created_at, sent_at, updated_at
-             FROM publish_jobs WHERE status = $1 ORDER BY {order} LIMIT $2"
-        ))
-        .bind(status.as_str())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let jobs = sqlx::query_as(&sql)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(JobListing { status, jobs })
     }
 

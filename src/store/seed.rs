@@ -62,6 +62,7 @@ const RAREGEN_TABLES: &[&str] = &[
     "job_counts",
     "publish_jobs_archive",
     "seed_in_flight",
+    "job_counts_removed",
 ];
 
 /// Looks at the tables of the connection's current schema.

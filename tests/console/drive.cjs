@@ -39,7 +39,8 @@ async function read(page) {
       chartPoints: document.querySelectorAll('#rate-chart svg polyline, #rate-chart svg path').length,
       scrollWidth: document.documentElement.scrollWidth,
       innerWidth: window.innerWidth,
-      auth: text('auth'),
+      // The login prompt, when it shows.
+      auth: (() => { const e = document.getElementById('auth'); return e && !e.hidden && e.offsetParent !== null ? e.textContent.trim() : null; })(),
       error: (() => { const e = document.getElementById('error'); return e && !e.hidden ? e.textContent : null; })(),
     };
   }, FIGURES);
@@ -61,6 +62,13 @@ async function visit(browser, viewport, name) {
     if (m.type() === 'error' && !m.text().includes('status of 401')) problems.push(`console: ${m.text()}`);
   });
   page.on('request', (r) => { if (!r.url().startsWith(BASE)) problems.push(`request outside the daemon: ${r.url()}`); });
+  // The last answer the page got from each API path: what its figures must show.
+  const answers = {};
+  page.on('response', async (r) => {
+    const path = r.url().slice(BASE.length);
+    if (!path.startsWith('/v1/') || r.status() !== 200) return;
+    try { answers[path] = await r.json(); } catch (_) { /* not JSON */ }
+  });
   await page.goto(`${BASE}/`);
   await page.waitForFunction(() => document.body.dataset.loaded === '1', null, { timeout: 30000 });
   const before = await read(page);
@@ -78,6 +86,7 @@ async function visit(browser, viewport, name) {
   // One more whole refresh, so that every section shows the same moment.
   await refreshed(page, Number(await page.evaluate(() => document.body.dataset.refreshes)));
   const after = await read(page);
+  const shown = JSON.parse(JSON.stringify(answers));
   await page.screenshot({ path: `${OUT}/console-${name}.png`, fullPage: true });
   const stored = await page.evaluate(() => ({
     local: Object.keys(localStorage).length,
@@ -86,7 +95,7 @@ async function visit(browser, viewport, name) {
     url: location.href,
   }));
   await context.close();
-  return { beforeLogin: { auth: before.auth, error: before.error }, ...after, stored, problems };
+  return { beforeLogin: { auth: before.auth, error: before.error }, ...after, answers: shown, stored, problems };
 }
 
 (async () => {
