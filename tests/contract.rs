@@ -33,7 +33,12 @@ fn schemathesis() -> PathBuf {
 /// finding, with Schemathesis's own report.
 async fn run(base: &str, args: &[&str]) -> u64 {
     let mut command = Command::new(schemathesis());
+    // Schemathesis keeps a cache in `.schemathesis/` of its working directory: under
+    // target/, not in the tree.
+    let workdir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/tools");
+    std::fs::create_dir_all(workdir).unwrap();
     command
+        .current_dir(workdir)
         .arg("run")
         .arg(format!("{base}/openapi.json"))
         .args(["--header", &format!("Authorization: Bearer {KEY}")])
