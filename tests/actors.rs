@@ -13,7 +13,9 @@ use raregen_actors::batch::{Batch, Depth, Drain, Enqueue, JobDone, NextJob};
 use raregen_actors::collector::{Claims, CollectMode, Collector, CollectorConfig, StopClaiming};
 use raregen_actors::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
 use raregen_actors::token_bucket::{max_in_window, Acquire, TokenBucket, TokensLeft};
-use raregen_actors::utxo_pool::{Forget, PoolConfig, PoolStats, Release, Reserve, UtxoPool};
+use raregen_actors::utxo_pool::{
+    Forget, PoolConfig, PoolState, PoolStats, Release, Reserve, UtxoPool,
+};
 use raregen_actors::{Fence, JobStore, Retry, Sending, Sent};
 use sqlx::PgPool;
 
@@ -274,7 +276,14 @@ fn utxo_pool_gives_each_utxo_to_one_job_and_keeps_large_ones_for_splits() {
         )
         .start();
         actix::clock::sleep(Duration::from_millis(300)).await; // the first load
-        assert_eq!(pool_actor.send(PoolStats).await.unwrap(), (21, 0));
+        assert_eq!(
+            pool_actor.send(PoolStats).await.unwrap(),
+            PoolState {
+                available: 21,
+                reserved: 0,
+                splitting: false
+            }
+        );
         let mut got = Vec::new();
         for job in 0..20 {
             got.push(
@@ -303,7 +312,14 @@ fn utxo_pool_gives_each_utxo_to_one_job_and_keeps_large_ones_for_splits() {
                 .map(|u| u.id),
             Some(got[0].id)
         );
-        assert_eq!(pool_actor.send(PoolStats).await.unwrap(), (1, 19));
+        assert_eq!(
+            pool_actor.send(PoolStats).await.unwrap(),
+            PoolState {
+                available: 1,
+                reserved: 19,
+                splitting: false
+            }
+        );
     });
 }
 

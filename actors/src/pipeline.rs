@@ -232,12 +232,20 @@ impl Pipeline {
             if in_flight > 0 && !matches!(said, Some(at) if now < at + Duration::from_secs(5)) {
                 // Say what the stop waits for, and again every 5 s.
                 let for_slot = self.tokens.send(TokensLeft).await.map(|t| t.2).unwrap_or(0);
+                let pool = self.pool.send(crate::utxo_pool::PoolStats).await.ok();
+                let split_in_flight = pool.is_some_and(|p| p.splitting);
                 tracing::info!(
                     jobs = in_flight,
                     waiting_for_rate_limit = for_slot,
                     waiting_for_utxo_or_node = in_flight.saturating_sub(for_slot),
+                    split_in_flight,
                     left = ?deadline.saturating_duration_since(now),
-                    "stopping: waiting for the jobs in flight to finish"
+                    "stopping: waiting for the jobs in flight to finish{}",
+                    if split_in_flight && pool.is_some_and(|p| p.available == 0) {
+                        " (the pool is empty until the split in flight is answered by the node)"
+                    } else {
+                        ""
+                    }
                 );
                 said = Some(now);
             }

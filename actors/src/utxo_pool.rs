@@ -316,10 +316,20 @@ pub struct Forget(pub i64);
 #[rtype(result = "()")]
 pub struct Add(pub Vec<SpendableUtxo>);
 
-/// (available, reserved) in the index.
+/// What the pool's index holds now.
 #[derive(Message)]
-#[rtype(result = "(usize, usize)")]
+#[rtype(result = "PoolState")]
 pub struct PoolStats;
+
+/// The answer to [`PoolStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    /// UTXOs ready to reserve (large ones kept for splits included).
+    pub available: usize,
+    pub reserved: usize,
+    /// A split is stored and waiting for the node's answer (or for a slot).
+    pub splitting: bool,
+}
 
 impl Handler<Reserve> for UtxoPool {
     type Result = Option<SpendableUtxo>;
@@ -384,6 +394,10 @@ impl Handler<PoolStats> for UtxoPool {
     type Result = MessageResult<PoolStats>;
 
     fn handle(&mut self, _: PoolStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.available.len() + self.large.len(), self.reserved.len()))
+        MessageResult(PoolState {
+            available: self.available.len() + self.large.len(),
+            reserved: self.reserved.len(),
+            splitting: self.splitting,
+        })
     }
 }
