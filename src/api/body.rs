@@ -153,3 +153,27 @@ impl<'de, T: IntName> serde::Deserialize<'de> for Int<T> {
         d.deserialize_any(V(std::marker::PhantomData))
     }
 }
+
+/// Parses a query string as `T`; a bad one is 422 `invalid_query`, its message ending
+/// with `usage` (what to send).
+pub fn parse_query<T: DeserializeOwned>(query: &str, usage: &str) -> Result<T, ApiError> {
+    actix_web::web::Query::<T>::from_query(query)
+        .map(actix_web::web::Query::into_inner)
+        .map_err(|e| {
+            let message = crate::config::plain_serde_message(&e.to_string());
+            ApiError::new(ErrorCode::InvalidQuery, format!("{message}; send {usage}"))
+        })
+}
+
+/// `limit` or its default, refused (422 `invalid_query`) outside 1..=`max`.
+pub fn limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("limit is {limit}; send 1 to {max}"),
+        ))
+    }
+}

@@ -5,7 +5,7 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::body::{read_json, Int};
+use super::body::{limit, parse_query, read_json, Int};
 use super::error::{error_responses, ApiError, ErrorCode};
 use super::AppState;
 use crate::store::{InsertOutcome, JobListing, JobState, JobStatus, JobView, NewJob, QueueCounts};
@@ -347,22 +347,11 @@ pub struct ListQuery {
 )]
 #[get("/jobs")]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<ListQuery>::from_query(req.query_string())
-        .map_err(|e| {
-            let message = crate::config::plain_serde_message(&e.to_string());
-            ApiError::new(
-                ErrorCode::InvalidQuery,
-                format!("{message}; send ?status=queued|processing_batch|sending|sent|failed&limit=1..500"),
-            )
-        })?
-        .into_inner();
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_LIST_JOBS).contains(&limit) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidQuery,
-            format!("limit is {limit}; send 1 to {MAX_LIST_JOBS}"),
-        ));
-    }
+    let query: ListQuery = parse_query(
+        req.query_string(),
+        "?status=queued|processing_batch|sending|sent|failed&limit=1..500",
+    )?;
+    let limit = limit(query.limit, 50, MAX_LIST_JOBS)?;
     let jobs = state.store.list_jobs(query.status, limit).await?;
     Ok(HttpResponse::Ok().json(jobs))
 }

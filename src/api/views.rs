@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{error_responses, ApiError, ErrorCode};
+use super::body::{limit, parse_query};
+use super::error::{error_responses, ApiError};
 use super::AppState;
 use crate::store::{self, BatchView, PoolSummary};
 
@@ -50,24 +51,8 @@ pub async fn batches(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<BatchQuery>::from_query(req.query_string())
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidQuery,
-                format!(
-                    "{}; send ?limit=1..100",
-                    crate::config::plain_serde_message(&e.to_string())
-                ),
-            )
-        })?
-        .into_inner();
-    let limit = query.limit.unwrap_or(10);
-    if !(1..=MAX_LIST_BATCHES).contains(&limit) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidQuery,
-            format!("limit is {limit}; send 1 to {MAX_LIST_BATCHES}"),
-        ));
-    }
+    let query: BatchQuery = parse_query(req.query_string(), "?limit=1..100")?;
+    let limit = limit(query.limit, 10, MAX_LIST_BATCHES)?;
     let batches = store::recent_batches(state.store.pool(), limit).await?;
     Ok(HttpResponse::Ok().json(Batches { batches }))
 }
