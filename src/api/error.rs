@@ -251,10 +251,6 @@ impl ApiError {
             "send the API key as `Authorization: Bearer <key>`",
         )
     }
-
-    pub fn status(&self) -> StatusCode {
-        self.code.status()
-    }
 }
 
 impl ResponseError for ApiError {

@@ -151,7 +151,7 @@ pub async fn submit(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let request: JobRequest = read_json(&req, body, state.max_body_bytes).await?;
-    let job = request.validate(state.max_payload_bytes, "")?;
+    let job = request.validate(state.info.max_payload_bytes, "")?;
     match state.store.insert_job(&job).await? {
         InsertOutcome::Created(id) => Ok(HttpResponse::Created().json(Created {
             id,
@@ -206,7 +206,7 @@ pub async fn submit_bulk(
         .jobs
         .into_iter()
         .enumerate()
-        .map(|(i, j)| j.validate(state.max_payload_bytes, &format!("jobs[{i}]: ")))
+        .map(|(i, j)| j.validate(state.info.max_payload_bytes, &format!("jobs[{i}]: ")))
         .collect::<Result<Vec<_>, _>>()?;
     let outcomes = state.store.insert_jobs(&jobs).await?;
     let conflicts: Vec<String> = outcomes

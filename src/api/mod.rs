@@ -22,7 +22,7 @@ pub use error::{ApiError, ErrorCode};
 pub use jobs::{JobRequest, MAX_BULK_JOBS};
 use utoipa::OpenApi as _;
 use utoipa_actix_web::AppExt;
-pub use views::{Info, RateHistory};
+use views::{Info, RateHistory};
 
 use crate::config::Settings;
 use crate::store::{self, PgStore};
@@ -30,7 +30,6 @@ use crate::store::{self, PgStore};
 /// What every handler can reach.
 pub struct AppState {
     pub store: PgStore,
-    pub max_payload_bytes: usize,
     pub max_body_bytes: usize,
     pub info: Info,
     pub rate: Arc<RateHistory>,
@@ -218,7 +217,6 @@ impl ApiServer {
         let sampled = (rate.clone(), store.pool().clone());
         let state = web::Data::new(AppState {
             store,
-            max_payload_bytes: settings.chain.max_payload_bytes,
             max_body_bytes: settings.api.max_body_bytes,
             info: Info {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
