@@ -203,6 +203,7 @@ fn recorder_writes_groups_and_fences() {
                     error: "rejected".into(),
                     not_before: chrono::Utc::now(),
                     reanchor: false,
+                    settles_dirty: false,
                 },
                 Some(utxos[1]),
                 false,

@@ -2,7 +2,8 @@
 //! store (Postgres): random interleavings of claims, write-aheads (including attempts
 //! to sign on another UTXO than the job's anchor), outcomes (accepted, refused,
 //! unknown), takeovers (adoption of stuck jobs, of a crashed process's claims), the
-//! DirtySettler's settling of dirty anchors (re-sent still dirty, or a confirmed foreign spend that
+//! DirtySettler's settling of dirty anchors (re-sent still dirty, re-sent and refused
+//! so that the job signs again on its anchor, or a confirmed foreign spend that
 //! re-anchors the job) and crashes. After every step:
 //!
 //! - at most one of a job's transactions can be mined: every transaction the store let
@@ -239,6 +240,10 @@ impl World {
                     error: "rejected by the node: min relay fee not met".into(),
                     not_before: chrono::Utc::now(),
                     reanchor: false,
+                    // A job a maintenance service adopted is re-sending its stored bytes
+                    // (their outcome unknown, the anchor perhaps dirty): their refusal
+                    // settles the anchor, and the job signs again on it.
+                    settles_dirty: !h.claimed,
                 };
                 ok("retry", self.procs[w].store.record_retry(&[retry], 3).await);
                 self.forget(w, h.job.id);
@@ -294,6 +299,7 @@ impl World {
                             error: "its anchor was spent by another transaction".into(),
                             not_before: chrono::Utc::now(),
                             reanchor: true,
+                            settles_dirty: false,
                         };
                         ok(
                             "reanchor",

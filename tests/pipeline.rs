@@ -601,38 +601,80 @@ async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
         300
     );
     // Every transaction of a job spends the job's anchor.
-    let txs: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT t.job_id, t.raw_tx, j.raw_tx FROM job_transactions t
-         JOIN publish_jobs j ON j.id = t.job_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let earlier = e2e::assert_one_outpoint_per_job(&pool).await;
     assert!(
-        txs.len() as u32 >= late / 2,
-        "{} earlier transactions kept for {late} refusals",
-        txs.len()
+        earlier as u32 >= late / 2,
+        "{earlier} earlier transactions kept for {late} refusals"
     );
-    let input = |raw: &[u8]| {
-        let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(raw).unwrap();
-        tx.input[0].previous_output
-    };
-    for (job, earlier, current) in &txs {
-        assert_eq!(
-            input(earlier),
-            input(current.as_deref().unwrap()),
-            "job {job} signed on two outpoints"
-        );
-    }
     let log = daemon.log();
     let taken_up = log
         .matches("an earlier transaction of the job is on the node")
         .count()
         + log.matches("the job is recorded with it").count();
     println!(
-        "{late} refusals forwarded late; {} earlier transactions kept; {taken_up} jobs sent with an earlier transaction",
-        txs.len()
+        "{late} refusals forwarded late; {earlier} earlier transactions kept; {taken_up} jobs sent with an earlier transaction"
     );
+}
+
+/// A definitive refusal of a re-send signs again on the anchor: the door answers every
+/// 10th broadcast 504 and hands it to the node 30 s later, and refuses every re-send of
+/// bytes it has seen (`-26 min relay fee not met`: a node whose minimum fee rose). The
+/// DirtySettler's re-send of those bytes is refused; the job then signs again on its
+/// anchor with a higher fee, and that transaction is accepted. The late copy, landing
+/// afterwards, conflicts with it and is refused by the node: every job is sent, on the
+/// node once, with its recorded txid. (Before, the job was re-sent until it was given
+/// up as failed, and the late copy then published it while it was recorded failed.)
+#[sqlx::test]
+async fn a_refused_resend_signs_again_on_the_anchor(pool: PgPool) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    proxy.late.refuse_repeats.store(true, SeqCst);
+    proxy.late.set(10, Duration::from_secs(30));
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "resend-refused", 100).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
+    assert_eq!((sent, failed), (100, 0), "{}", daemon.log());
+    proxy.late.set(0, Duration::ZERO);
+    proxy.late.drained().await;
+    assert!(daemon.stop().success());
+    let late = proxy.late.forwarded.load(SeqCst);
+    let refused = proxy.late.repeats_refused.load(SeqCst);
+    assert!(late >= 10, "the door answered {late} broadcasts late");
+    assert!(
+        refused >= late,
+        "{refused} re-sends refused for {late} late ones"
+    );
+    let log = daemon.log();
+    let resigned = log
+        .matches("re-send refused; the job signs again on its anchor")
+        .count();
+    assert!(
+        resigned >= late as usize,
+        "{resigned} jobs signed again\n{log}"
+    );
+    assert_eq!(
+        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
+        100
+    );
+    let earlier = e2e::assert_one_outpoint_per_job(&pool).await;
+    assert!(
+        earlier >= late as usize,
+        "{earlier} earlier transactions kept"
+    );
+    println!("{late} late copies; {refused} re-sends refused; {resigned} jobs signed again on their anchor");
 }
 
 /// The rate limiter fails closed: stopped (failpoint `token-bucket-acquire` at its

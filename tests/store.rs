@@ -285,6 +285,7 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
             error: "rejected: mempool full".into(),
             not_before: later,
             reanchor: false,
+            settles_dirty: false,
         })
         .collect();
     let recorded = store.record_retry(&retry, 5).await.unwrap();
@@ -344,6 +345,7 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
         error: "bad".into(),
         not_before: later,
         reanchor: false,
+        settles_dirty: false,
     };
     let recorded = store
         .record_retry(std::slice::from_ref(&last), 1)
@@ -421,6 +423,7 @@ async fn claims_taken_back_are_no_attempts(pool: PgPool) {
             error: "rejected by the node: min relay fee not met".into(),
             not_before: Utc::now(),
             reanchor: false,
+            settles_dirty: false,
         };
         let recorded = store.record_retry(&[retry], 5).await.unwrap();
         assert_eq!(
@@ -462,6 +465,7 @@ async fn a_job_signs_on_its_anchor_and_nothing_else(pool: PgPool) {
         error: "rejected by the node: min relay fee not met".into(),
         not_before: Utc::now(),
         reanchor,
+        settles_dirty: false,
     };
     let stored = store
         .record_sending(&[write_ahead(fence(&job), utxos[0], 1)])
@@ -890,6 +894,7 @@ async fn a_job_adopted_in_flight_from_the_seed_is_never_re_anchored(pool: PgPool
             error: "its anchor was spent by another transaction".into(),
             not_before: Utc::now(),
             reanchor: true,
+            settles_dirty: false,
         })
         .collect();
     let recorded = store.record_retry(&retries, 5).await.unwrap();

@@ -238,6 +238,7 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
                     error: format!("cannot build the transaction: {e}"),
                     not_before: Utc::now(),
                     reanchor: false,
+                    settles_dirty: false,
                 };
                 until_stored("record a failure", || {
                     deps.recorder.send(RecordRetry(retry.clone(), None, true))
@@ -310,6 +311,7 @@ async fn sign_on_anchor(
             error,
             not_before: Utc::now() + retry_backoff(anchor.signed_before + 1),
             reanchor: false,
+            settles_dirty: false,
         };
         async move {
             until_stored("record a retry", || {
@@ -420,6 +422,7 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_be
                 error: format!("rejected by the node: {reason}"),
                 not_before: Utc::now() + retry_backoff(refused_before + 1),
                 reanchor: false,
+                settles_dirty: false,
             };
             let released = until_stored("record a rejection", || {
                 deps.recorder

@@ -3,8 +3,10 @@
 //! called missing). Each run asks the node what became of a bounded batch of them and
 //! settles each: the job's transaction (or one of its earlier ones) is on the node →
 //! `sent`; its anchor spent by another transaction, confirmed → the job signs again on
-//! a fresh coin; nothing known → the same bytes again, never a new signature; a split's
-//! → accepted or refused; nothing of ours on it → clean or retired.
+//! a fresh coin; nothing known → the same bytes again, never a new signature on
+//! another coin (their definitive refusal sends the job back to sign again on its
+//! anchor: a replacement that conflicts with every copy of them); a split's →
+//! accepted or refused; nothing of ours on it → clean or retired.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,8 +25,9 @@ use crate::utxo_pool::Add;
 pub const SETTLE_BATCH: u32 = 1_000;
 
 /// Runs a dirty UTXO's job may stay unsettled (the node has neither its transaction
-/// nor takes the same bytes again) before the job is given up as failed. Never signed
-/// again: a first copy whose outcome was unknown may still arrive somewhere.
+/// nor answers the same bytes sent again with a yes or a definitive no) before the job
+/// is given up as failed. Never signed on another coin: a first copy whose outcome was
+/// unknown may still arrive somewhere.
 pub const MAX_UNSETTLED_ROUNDS: u32 = 10;
 
 pub struct DirtySettler {
@@ -185,6 +188,7 @@ impl DirtySettler {
                 ),
                 not_before: chrono::Utc::now(),
                 reanchor: true,
+                settles_dirty: false,
             };
                 crate::send::recorded("re-anchor", || {
                     deps.recorder.send(RecordRetry(retry.clone(), None, false))

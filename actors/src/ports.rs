@@ -180,6 +180,12 @@ pub struct Retry {
     /// that is none of the job's own): its next write-ahead takes a fresh UTXO.
     /// Otherwise it keeps its anchor, and its next signature spends it again.
     pub reanchor: bool,
+    /// The refusal answers a re-send of bytes whose earlier outcome was unknown (the
+    /// job's anchor is dirty): the node's definitive answer settles the anchor, and the
+    /// job's next signature spends it again (a replacement: it conflicts with every copy
+    /// of the refused bytes that may still be somewhere). Without it, a job whose anchor
+    /// is dirty is not sent back.
+    pub settles_dirty: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use crate::broadcaster::Deps;
 use crate::chain::{BroadcastOutcome, Node};
-use crate::ports::{Sent, StoreError, StuckJob};
-use crate::recorder::{MarkDirty, RecordSent};
+use crate::ports::{Retry, Sent, StoreError, StuckJob};
+use crate::recorder::{MarkDirty, RecordRetry, RecordSent};
 use crate::stats::Stats;
 use crate::token_bucket::{acquire, RateLimited, TokenBucket};
 use crate::utxo_pool::{Add, Forget};
@@ -113,15 +113,40 @@ pub async fn record_sent(deps: &Deps, job: &StuckJob) {
 }
 
 /// Sends a job's stored bytes again, their earlier outcome being unknown: accepted (or
-/// already known) → `sent`; anything else leaves the job `sending` and its UTXO dirty
-/// for the DirtySettler's next run. A refusal here never sends the job back for a new
-/// signature: it speaks of these bytes now, not of a copy that may still arrive
-/// elsewhere (the one case for a new signature is a spend of the anchor by another
+/// already known) → `sent`; a definitive refusal of these very bytes (fee too low,
+/// non-standard, policy: not an input problem) → the job goes back to sign again on its
+/// anchor, with a higher fee (the new transaction conflicts with every copy of the
+/// refused one that may still be somewhere: at most one of them can be mined);
+/// anything else (no answer, an input the node calls missing or spent) leaves the job
+/// `sending` and its UTXO dirty for the DirtySettler's next run. Never a new signature
+/// on another coin (the one case for that is a spend of the anchor by another
 /// transaction, confirmed: see the DirtySettler).
 pub async fn resend_same(deps: &Deps, job: &StuckJob) {
     deps.stats.observe_rebroadcast();
     match broadcast(&deps.tokens, &*deps.node, &job.raw_tx, Some(&deps.stats)).await {
         BroadcastOutcome::Accepted => record_sent(deps, job).await,
+        BroadcastOutcome::Rejected {
+            reason,
+            input_problem: false,
+        } => {
+            tracing::warn!(job = job.fence.id, txid = %job.txid, %reason, "re-send refused; the job signs again on its anchor");
+            let retry = Retry {
+                fence: job.fence,
+                error: format!("rejected by the node when sent again: {reason}"),
+                not_before: chrono::Utc::now() + crate::broadcaster::retry_backoff(1),
+                reanchor: false,
+                settles_dirty: true,
+            };
+            recorded("record a refusal", || {
+                deps.recorder
+                    .send(RecordRetry(retry.clone(), job.utxo_id, false))
+            })
+            .await;
+            if let Some(id) = job.utxo_id {
+                deps.pool.do_send(Forget(id));
+            }
+            deps.stats.observe_retry();
+        }
         other => {
             tracing::warn!(job = job.fence.id, txid = %job.txid, outcome = ?other, "re-send not settled; asking the node again next run");
             recorded("mark dirty", || deps.recorder.send(MarkDirty(job.fence))).await;

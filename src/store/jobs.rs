@@ -754,15 +754,19 @@ impl JobStore for PgStore {
         let errors: Vec<&str> = jobs.iter().map(|j| j.error.as_str()).collect();
         let not_before: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.not_before).collect();
         let reanchor: Vec<bool> = jobs.iter().map(|j| j.reanchor).collect();
+        let settles: Vec<bool> = jobs.iter().map(|j| j.settles_dirty).collect();
         let rows = sqlx::query(
             "WITH u AS (
-                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $7::bool[])
-                     AS u(id, attempts, error, not_before, reanchor)
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $7::bool[], $8::bool[])
+                     AS u(id, attempts, error, not_before, reanchor, settles)
              ), before AS (
                  -- A job whose anchor is dirty is not sent back: a transaction of it with
-                 -- an unknown outcome may still be mined; the Janitor settles it first.
+                 -- an unknown outcome may still be mined; the DirtySettler settles it
+                 -- first, by the same bytes again: their definitive refusal (`settles`)
+                 -- sends the job back to sign again on the same anchor, which conflicts
+                 -- with every copy of the refused bytes.
                  SELECT j.id, COALESCE(j.utxo_id, j.anchor_utxo_id) AS anchor, j.txid, j.raw_tx,
-                        u.attempts,
+                        u.attempts, u.settles,
                         -- A job adopted from the seed in flight never leaves its anchor:
                         -- the foreign spend may be the seed's own transaction of it.
                         CASE WHEN u.reanchor AND s.job_id IS NOT NULL
@@ -789,8 +793,9 @@ impl JobStore for PgStore {
                  LEFT JOIN seed_in_flight s ON s.job_id = j.id
                  WHERE j.attempts = u.attempts AND j.owner = $6
                    AND j.status IN ('processing_batch', 'sending')
-                   AND NOT EXISTS (SELECT 1 FROM utxos d
-                                   WHERE d.id = COALESCE(j.utxo_id, j.anchor_utxo_id) AND d.dirty)
+                   AND (u.settles
+                        OR NOT EXISTS (SELECT 1 FROM utxos d
+                                       WHERE d.id = COALESCE(j.utxo_id, j.anchor_utxo_id) AND d.dirty))
                  FOR UPDATE OF j
              ), history AS (
                  -- The refused transaction is kept: a copy of it may still be mined, and
@@ -830,12 +835,12 @@ impl JobStore for PgStore {
                  -- operator, the job signs on it again).
                  UPDATE utxos x
                  SET state = 'reserved', reserved_at = now(), spent_by_txid = NULL,
-                     updated_at = now()
+                     dirty = FALSE, updated_at = now()
                  FROM before
                  WHERE x.id = before.anchor AND (NOT before.final OR before.signed)
                    AND NOT before.reanchor
                    AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
-                   AND NOT x.dirty
+                   AND (NOT x.dirty OR before.settles)
              ), per_batch AS (
                  SELECT processing_batch_id AS id,
                         (count(*) FILTER (WHERE status = 'failed'))::int AS failed,
@@ -863,6 +868,7 @@ impl JobStore for PgStore {
         .bind(i64::from(max_attempts))
         .bind(&self.owner)
         .bind(&reanchor)
+        .bind(&settles)
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;

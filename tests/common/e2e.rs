@@ -285,6 +285,35 @@ pub fn wrong_publications(
         .collect()
 }
 
+/// Every transaction a job ever signed (its history and its current one) spends the
+/// same outpoint, the job's anchor: at most one of them can be mined. Returns how many
+/// earlier transactions the jobs have.
+pub async fn assert_one_outpoint_per_job(pool: &PgPool) -> usize {
+    let txs: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT t.job_id, t.raw_tx, j.raw_tx FROM job_transactions t
+         JOIN publish_jobs j ON j.id = t.job_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let input = |raw: &[u8]| {
+        let tx: Transaction = deserialize(raw).unwrap();
+        tx.input[0].previous_output
+    };
+    for (job, earlier, current) in &txs {
+        assert_eq!(
+            input(earlier),
+            input(
+                current
+                    .as_deref()
+                    .expect("a sent job keeps its transaction")
+            ),
+            "job {job} signed on two outpoints"
+        );
+    }
+    txs.len()
+}
+
 /// Every OP_RETURN payload in the blocks above `from_height`, with the txid carrying it.
 pub async fn block_payloads(node: &RegtestNode, from_height: u64) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -374,7 +403,18 @@ pub struct Late {
     pub hang_ms: std::sync::atomic::AtomicU64,
     /// Broadcasts answered only after the client gave up.
     pub hung: std::sync::atomic::AtomicU32,
+    /// A transaction sent a second time (the same bytes) is refused (`-26 min relay fee
+    /// not met`) and not forwarded: a node whose minimum fee rose between a broadcast
+    /// whose outcome was unknown and its re-send.
+    pub refuse_repeats: AtomicBool,
+    /// Re-sends refused so.
+    pub repeats_refused: std::sync::atomic::AtomicU32,
+    seen_bytes: Mutex<std::collections::HashSet<String>>,
 }
+
+/// The node's words for a definitive refusal of a transaction (the fee).
+const FEE_REFUSAL: &str =
+    r#"{"result":null,"error":{"code":-26,"message":"min relay fee not met"},"id":"raregen"}"#;
 
 impl Late {
     pub fn set(&self, every: u32, delay: Duration) {
@@ -421,6 +461,19 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
     }
     out = out.header("content-type", "application/json");
     if body.windows(18).any(|w| w == b"sendrawtransaction") {
+        if state.late.refuse_repeats.load(Ordering::SeqCst) {
+            let hex = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["params"][0].as_str().map(str::to_owned));
+            if let Some(hex) = hex {
+                if !state.late.seen_bytes.lock().unwrap().insert(hex) {
+                    state.late.repeats_refused.fetch_add(1, Ordering::SeqCst);
+                    return HttpResponse::InternalServerError()
+                        .content_type("application/json")
+                        .body(FEE_REFUSAL);
+                }
+            }
+        }
         let every = state.late.every.load(Ordering::SeqCst);
         let n = state.late.seen.fetch_add(1, Ordering::SeqCst) + 1;
         if every > 0 && n % every == 0 {
@@ -447,7 +500,7 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
             if refuse {
                 return HttpResponse::InternalServerError()
                     .content_type("application/json")
-                    .body(r#"{"result":null,"error":{"code":-26,"message":"min relay fee not met"},"id":"raregen"}"#);
+                    .body(FEE_REFUSAL);
             }
             return HttpResponse::GatewayTimeout().body("upstream timed out");
         }
