@@ -402,7 +402,26 @@ async fn two_processes_share_the_rate_limit(pool: PgPool) {
 /// ours: bcoin takes each spend of it and then refuses the signature.
 #[sqlx::test]
 async fn accepted_but_never_held_ends_failed_not_in_an_endless_loop(pool: PgPool) {
+    unheld_jobs_end_failed(pool, false).await;
+}
+
+/// The same, when the node refuses every re-send of the transaction it dropped (here the
+/// door refuses any bytes it has seen: `-26 min relay fee not met`): a refusal counts
+/// towards giving up as an acceptance does (before, only acceptances counted, and a
+/// refused transaction was re-sent every round forever), and the job fails with the
+/// node's words.
+#[sqlx::test]
+async fn refused_when_sent_again_ends_failed_not_in_an_endless_loop(pool: PgPool) {
+    unheld_jobs_end_failed(pool, true).await;
+}
+
+async fn unheld_jobs_end_failed(pool: PgPool, refuse_resends: bool) {
     let node = RegtestNode::start().await;
+    let proxy = Proxy::start(&node.url);
+    proxy
+        .late
+        .refuse_repeats
+        .store(refuse_resends, std::sync::atomic::Ordering::SeqCst);
     let wif = e2e::funded_wallet(&node, &pool, 4, 20_000).await;
     let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let theirs = node.mine_to(stranger.script_pubkey(), 101).await;
@@ -419,7 +438,7 @@ async fn accepted_but_never_held_ends_failed_not_in_an_endless_loop(pool: PgPool
     let env = e2e::serve_env(
         &pool,
         &node,
-        &node.url,
+        &proxy.url,
         &wif,
         &[
             ("RAREGEN__JANITOR__INTERVAL", "1s"),
@@ -465,8 +484,21 @@ async fn accepted_but_never_held_ends_failed_not_in_an_endless_loop(pool: PgPool
     .await
     .unwrap();
     println!("{sent} sent, {failed} failed: {reasons:?}");
+    let expected = if refuse_resends {
+        "refused it 5 times when it was sent again: min relay fee not met"
+    } else {
+        "never held"
+    };
+    // The jobs on the ghost's coin fail with the reason; those that spent their change
+    // fail with them (their own transactions refused by the node as orphans).
     assert!(
-        reasons.iter().all(|(_, r)| r.contains("never held")),
+        reasons.iter().any(|(_, r)| r.contains(expected)),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .all(|(_, r)| r.contains(expected) || r.contains("never held")),
         "{reasons:?}"
     );
     // A few more rounds: nothing is re-sent for the failed jobs any more.

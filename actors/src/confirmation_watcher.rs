@@ -2,8 +2,9 @@
 //! bounded batch of sent, unconfirmed transactions. Confirmed → recorded (their
 //! outputs' chains are then confirmed); gone from the node → one of the job's earlier
 //! transactions may be the one it holds (the job is switched to it), else the same
-//! bytes again; accepted again and again and never held → the job fails with the best
-//! reason raregen has (bounded: never an endless "accepted" loop).
+//! bytes again; accepted again and again and never held, or refused again and again →
+//! the job fails with the best reason raregen has (bounded: never an endless re-send
+//! loop).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,9 @@ use crate::ports::{Confirmation, JanitorStore};
 /// Sent transactions asked about per run at most.
 pub const CONFIRM_BATCH: u32 = 500;
 
-/// Re-sends of a transaction the node said it accepted and then did not hold, before
-/// its job is given up as failed (the node refused it after answering).
+/// Re-sends of a transaction the node does not hold that it answered definitively
+/// (accepted, and then again not held; or refused), before its job is given up as
+/// failed.
 pub const MAX_UNHELD_RESENDS: u32 = 5;
 
 /// ... and before it has been missing for this many `janitor.stuck_after`: a node that
@@ -32,9 +34,29 @@ pub const MAX_UNHELD_RESENDS: u32 = 5;
 /// while recorded `failed`.
 pub const UNHELD_GIVE_UP_AFTER: u32 = 10;
 
-/// Per transaction: re-sends the node accepted without then holding it, and since when
-/// it has been missing.
-type Unheld = HashMap<String, (u32, Instant)>;
+/// A sent transaction the node does not hold.
+#[derive(Debug, Clone)]
+struct UnheldTx {
+    /// Re-sends the node answered definitively (accepted without then holding it, or
+    /// refused).
+    resends: u32,
+    /// Missing since.
+    since: Instant,
+    /// The node's words when it last refused a re-send.
+    refusal: Option<String>,
+}
+
+impl UnheldTx {
+    fn new() -> UnheldTx {
+        UnheldTx {
+            resends: 0,
+            since: Instant::now(),
+            refusal: None,
+        }
+    }
+}
+
+type Unheld = HashMap<String, UnheldTx>;
 
 pub struct ConfirmationWatcher {
     pub store: Arc<dyn JanitorStore>,
@@ -126,18 +148,15 @@ impl ConfirmationWatcher {
                             }
                         }
                     }
-                    let (resends, since) = previously
-                        .get(&txid)
-                        .copied()
-                        .unwrap_or((0, Instant::now()));
-                    if resends >= MAX_UNHELD_RESENDS
-                        && since.elapsed() < self.stuck_after * UNHELD_GIVE_UP_AFTER
+                    let held = previously.get(&txid).cloned().unwrap_or_else(UnheldTx::new);
+                    if held.resends >= MAX_UNHELD_RESENDS
+                        && held.since.elapsed() < self.stuck_after * UNHELD_GIVE_UP_AFTER
                     {
                         // Re-sent enough: no more re-sends; wait out the node's queue.
-                        still_unheld.insert(txid, (resends, since));
+                        still_unheld.insert(txid, held);
                         continue;
                     }
-                    if resends >= MAX_UNHELD_RESENDS {
+                    if held.resends >= MAX_UNHELD_RESENDS {
                         // Give up only on what cannot be mined any more: its coin unspent on
                         // the node proves the transaction is neither in a block nor in the
                         // node's mempool. Spent (by it, in a block the node cannot show
@@ -152,19 +171,27 @@ impl ConfirmationWatcher {
                         if !unspent || split {
                             // Not re-sent again (a split the node never holds is left for
                             // an operator: `raregen wallet balance` shows it pending).
-                            still_unheld.insert(txid, (resends, since));
+                            still_unheld.insert(txid, held);
                             continue;
                         }
-                        // Accepted again and again, never held: the node refuses it after
-                        // answering (bcoin verifies after it answers). Not an endless loop:
-                        // the job fails with the best reason we have.
-                        let reason = format!(
-                            "the node accepted this transaction {} times but never held it: it \
-                         refused it after answering (see the node's log; e.g. a wallet key \
-                         that does not own the pool's coins, or a consensus rule the node \
-                         enforces)",
-                            resends + 1
-                        );
+                        // Accepted again and again, never held (the node refuses it after
+                        // answering: bcoin verifies after it answers), or refused: not an
+                        // endless loop; the job fails with the best reason we have. Its
+                        // coin stays its anchor (never spent by another job).
+                        let reason = match &held.refusal {
+                            Some(refusal) => format!(
+                                "the node no longer holds this transaction and refused it {} \
+                                 times when it was sent again: {refusal}",
+                                held.resends
+                            ),
+                            None => format!(
+                                "the node accepted this transaction {} times but never held \
+                                 it: it refused it after answering (see the node's log; e.g. a \
+                                 wallet key that does not own the pool's coins, or a consensus \
+                                 rule the node enforces)",
+                                held.resends + 1
+                            ),
+                        };
                         // Twice: the second run catches a descendant recorded while the
                         // first ran.
                         for _ in 0..2 {
@@ -184,7 +211,7 @@ impl ConfirmationWatcher {
                     // The node said yes and no longer has it (it restarted, or dropped
                     // it): the same bytes again, under the rate limit, once this run's
                     // confirmations are recorded.
-                    resend.push((txid, raw_tx, resends, since));
+                    resend.push((txid, raw_tx, held));
                 }
                 Ok(TxPresence::Confirmed {
                     block_height,
@@ -196,8 +223,8 @@ impl ConfirmationWatcher {
                     block_hash,
                 }),
                 Ok(TxPresence::Unknown) => {
-                    if let Some(&n) = previously.get(&txid) {
-                        still_unheld.insert(txid, n);
+                    if let Some(held) = previously.get(&txid) {
+                        still_unheld.insert(txid, held.clone());
                     }
                 }
                 Ok(_) => {}
@@ -216,9 +243,9 @@ impl ConfirmationWatcher {
         // Re-sends last, each waiting for a slot at most `stuck_after`: a node that keeps
         // answering 429 holds up neither the confirmations nor the next run.
         let mut no_slot = false;
-        for (txid, raw_tx, resends, since) in resend {
+        for (txid, raw_tx, mut held) in resend {
             if no_slot {
-                still_unheld.insert(txid, (resends, since));
+                still_unheld.insert(txid, held);
                 continue;
             }
             deps.stats.observe_rebroadcast();
@@ -235,16 +262,23 @@ impl ConfirmationWatcher {
                 Err(e) => {
                     tracing::warn!(error = %e, "confirmation watcher: no slot for re-sends; the rest wait for the next run");
                     no_slot = true;
-                    still_unheld.insert(txid, (resends, since));
+                    still_unheld.insert(txid, held);
                     continue;
                 }
             };
             acted += 1;
-            // Only "accepted" again counts towards giving up: a refusal or no answer says
-            // nothing about whether the node would hold it.
-            let counted = resends + u32::from(outcome == BroadcastOutcome::Accepted);
-            if counted > 0 {
-                still_unheld.insert(txid.clone(), (counted, since));
+            // A definitive answer counts towards giving up (accepted, and the next run
+            // sees whether the node holds it; or refused); no answer says nothing.
+            match &outcome {
+                BroadcastOutcome::Accepted => held.resends += 1,
+                BroadcastOutcome::Rejected { reason, .. } => {
+                    held.resends += 1;
+                    held.refusal = Some(reason.clone());
+                }
+                _ => {}
+            }
+            if held.resends > 0 {
+                still_unheld.insert(txid.clone(), held);
             }
             tracing::warn!(%txid, ?outcome, "confirmation watcher: re-sent a transaction the node no longer had");
         }
