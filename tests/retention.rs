@@ -14,23 +14,25 @@ use sqlx::PgPool;
 
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// 400 jobs created 12 days ago: 1–200 `sent` and confirmed (id % 10) days and an hour
-/// ago; 201–300 `failed` (id % 10) days and an hour ago; 301–340 `sent` 11 days ago and
+/// 400 jobs created 21 days ago: 1–200 `sent` and confirmed (id % 10) days and an hour
+/// ago; 201–300 `failed` (id % 20) days and an hour ago; 301–340 `sent` 11 days ago and
 /// never confirmed; 341–400 `queued`. One spent UTXO per sent job, spent 10 days ago;
-/// a retired UTXO 10 days old, and one a day old; each failed job holds its anchor
-/// (`reserved`). Returns the ids that must go after a
-/// week: sent and failed with id % 10 in 7..=9 (90 jobs).
+/// a retired UTXO 10 days old, and one a day old; each failed job with an even id
+/// holds the anchor it signed on (`reserved`), the odd ones never signed. Returns the
+/// ids that must go after a week: sent with id % 10 in 7..=9, failed without an anchor
+/// failed 7 days ago or more, failed with an anchor 14 days ago or more (the anchor
+/// keep): 60 + 35 + 15 = 110 jobs.
 async fn history(pool: &PgPool) -> BTreeSet<i64> {
     for sql in [
         "INSERT INTO publish_jobs (payload, created_at)
-         SELECT convert_to('job-' || g, 'UTF8'), now() - interval '12 days'
+         SELECT convert_to('job-' || g, 'UTF8'), now() - interval '21 days'
          FROM generate_series(1, 400) AS g",
         "UPDATE publish_jobs SET status = 'sent', txid = lpad(to_hex(id), 64, '0'),
                 raw_tx = '\\x00', sent_at = now() - interval '11 days',
                 confirmed_at = now() - make_interval(days => (id % 10)::int) - interval '1 hour'
          WHERE id <= 200",
         "UPDATE publish_jobs SET status = 'failed', last_error = 'refused',
-                updated_at = now() - make_interval(days => (id % 10)::int) - interval '1 hour'
+                updated_at = now() - make_interval(days => (id % 20)::int) - interval '1 hour'
          WHERE id BETWEEN 201 AND 300",
         "UPDATE publish_jobs SET status = 'sent', txid = lpad(to_hex(id), 64, '0'),
                 raw_tx = '\\x00', sent_at = now() - interval '11 days'
@@ -47,13 +49,24 @@ async fn history(pool: &PgPool) -> BTreeSet<i64> {
         // Failed jobs keep the anchor they signed on, reserved.
         "INSERT INTO utxos (txid, vout, satoshis, script_pubkey, state, reserved_by, reserved_at)
          SELECT lpad(to_hex(id + 200000), 64, '0'), 0, 1000, '\\x0014', 'reserved', id, now()
-         FROM publish_jobs WHERE status = 'failed'",
+         FROM publish_jobs WHERE status = 'failed' AND id % 2 = 0",
         "UPDATE publish_jobs j SET anchor_utxo_id = x.id FROM utxos x
          WHERE x.reserved_by = j.id AND x.state = 'reserved'",
     ] {
         sqlx::query(sql).execute(pool).await.unwrap();
     }
-    (1..=300).filter(|id| id % 10 >= 7).collect()
+    let anchor_days = (raregen::store::ANCHOR_KEEP.as_secs() / 86_400) as i64;
+    (1..=200)
+        .filter(|id| id % 10 >= 7)
+        .chain((201..=300).filter(|id| {
+            let days = id % 20;
+            if id % 2 == 0 {
+                days >= anchor_days
+            } else {
+                days >= 7
+            }
+        }))
+        .collect()
 }
 
 async fn ids(pool: &PgPool, sql: &str) -> BTreeSet<i64> {
@@ -95,7 +108,7 @@ async fn exactly_the_expired_finished_jobs_go_and_nothing_live(pool: PgPool) {
     let expired = history(&pool).await;
     let all = ids(&pool, "SELECT id FROM publish_jobs").await;
     let store = PgStore::new(pool.clone(), "pruner");
-    assert_eq!(prune_all(&store, false).await, 90);
+    assert_eq!(prune_all(&store, false).await, 110);
     let left = ids(&pool, "SELECT id FROM publish_jobs").await;
     assert_eq!(left, all.difference(&expired).copied().collect());
     // Spent UTXOs went with their jobs, and only those; retired ones of no job stay.
@@ -112,8 +125,9 @@ async fn exactly_the_expired_finished_jobs_go_and_nothing_live(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(retired, 2, "retired UTXOs of no job stay");
-    // The anchors the pruned failed jobs held are back in the pool, dirty (asked
-    // about before anyone spends them); the kept failed jobs still hold theirs.
+    // The anchors the pruned failed jobs held (failed 14 days ago or more) are back in
+    // the pool, dirty (asked about before anyone spends them); the kept failed jobs
+    // still hold theirs, also those failed more than a week ago.
     let freed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM utxos
          WHERE state = 'available' AND dirty AND reserved_by IS NULL AND satoshis = 1000",
@@ -121,13 +135,18 @@ async fn exactly_the_expired_finished_jobs_go_and_nothing_live(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(freed, 30);
+    assert_eq!(freed, 15);
     let held = ids(
         &pool,
         "SELECT reserved_by FROM utxos WHERE state = 'reserved'",
     )
     .await;
-    assert_eq!(held, (201..=300).filter(|id| id % 10 < 7).collect());
+    assert_eq!(
+        held,
+        (201..=300)
+            .filter(|id| id % 2 == 0 && id % 20 < 14)
+            .collect()
+    );
     assert_counts_exact(&pool).await;
     // Nothing more to do: a second pass prunes nothing.
     assert_eq!(prune_all(&store, false).await, 0);
@@ -143,7 +162,7 @@ async fn archiving_moves_the_same_jobs_whole(pool: PgPool) {
             .await
             .unwrap();
     let store = PgStore::new(pool.clone(), "pruner");
-    assert_eq!(prune_all(&store, true).await, 90);
+    assert_eq!(prune_all(&store, true).await, 110);
     let archived: Vec<(i64, String, Option<String>)> =
         sqlx::query_as("SELECT id, status, txid FROM publish_jobs_archive ORDER BY id")
             .fetch_all(&pool)
@@ -284,7 +303,7 @@ async fn a_job_requeued_during_a_pruning_batch_stays(pool: PgPool) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     requeue.commit().await.unwrap();
     let pruned = pruning.await.unwrap();
-    assert_eq!(pruned.jobs, 89, "every expired job but the requeued one");
+    assert_eq!(pruned.jobs, 109, "every expired job but the requeued one");
     let status: String = sqlx::query_scalar("SELECT status FROM publish_jobs WHERE id = $1")
         .bind(victim)
         .fetch_one(&pool)

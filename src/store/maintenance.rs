@@ -16,6 +16,12 @@ use tokio::sync::Notify;
 use super::utxos;
 use super::{store_error, PgStore};
 
+/// How long a failed job keeps the anchor it signed on, whatever `retention.keep`: Bitcoin
+/// Core's mempool expiry (`-mempoolexpiry`, 336 hours). A refused copy of the job's
+/// transaction may wait that long in some node's mempool and then be mined; its coin
+/// must not fund another job before.
+pub const ANCHOR_KEEP: Duration = Duration::from_secs(14 * 24 * 3600);
+
 /// The UTXO a statement returned (with its `state`), if it is available to the pool.
 fn available_utxo(row: Option<sqlx::postgres::PgRow>) -> Option<SpendableUtxo> {
     row.filter(|r| r.get::<String, _>("state") == "available")
@@ -198,7 +204,10 @@ impl JanitorStore for PgStore {
         // spent or was anchored on go with it once spent or retired; an anchor a failed
         // job still held goes back to the pool dirty (the DirtySettler asks the node
         // before anyone spends it: a refused transaction of the job may have been
-        // mined after all).
+        // mined after all). A failed job that holds the anchor it signed on stays at
+        // least `ANCHOR_KEEP` (a refused copy of its transaction may wait that long in
+        // a node's mempool, and be mined: its coin must not fund another job before).
+        let anchored_keep = keep.max(ANCHOR_KEEP.as_secs_f64());
         let (jobs, utxos): (i64, i64) = sqlx::query_as(
             "WITH doomed AS (
                  (SELECT id FROM publish_jobs
@@ -206,15 +215,22 @@ impl JanitorStore for PgStore {
                     AND confirmed_at < now() - make_interval(secs => $1)
                   ORDER BY confirmed_at LIMIT $2)
                  UNION ALL
-                 (SELECT id FROM publish_jobs
+                 (SELECT id FROM publish_jobs j
                   WHERE status = 'failed' AND updated_at < now() - make_interval(secs => $1)
+                    AND (updated_at < now() - make_interval(secs => $4)
+                         OR NOT EXISTS (SELECT 1 FROM utxos x
+                                        WHERE x.reserved_by = j.id AND x.state = 'reserved'))
                   ORDER BY updated_at LIMIT $2)
                  LIMIT $2
              ), gone AS (
                  DELETE FROM publish_jobs j USING doomed
                  WHERE j.id = doomed.id
                    AND ((j.status = 'sent' AND j.confirmed_at < now() - make_interval(secs => $1))
-                        OR (j.status = 'failed' AND j.updated_at < now() - make_interval(secs => $1)))
+                        OR (j.status = 'failed' AND j.updated_at < now() - make_interval(secs => $1)
+                            AND (j.updated_at < now() - make_interval(secs => $4)
+                                 OR NOT EXISTS (SELECT 1 FROM utxos x
+                                                WHERE x.reserved_by = j.id
+                                                  AND x.state = 'reserved'))))
                  RETURNING j.*
              ), archived AS (
                  INSERT INTO publish_jobs_archive SELECT gone.* FROM gone WHERE $3
@@ -236,6 +252,7 @@ impl JanitorStore for PgStore {
         .bind(keep)
         .bind(limit)
         .bind(archive)
+        .bind(anchored_keep)
         .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;

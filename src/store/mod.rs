@@ -19,7 +19,7 @@ pub use jobs::{
     compact_job_counts, queue_counts, InsertOutcome, JobListing, JobState, JobStatus, JobView,
     NewJob, QueueCounts, JOB_COUNTS_SQL,
 };
-pub use maintenance::PgNotifier;
+pub use maintenance::{PgNotifier, ANCHOR_KEEP};
 pub use raregen_actors::StoreError;
 pub use report::{
     finished_totals, pool_capacity, recent_batches, BatchSummary, BatchView, LiveGauges,
