@@ -256,6 +256,59 @@ async fn auto_split_feeds_the_pool_from_one_utxo(pool: PgPool) {
     assert_eq!(txids.len(), 1_000);
 }
 
+/// A split whose outcome is unknown is never signed again, and its coin is not handed
+/// to a job: the door answers the first broadcast (the split of the one funded coin)
+/// 504 and hands it to the node 8 s later. The DirtySettler finds it not on the node
+/// and sends the same bytes again, which the node takes: one split was ever signed on
+/// the coin, and it is the one on the node. (Before, the split was marked refused, its
+/// outputs dropped and its coin released on "not on the node" alone, and the pool split
+/// it again: here the same bytes, signatures being deterministic; with another output
+/// count or fee, a second transaction on the coin that the late copy could beat on
+/// another node, its outputs then unknown to the pool.)
+#[sqlx::test]
+async fn a_split_with_an_unknown_outcome_is_sent_again_never_signed_again(pool: PgPool) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 0, 0).await;
+    let proxy = Proxy::start(&node.url);
+    proxy.late.first_late.store(1, SeqCst);
+    proxy.late.set(0, Duration::from_secs(8));
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "50"),
+            ("RAREGEN__UTXO_POOL__SPLIT_OUTPUTS", "200"),
+            ("RAREGEN__UTXO_POOL__SPLIT_AMOUNT", "20000"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "split-late", 100).await;
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(90), &daemon).await;
+    assert_eq!((sent, failed), (100, 0), "{}", daemon.log());
+    proxy.late.drained().await;
+    assert_eq!(proxy.late.forwarded.load(SeqCst), 1, "the split went late");
+    assert!(daemon.stop().success());
+    let splits: Vec<(String, String)> =
+        sqlx::query_as("SELECT txid, status FROM pool_transactions ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(splits.len(), 1, "one split signed on the coin: {splits:?}");
+    assert_eq!(splits[0].1, "sent");
+    let mempool: HashSet<String> = node.mempool().await.into_iter().collect();
+    assert!(mempool.contains(&splits[0].0), "the split is on the node");
+    assert_eq!(
+        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
+        100
+    );
+}
+
 /// A measurement, not a check: the pipeline with the rate limit lifted against the
 /// regtest node. Run it alone:
 /// `scripts/test -E 'test(unthrottled_against_regtest)' --run-ignored only --no-capture`

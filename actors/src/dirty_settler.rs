@@ -5,8 +5,9 @@
 //! `sent`; its anchor spent by another transaction, confirmed → the job signs again on
 //! a fresh coin; nothing known → the same bytes again, never a new signature on
 //! another coin (their definitive refusal sends the job back to sign again on its
-//! anchor: a replacement that conflicts with every copy of them); a split's →
-//! accepted or refused; nothing of ours on it → clean or retired.
+//! anchor: a replacement that conflicts with every copy of them); a split's → on the
+//! node, or its same bytes again (refused for good: its input back; never answered:
+//! given up, its input retired); nothing of ours on it → clean or retired.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use async_trait::async_trait;
 use crate::broadcaster::Deps;
 use crate::chain::{OutpointState, TxPresence};
 use crate::maintenance::{Report, Service};
-use crate::ports::{DirtyUtxo, JanitorStore, PoolStore, StoredSplit, StuckJob};
+use crate::ports::{DirtyUtxo, JanitorStore, PoolStore, StuckJob};
 use crate::recorder::RecordRetry;
 use crate::send::{record_sent, resend_same};
 use crate::utxo_pool::Add;
@@ -103,6 +104,14 @@ impl Service for DirtySettler {
 
 /// Asks the node what became of a dirty UTXO's spend and settles it.
 impl DirtySettler {
+    /// Counts one more run in which the spend of UTXO `id` by `txid` stays unsettled.
+    fn unsettled_round(&self, id: i64, txid: &str) -> u32 {
+        let mut unsettled = self.unsettled.lock().expect("unsettled");
+        let n = unsettled.entry((id, txid.to_owned())).or_default();
+        *n += 1;
+        *n
+    }
+
     async fn settle(&self, d: DirtyUtxo) -> Result<(), String> {
         let (store, pool_store, deps) = (&*self.store, &*self.pool_store, &*self.deps);
         let node = &deps.node;
@@ -196,12 +205,7 @@ impl DirtySettler {
                 .await;
                 return Ok(());
             }
-            let rounds = {
-                let mut unsettled = self.unsettled.lock().expect("unsettled");
-                let n = unsettled.entry((d.id, job.txid.clone())).or_default();
-                *n += 1;
-                *n
-            };
+            let rounds = self.unsettled_round(d.id, &job.txid);
             if rounds > MAX_UNSETTLED_ROUNDS {
                 // Bounded: the job ends, with what we know, and is never signed again.
                 let unspent = matches!(outpoint, OutpointState::Unspent { .. });
@@ -236,11 +240,14 @@ impl DirtySettler {
             return Ok(());
         }
         if let Some(split_id) = d.split_id {
-            let split = StoredSplit {
-                id: split_id,
-                txid: d.spent_by_txid.clone().unwrap_or_default(),
-                raw_tx: Vec::new(),
-                input_utxo_id: d.id,
+            let Some(split) = pool_store
+                .unfinished_splits()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|s| s.id == split_id)
+            else {
+                return Ok(());
             };
             if ours_known {
                 let outputs = pool_store
@@ -250,19 +257,36 @@ impl DirtySettler {
                 deps.pool.do_send(Add(outputs));
                 return Ok(());
             }
-            let unspent = matches!(
-                node.outpoint(&d.txid, d.vout)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                OutpointState::Unspent { .. }
-            );
-            pool_store
-                .split_rejected(&split, "the node does not have the split", false)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !unspent {
+            // Not on the node (yet: a copy whose outcome was unknown may still arrive).
+            // Never released on that alone: a job would then spend the coin a late copy
+            // of the split spends too. The same bytes again, under the limit: accepted
+            // → its outputs join the pool; refused for good → its input goes back; no
+            // answer → still dirty, asked again next run.
+            let rounds = self.unsettled_round(d.id, &split.txid);
+            if rounds > MAX_UNSETTLED_ROUNDS {
+                // Given up: its input is retired, never spent by a job (a copy of the
+                // split may still be mined; `raregen wallet import` then brings its
+                // outputs back).
+                let reason = format!(
+                    "the node neither holds this split nor answers it sent again after {} rounds: \
+                     given up, its input retired",
+                    rounds - 1
+                );
+                tracing::error!(txid = %split.txid, reason, "dirty settler: split given up");
+                // Retired first: a crash between the two leaves the input out of the pool.
                 store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
+                pool_store
+                    .split_rejected(&split, &reason, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
             }
+            deps.stats.observe_rebroadcast();
+            let outputs =
+                crate::utxo_pool::publish_split(pool_store, &**node, &deps.tokens, &split)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            deps.pool.do_send(Add(outputs));
             return Ok(());
         }
         // Dirty with nothing of ours on it: clean if unspent, retired if gone.

@@ -409,6 +409,9 @@ pub struct Late {
     pub refuse_repeats: AtomicBool,
     /// Re-sends refused so.
     pub repeats_refused: std::sync::atomic::AtomicU32,
+    /// The first this many broadcasts are late (answered 504, forwarded `delay_ms`
+    /// later), whatever `every`.
+    pub first_late: std::sync::atomic::AtomicU32,
     seen_bytes: Mutex<std::collections::HashSet<String>>,
 }
 
@@ -476,7 +479,7 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
         }
         let every = state.late.every.load(Ordering::SeqCst);
         let n = state.late.seen.fetch_add(1, Ordering::SeqCst) + 1;
-        if every > 0 && n % every == 0 {
+        if (every > 0 && n % every == 0) || n <= state.late.first_late.load(Ordering::SeqCst) {
             let late = state.late.clone();
             let mut delay = Duration::from_millis(late.delay_ms.load(Ordering::SeqCst));
             if late.spread.load(Ordering::SeqCst) {
