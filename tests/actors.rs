@@ -399,6 +399,48 @@ fn a_stopped_token_bucket_grants_nothing_then_resumes_under_the_limit() {
     });
 }
 
+/// A shared budget grants only while the count of the processes sharing it is fresh
+/// (`SHARE_VALID` from when it was asked for): a process whose database stops answering
+/// that query must not keep a share that may be too large now; a fresh count resumes.
+#[test]
+fn token_bucket_stale_share_no_grant() {
+    use raregen_actors::token_bucket::{LeaseUntil, SharedBy, SHARE_VALID};
+    actix::System::new().block_on(async {
+        let per = Duration::from_millis(200);
+        let bucket = TokenBucket::shared(100, per).start();
+        let now = tokio::time::Instant::now();
+        bucket.do_send(LeaseUntil {
+            until: now + Duration::from_secs(60),
+            lapsed: false,
+        });
+        bucket
+            .send(SharedBy {
+                processes: 1,
+                asked_at: now,
+            })
+            .await
+            .unwrap();
+        let grant = bucket.send(Acquire).await.unwrap();
+        assert!(grant.is_granted(), "a fresh count grants");
+        drop(grant);
+        tokio::time::sleep_until(now + SHARE_VALID).await;
+        let stale = tokio::time::timeout(Duration::from_millis(500), bucket.send(Acquire)).await;
+        assert!(stale.is_err(), "granted on a stale count");
+        // A waiter queued meanwhile is served by the next fresh count.
+        let waiter = bucket.send(Acquire);
+        let asked = tokio::time::Instant::now();
+        bucket.do_send(SharedBy {
+            processes: 1,
+            asked_at: asked,
+        });
+        let grant = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("a fresh count serves the waiter")
+            .unwrap();
+        assert!(grant.is_granted());
+    });
+}
+
 /// A shared budget grants only while this process's lease runs: nothing before the
 /// first lease, nothing once it has ended, and after a lapse nothing until the other
 /// processes have had time to count us again (`SHARE_REFRESH * 2 + per`).
@@ -408,7 +450,18 @@ fn token_bucket_no_lease_no_grant() {
     actix::System::new().block_on(async {
         let per = Duration::from_millis(200);
         let bucket = TokenBucket::shared(100, per).start();
-        bucket.send(SharedBy(1)).await.unwrap();
+        // Counted alone, again and again, as the Leaser does.
+        let counter = bucket.clone();
+        actix::spawn(async move {
+            loop {
+                counter.do_send(SharedBy {
+                    processes: 1,
+                    asked_at: tokio::time::Instant::now(),
+                });
+                tokio::time::sleep(SHARE_REFRESH / 2).await;
+            }
+        });
+        tokio::task::yield_now().await;
         let no_lease = tokio::time::timeout(Duration::from_millis(300), bucket.send(Acquire)).await;
         assert!(no_lease.is_err(), "granted before any lease");
 

@@ -19,7 +19,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 
 use crate::ports::JanitorStore;
-use crate::token_bucket::{LeaseUntil, SharedBy, TokenBucket, SHARE_REFRESH};
+use crate::token_bucket::{LeaseUntil, SharedBy, TokenBucket, SHARE_REFRESH, SHARE_VALID};
 
 #[derive(Debug, Clone)]
 pub struct LeaserConfig {
@@ -122,16 +122,31 @@ impl Leaser {
         self.sharing = true;
         let store = self.store.clone();
         let grace = self.config.share_grace;
+        let asked_at = Instant::now();
         ctx.spawn(
-            async move { store.live_pipelines(grace).await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.sharing = false;
-                    match res {
-                        Ok(n) => act.tokens.do_send(SharedBy(n)),
-                        Err(e) => tracing::debug!(error = %e, "rate share not refreshed"),
-                    }
-                }),
+            async move {
+                // A query stuck on a dead connection must not hold back the next: past
+                // SHARE_VALID its answer is no use anyway.
+                tokio::time::timeout(SHARE_VALID, store.live_pipelines(grace))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::ports::StoreError::Unavailable(format!(
+                            "no answer within {SHARE_VALID:?}"
+                        )))
+                    })
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                act.sharing = false;
+                match res {
+                    Ok(processes) => act.tokens.do_send(SharedBy {
+                        processes,
+                        asked_at,
+                    }),
+                    // The TokenBucket stops granting once its count is SHARE_VALID old.
+                    Err(e) => tracing::warn!(error = %e, "rate share not refreshed"),
+                }
+            }),
         );
     }
 }

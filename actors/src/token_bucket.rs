@@ -208,6 +208,13 @@ impl WindowLimiter {
 /// How often the Janitor tells the TokenBucket how many processes share the budget.
 pub const SHARE_REFRESH: Duration = Duration::from_secs(1);
 
+/// How long a count of the processes sharing the budget holds, from when it was asked
+/// for: a process that joins waits `SHARE_REFRESH * 2 + per` (and the longest broadcast)
+/// before its first grant, counting on the others to have seen it by then. A process
+/// whose count is older grants nothing until a fresh one comes (its database query
+/// failing or slow must not keep a share that is too large).
+pub const SHARE_VALID: Duration = Duration::from_secs(2);
+
 /// The actor around [`WindowLimiter`]: queues the waiting broadcasters in order.
 pub struct TokenBucket {
     limiter: WindowLimiter,
@@ -217,6 +224,10 @@ pub struct TokenBucket {
     timer: Option<SpawnHandle>,
     /// Processes sharing the budget, once known ([`SharedBy`]).
     sharing: Option<u32>,
+    /// ... and until when that count holds ([`SHARE_VALID`] after it was asked for).
+    share_valid_until: Option<Instant>,
+    /// A stale count was logged (once per staleness).
+    stale_logged: bool,
     /// A shared budget is used only while this process's lease runs ([`LeaseUntil`]):
     /// the others count us, and leave our claims alone, only until then.
     lease_until: Option<Instant>,
@@ -235,6 +246,8 @@ impl TokenBucket {
             waiting: VecDeque::new(),
             timer: None,
             sharing: None,
+            share_valid_until: None,
+            stale_logged: false,
             lease_until: None,
             needs_lease: false,
             join_extra: Duration::ZERO,
@@ -259,7 +272,7 @@ impl TokenBucket {
     }
 
     fn join_wait(&self) -> Duration {
-        SHARE_REFRESH * 2 + self.per + self.join_extra
+        SHARE_VALID + self.per + self.join_extra
     }
 
     /// No lease, no grant (a shared budget only).
@@ -267,11 +280,28 @@ impl TokenBucket {
         self.needs_lease && !matches!(self.lease_until, Some(until) if now < until)
     }
 
+    /// The count of processes sharing the budget is too old to hold (a shared budget
+    /// only).
+    fn share_stale(&self, now: Instant) -> bool {
+        self.needs_lease && !matches!(self.share_valid_until, Some(until) if now < until)
+    }
+
     /// Grants slots to waiters while there are free ones; otherwise sets a timer.
     fn serve(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         if self.lease_lapsed(now) {
             // Fail closed: the next LeaseUntil serves the waiters.
+            return;
+        }
+        if self.share_stale(now) {
+            // Fail closed: the next SharedBy serves the waiters.
+            if self.sharing.is_some() && !self.stale_logged && !self.waiting.is_empty() {
+                self.stale_logged = true;
+                tracing::warn!(
+                    "the count of processes sharing the rate limit is stale (the database \
+                     did not answer): no broadcast until it is counted again"
+                );
+            }
             return;
         }
         while !self.waiting.is_empty() {
@@ -516,20 +546,37 @@ impl Handler<LeaseUntil> for TokenBucket {
     }
 }
 
-/// `n` processes (this one included) share the node's budget now.
+/// `processes` processes (this one included) share the node's budget, as counted by a
+/// query sent at `asked_at`: the count holds until [`SHARE_VALID`] after that.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SharedBy(pub u32);
+pub struct SharedBy {
+    pub processes: u32,
+    pub asked_at: Instant,
+}
 
 impl Handler<SharedBy> for TokenBucket {
     type Result = ();
 
     fn handle(&mut self, msg: SharedBy, ctx: &mut Context<Self>) {
-        let n = msg.0.max(1);
+        let n = msg.processes.max(1);
+        let now = Instant::now();
+        let was_stale = self.share_stale(now);
+        let valid_until = msg.asked_at + SHARE_VALID;
+        self.share_valid_until = Some(
+            self.share_valid_until
+                .map_or(valid_until, |u| u.max(valid_until)),
+        );
+        if was_stale && !self.share_stale(now) && self.stale_logged {
+            self.stale_logged = false;
+            tracing::info!("the processes sharing the rate limit are counted again");
+        }
         if self.sharing == Some(n) {
+            if was_stale {
+                self.serve(ctx);
+            }
             return;
         }
-        let now = Instant::now();
         // Joining others: they learn of us within SHARE_REFRESH (and shrink at once);
         // what they granted before still counts for `per`.
         let not_before = (self.sharing.is_none() && n > 1).then(|| now + self.join_wait());
