@@ -309,6 +309,124 @@ async fn a_split_with_an_unknown_outcome_is_sent_again_never_signed_again(pool: 
     );
 }
 
+/// A job's anchor spent by a transaction that is none of the job's, confirmed, while the
+/// job's own broadcast had an unknown outcome: the door answers the job's broadcast 504
+/// (delivering it only after the test), the node is away while the test signs another
+/// payload on the job's coin with the wallet's key, sends it to the node directly and
+/// mines it. bitcoind and bcoin do not say who spent a coin: the DirtySettler looks for
+/// the spender in the blocks, finds it confirmed and none of the job's, and only then
+/// does the job sign again on another coin, and is sent. (Before, the spender was never
+/// known on these nodes and the job was given up as failed.)
+#[sqlx::test]
+async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(pool: PgPool) {
+    use raregen::chain::TxBuilder;
+    use raregen_actors::chain::{Signer, SpendableUtxo};
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 10, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    proxy.late.first_late.store(1, SeqCst);
+    proxy.late.set(0, Duration::from_secs(600));
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "reanchored", 1).await;
+    let started = Instant::now();
+    while proxy.late.pending.load(SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The job's broadcast went unanswered: the node is away until its coin is spent.
+    proxy.down.store(true, SeqCst);
+    let anchor: (String, i32, i64) = loop {
+        let dirty = sqlx::query_as(
+            "SELECT x.txid, x.vout, x.satoshis FROM publish_jobs j JOIN utxos x ON x.id = j.utxo_id
+             WHERE j.status = 'sending' AND x.dirty",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(dirty) = dirty {
+            break dirty;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let key = WalletKey::from_wif(&wif, Network::Regtest, AddressType::P2wpkh).unwrap();
+    let foreign = TxBuilder::new(key, 3.0, 80)
+        .publish(
+            &SpendableUtxo {
+                id: 0,
+                txid: anchor.0.clone(),
+                vout: anchor.1 as u32,
+                satoshis: anchor.2 as u64,
+                unconfirmed_depth: 0,
+            },
+            b"not-the-job",
+            0,
+        )
+        .unwrap();
+    node.rpc(
+        "sendrawtransaction",
+        serde_json::json!([hex::encode(&foreign.raw_tx)]),
+    )
+    .await;
+    let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
+    node.mine_to(stranger.script_pubkey(), 1).await;
+    proxy.down.store(false, SeqCst);
+    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(60), &daemon).await;
+    assert_eq!((sent, failed), (1, 0), "{}", daemon.log());
+    assert!(daemon.stop().success());
+    // On the node, in one transaction, the job's recorded one (bcoin takes the first
+    // transaction sent again and only then finds its coin spent: without the re-anchor
+    // the job is recorded `sent` with a transaction that can never be mined).
+    assert_eq!(
+        e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await,
+        1
+    );
+    let (txid, raw_tx): (String, Vec<u8>) = sqlx::query_as("SELECT txid, raw_tx FROM publish_jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_ne!(txid, foreign.txid);
+    // The first transaction is kept in the job's history, with why it was left.
+    let outcome: Option<String> = sqlx::query_scalar("SELECT outcome FROM job_transactions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        outcome
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&foreign.txid),
+        "the job names the spend it re-anchored for: {outcome:?}"
+    );
+    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(&raw_tx).unwrap();
+    let spent = tx.input[0].previous_output;
+    assert_ne!(
+        (spent.txid.to_string(), spent.vout),
+        (anchor.0.clone(), anchor.1 as u32),
+        "signed again on another coin"
+    );
+}
+
 /// A measurement, not a check: the pipeline with the rate limit lifted against the
 /// regtest node. Run it alone:
 /// `scripts/test -E 'test(unthrottled_against_regtest)' --run-ignored only --no-capture`

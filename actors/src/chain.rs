@@ -69,6 +69,12 @@ pub trait Node: Send + Sync + 'static {
     async fn tx_presence(&self, txid: &str) -> Result<TxPresence, NodeError>;
     /// Is this outpoint unspent, and with what value and script?
     async fn outpoint(&self, txid: &str, vout: u32) -> Result<OutpointState, NodeError>;
+    /// The transaction that spends this outpoint, for a node whose [`Node::outpoint`]
+    /// says "gone" without naming it: looked for in the mempool and in the blocks since
+    /// the outpoint's own (a bounded number). `None`: not found (or not looked for).
+    async fn spender(&self, _txid: &str, _vout: u32) -> Result<Option<String>, NodeError> {
+        Ok(None)
+    }
 }
 
 /// A pool UTXO handed to the signer.

@@ -143,10 +143,18 @@ impl DirtySettler {
             // The outcome was unknown and the node does not have the transaction (yet: an
             // explorer or a node may answer late). Never a new signature on another UTXO
             // for that: both could be mined. The same bytes again, under the rate limit.
-            let outpoint = node
+            let mut outpoint = node
                 .outpoint(&d.txid, d.vout)
                 .await
                 .map_err(|e| e.to_string())?;
+            if matches!(outpoint, OutpointState::Gone { spent_by: None }) {
+                // A node that does not say who spent it (bitcoind, bcoin): looked for.
+                let spent_by = node
+                    .spender(&d.txid, d.vout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                outpoint = OutpointState::Gone { spent_by };
+            }
             if let OutpointState::Gone {
                 spent_by: Some(other),
             } = &outpoint

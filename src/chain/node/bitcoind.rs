@@ -252,6 +252,11 @@ fn is_not_found(code: i64, message: &str) -> bool {
     code == -5 || m.contains("not found") || m.contains("not in mempool") || m.contains("no such")
 }
 
+/// Blocks below the tip [`Node::spender`] looks through at most (a day of Bitcoin's):
+/// a foreign spend of a job's anchor is found while it is recent, without reading the
+/// whole chain on every run of the DirtySettler.
+pub const SPENDER_SCAN_BLOCKS: u64 = 144;
+
 /// BTC amounts come as JSON numbers; satoshis are exact after rounding (< 2^53).
 fn btc_to_sats(v: &Value) -> Option<u64> {
     let btc = v.as_f64()?;
@@ -314,6 +319,67 @@ impl Node for BitcoindClient {
             block_height: block_height.map(|h| h as u32),
             block_hash,
         })
+    }
+
+    async fn spender(&self, txid: &str, vout: u32) -> Result<Option<String>, NodeError> {
+        let bcoin = self.is_bcoin().await?;
+        if !bcoin {
+            // Core ≥ 24 names a mempool spender; an older one has no such method.
+            match self
+                .call(
+                    "gettxspendingprevout",
+                    json!([[{ "txid": txid, "vout": vout }]]),
+                )
+                .await
+            {
+                Ok(v) => {
+                    if let Some(spender) = v[0]["spendingtxid"].as_str() {
+                        return Ok(Some(spender.to_owned()));
+                    }
+                }
+                Err(RpcFailure::Rpc { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The blocks, newest first, down to the outpoint's own (at most
+        // SPENDER_SCAN_BLOCKS): a spend in a block is never below the coin it spends.
+        let created = match self.call("getrawtransaction", json!([txid, true])).await {
+            Ok(tx) => tx,
+            Err(RpcFailure::Rpc { code, message }) if is_not_found(code, &message) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(created_in) = created["blockhash"].as_str() else {
+            // Unconfirmed: no block spends it.
+            return Ok(None);
+        };
+        let header = self
+            .call("getblockheader", json!([created_in, true]))
+            .await?;
+        let floor = header["height"]
+            .as_u64()
+            .ok_or_else(|| NodeError::Protocol(format!("getblockheader answered {header}")))?;
+        let tip = self.block_count().await?;
+        let floor = floor.max(tip.saturating_sub(SPENDER_SCAN_BLOCKS));
+        for height in (floor..=tip).rev() {
+            let hash = self.call("getblockhash", json!([height])).await?;
+            let block = if bcoin {
+                self.call("getblock", json!([hash, true, true])).await?
+            } else {
+                self.call("getblock", json!([hash, 2])).await?
+            };
+            for tx in block["tx"].as_array().into_iter().flatten() {
+                let spends = tx["vin"].as_array().into_iter().flatten().any(|input| {
+                    input["txid"].as_str() == Some(txid)
+                        && input["vout"].as_u64() == Some(u64::from(vout))
+                });
+                if spends {
+                    return Ok(tx["txid"].as_str().map(str::to_owned));
+                }
+            }
+        }
+        Ok(None)
     }
 
     async fn outpoint(&self, txid: &str, vout: u32) -> Result<OutpointState, NodeError> {
