@@ -479,6 +479,12 @@ impl Settings {
             "must be at least 1 (a spend in the mempool can still vanish)",
         )?;
         check(
+            u64::from(self.janitor.reanchor_confirmations)
+                <= crate::chain::node::SPENDER_SCAN_BLOCKS,
+            "janitor.reanchor_confirmations",
+            "must be at most 144 (the blocks raregen looks through for the spender of a coin)",
+        )?;
+        check(
             !self.metrics.refresh.is_zero(),
             "metrics.refresh",
             "must be longer than 0s",

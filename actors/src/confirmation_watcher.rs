@@ -2,9 +2,9 @@
 //! bounded batch of sent, unconfirmed transactions. Confirmed → recorded (their
 //! outputs' chains are then confirmed); gone from the node → one of the job's earlier
 //! transactions may be the one it holds (the job is switched to it), else the same
-//! bytes again; accepted again and again and never held, or refused again and again →
-//! the job fails with the best reason raregen has (bounded: never an endless re-send
-//! loop).
+//! bytes again; accepted again and again and never held → the job fails with the best
+//! reason raregen has; refused again and again → re-sent in bounded bursts, never
+//! failed on a refusal that may pass (bounded either way: never a re-send every run).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +24,9 @@ use crate::ports::{Confirmation, JanitorStore};
 pub const CONFIRM_BATCH: u32 = 500;
 
 /// Re-sends of a transaction the node does not hold that it answered definitively
-/// (accepted, and then again not held; or refused), before its job is given up as
-/// failed.
+/// (accepted, and then again not held; or refused) in one burst: then none for
+/// `stuck_after` × [`UNHELD_GIVE_UP_AFTER`]; after that, one accepted and never held
+/// fails, one refused gets another burst.
 pub const MAX_UNHELD_RESENDS: u32 = 5;
 
 /// ... and before it has been missing for this many `janitor.stuck_after`: a node that
@@ -156,6 +157,22 @@ impl ConfirmationWatcher {
                         still_unheld.insert(txid, held);
                         continue;
                     }
+                    if held.resends >= MAX_UNHELD_RESENDS && held.refusal.is_some() {
+                        // Refused when sent again (e.g. the mempool's minimum fee rose and
+                        // the node evicted it): a refusal that may pass, and a copy may
+                        // still be mined elsewhere, so the job is not failed; another
+                        // burst of re-sends after another wait (a bounded cost: at most
+                        // MAX_UNHELD_RESENDS per `stuck_after` × UNHELD_GIVE_UP_AFTER).
+                        tracing::warn!(%txid, refusal = held.refusal.as_deref().unwrap_or_default(), "confirmation watcher: the node no longer holds a sent transaction and refuses it when sent again; trying again later");
+                        still_unheld.insert(
+                            txid,
+                            UnheldTx {
+                                refusal: held.refusal,
+                                ..UnheldTx::new()
+                            },
+                        );
+                        continue;
+                    }
                     if held.resends >= MAX_UNHELD_RESENDS {
                         // Give up only on what cannot be mined any more: its coin unspent on
                         // the node proves the transaction is neither in a block nor in the
@@ -175,23 +192,16 @@ impl ConfirmationWatcher {
                             continue;
                         }
                         // Accepted again and again, never held (the node refuses it after
-                        // answering: bcoin verifies after it answers), or refused: not an
-                        // endless loop; the job fails with the best reason we have. Its
-                        // coin stays its anchor (never spent by another job).
-                        let reason = match &held.refusal {
-                            Some(refusal) => format!(
-                                "the node no longer holds this transaction and refused it {} \
-                                 times when it was sent again: {refusal}",
-                                held.resends
-                            ),
-                            None => format!(
-                                "the node accepted this transaction {} times but never held \
-                                 it: it refused it after answering (see the node's log; e.g. a \
-                                 wallet key that does not own the pool's coins, or a consensus \
-                                 rule the node enforces)",
-                                held.resends + 1
-                            ),
-                        };
+                        // answering: bcoin verifies after it answers): not an endless loop;
+                        // the job fails with the best reason we have, and its coin leaves
+                        // the pool (retired: the node refuses the coin itself).
+                        let reason = format!(
+                            "the node accepted this transaction {} times but never held it: it \
+                             refused it after answering (see the node's log; e.g. a wallet key \
+                             that does not own the pool's coins, or a consensus rule the node \
+                             enforces)",
+                            held.resends + 1
+                        );
                         // Twice: the second run catches a descendant recorded while the
                         // first ran.
                         for _ in 0..2 {
@@ -270,7 +280,10 @@ impl ConfirmationWatcher {
             // A definitive answer counts towards giving up (accepted, and the next run
             // sees whether the node holds it; or refused); no answer says nothing.
             match &outcome {
-                BroadcastOutcome::Accepted => held.resends += 1,
+                BroadcastOutcome::Accepted => {
+                    held.resends += 1;
+                    held.refusal = None;
+                }
                 BroadcastOutcome::Rejected { reason, .. } => {
                     held.resends += 1;
                     held.refusal = Some(reason.clone());

@@ -148,11 +148,16 @@ impl DirtySettler {
                 .await
                 .map_err(|e| e.to_string())?;
             if matches!(outpoint, OutpointState::Gone { spent_by: None }) {
-                // A node that does not say who spent it (bitcoind, bcoin): looked for.
-                let spent_by = node
-                    .spender(&d.txid, d.vout)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // A node that does not say who spent it (bitcoind, bcoin): looked for. A
+                // failed look (a method the node does not allow, a block read timing out)
+                // counts as not found: this UTXO waits, the others behind it do not.
+                let spent_by = match node.spender(&d.txid, d.vout).await {
+                    Ok(spent_by) => spent_by,
+                    Err(e) => {
+                        tracing::warn!(error = %e, utxo = d.id, "dirty settler: the spender of a job's anchor not looked up");
+                        None
+                    }
+                };
                 outpoint = OutpointState::Gone { spent_by };
             }
             if let OutpointState::Gone {

@@ -13,7 +13,7 @@ use raregen_actors::Node;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 
-pub use bitcoind::{BitcoindClient, SegwitState, REGTEST_SEGWIT_HEIGHT};
+pub use bitcoind::{BitcoindClient, SegwitState, REGTEST_SEGWIT_HEIGHT, SPENDER_SCAN_BLOCKS};
 pub use classify::{classify_rejection, parse_esplora_error};
 pub use esplora::EsploraClient;
 
