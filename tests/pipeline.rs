@@ -335,6 +335,8 @@ async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(p
         &[
             ("RAREGEN__JANITOR__INTERVAL", "1s"),
             ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+            // No auto-split: the first broadcast at the door is the job's.
+            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1"),
         ],
     )
     .await;
