@@ -864,20 +864,7 @@ async fn a_job_adopted_in_flight_from_the_seed_is_never_re_anchored(pool: PgPool
         .await
         .unwrap();
     let batch = store.claim_batch(2).await.unwrap().unwrap();
-    let sending: Vec<Sending> = batch
-        .jobs
-        .iter()
-        .zip(&utxos)
-        .map(|(j, u)| Sending {
-            fence: Fence {
-                id: j.id,
-                attempts: j.attempts,
-            },
-            utxo_id: *u,
-            txid: fake_txid(j.id as _),
-            raw_tx: vec![1],
-        })
-        .collect();
+    let sending = write_aheads(&batch.jobs, &utxos);
     assert_eq!(
         store.record_sending(&sending).await.unwrap().stored.len(),
         2
@@ -966,5 +953,125 @@ async fn foreign_coins_are_counted_over_every_script_not_only_the_five_shown(poo
             .coins,
         27 + 2,
         "every script but the key's"
+    );
+}
+
+/// The hot group statements (write-ahead, `sent`) stay linear in their group's size.
+/// Each step of a statement carries what the next needs in its RETURNING: a join of
+/// two CTEs, which the planner takes for one row each, ran as a nested loop (256 × 256
+/// comparisons for a group of 256), and the write-ahead's "does the job hold another
+/// UTXO?" anti-join scanned every held UTXO for each job. Found with `auto_explain`
+/// during the pipeline-ceiling runs, where groups of 256 took 40–50 ms. Measured by the
+/// plans' row counts, not by time. (The retry statement's UTXO updates still join a
+/// CTE to the held-UTXO index, which the planner can order either way: retries are
+/// rare, and `docs/benchmarks.md` says so.)
+#[sqlx::test]
+async fn group_statements_stay_linear_in_the_group_size(pool: PgPool) {
+    use raregen::store::GroupStatement;
+    const N: usize = 200;
+    common::insert_queued(&pool, 2 * N as i64).await;
+    // A pool of many coins, as in a day's run (the pipeline-ceiling example has one
+    // per job).
+    let utxos = common::insert_utxos(&pool, 20 * N as i64).await;
+    // Statistics taken at rest, as autovacuum takes them before a run: no UTXO held,
+    // no job in flight (the planner then takes the partial indexes for empty).
+    sqlx::query("ANALYZE").execute(&pool).await.unwrap();
+    let store = PgStore::new(pool.clone(), "owner-a");
+    let batch = store.claim_batch(2 * N as u32).await.unwrap().unwrap();
+    let sending = write_aheads(&batch.jobs, &utxos);
+    // Half the jobs in flight already: their UTXOs are in the index of held ones.
+    assert_eq!(
+        store
+            .record_sending(&sending[..N])
+            .await
+            .unwrap()
+            .stored
+            .len(),
+        N
+    );
+
+    let sent: Vec<Sent> = sending[..N]
+        .iter()
+        .map(|s| Sent {
+            fence: s.fence,
+            sent_at: Utc::now(),
+            change: Some((1, 5_000)),
+        })
+        .collect();
+    // Each with the plan made for its arguments, and with the generic plan every
+    // connection switches to after five runs.
+    for generic in [false, true] {
+        for (what, statement) in [
+            ("write-ahead", GroupStatement::Sending(&sending[N..])),
+            ("sent", GroupStatement::Sent(&sent)),
+        ] {
+            let plan = store.explain_group(statement, generic).await.unwrap();
+            assert_linear(&plan, N, &format!("{what} (generic plan: {generic})"));
+        }
+    }
+
+    // The plans ran in transactions rolled back: nothing changed.
+    let now = statuses(&pool).await;
+    assert_eq!(now.get("sending"), Some(&(N as i64)));
+    assert_eq!(now.get("processing_batch"), Some(&(N as i64)));
+}
+
+/// A write-ahead record for each claimed job, on the UTXOs in order.
+fn write_aheads(jobs: &[raregen_actors::ClaimedJob], utxos: &[i64]) -> Vec<Sending> {
+    jobs.iter()
+        .zip(utxos)
+        .map(|(j, u)| Sending {
+            fence: Fence {
+                id: j.id,
+                attempts: j.attempts,
+            },
+            utxo_id: *u,
+            txid: fake_txid(j.id),
+            raw_tx: vec![0xde, 0xad, j.id as u8],
+        })
+        .collect()
+}
+
+/// No node of the plan handles more than a few rows per job of the group: its rows
+/// over all its loops, with those its filters removed.
+fn assert_linear(plan: &serde_json::Value, n: usize, what: &str) {
+    fn walk(node: &serde_json::Value, worst: &mut (f64, String)) {
+        let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
+        let rows = [
+            "Actual Rows",
+            "Rows Removed by Filter",
+            "Rows Removed by Join Filter",
+        ]
+        .iter()
+        .map(|k| node[*k].as_f64().unwrap_or(0.0))
+        .sum::<f64>()
+            * loops;
+        if rows > worst.0 {
+            let name = [
+                "Node Type",
+                "Relation Name",
+                "CTE Name",
+                "Index Name",
+                "Subplan Name",
+            ]
+            .iter()
+            .filter_map(|k| node[*k].as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+            *worst = (rows, name);
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, worst);
+        }
+    }
+    let root = &plan[0]["Plan"];
+    assert!(root.is_object(), "{what}: no plan in {plan}");
+    let mut worst = (0.0, String::new());
+    walk(root, &mut worst);
+    assert!(
+        worst.0 <= (10 * n) as f64,
+        "{what}: the node `{}` handles {} rows for a group of {n} jobs (quadratic?)",
+        worst.1,
+        worst.0
     );
 }

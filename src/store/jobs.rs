@@ -10,6 +10,8 @@ use raregen_actors::{
     SendingRecorded, Sent, SpendableUtxo, StoreError, StoredTx,
 };
 use serde::Serialize;
+use sqlx::postgres::{PgArguments, Postgres};
+use sqlx::query::Query;
 use sqlx::{PgPool, Row};
 
 use super::{store_error, PgStore};
@@ -505,6 +507,437 @@ SELECT x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth, x.reserved_by, x.s
 FROM utxos x
 WHERE x.id = ANY($1)";
 
+/// The write-ahead record of a group: the job must still be ours (fence) and its UTXO
+/// still available and clean (or already taken by this very record: the statement is
+/// idempotent). Then both change together: UTXO → spending, job → sending with its
+/// transaction. Binds: [`SendingArgs`].
+const RECORD_SENDING_SQL: &str = "WITH u AS (
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bytea[])
+                     AS u(id, attempts, utxo_id, txid, raw_tx)
+             ), ours AS (
+                 -- The entry whose fence holds (a group may also carry a stale copy of
+                 -- the same job, from a claim that was taken back: it must not act).
+                 -- Each step below carries the record on in its RETURNING rather than
+                 -- joining back to `u`: the planner sees one row in a CTE, and a join
+                 -- of two CTEs becomes a nested loop, quadratic in the group's size.
+                 SELECT j.id, u.attempts, u.utxo_id, u.txid, u.raw_tx,
+                        -- A job holds one UTXO at a time (utxos_reserved_by_idx): one
+                        -- that still holds another is left out below, not allowed to
+                        -- fail the whole group's statement. (Asked here, row by row on
+                        -- the index: as an anti-join below it was a scan of every held
+                        -- UTXO for each job.)
+                        EXISTS (SELECT 1 FROM utxos y
+                                WHERE y.reserved_by = j.id AND y.id <> u.utxo_id
+                                  AND y.state IN ('reserved', 'spending')) AS holds_other
+                 FROM publish_jobs j JOIN u ON j.id = u.id
+                 WHERE j.attempts = u.attempts AND j.owner = $6
+                   AND (j.status = 'processing_batch' OR (j.status = 'sending' AND j.txid = u.txid))
+                   -- A job that signed before spends its anchor and nothing else.
+                   AND (j.anchor_utxo_id IS NULL OR j.anchor_utxo_id = u.utxo_id)
+                 FOR UPDATE OF j
+             ), took AS (
+                 UPDATE utxos x
+                 SET state = 'spending', reserved_by = ours.id, reserved_at = now(),
+                     spent_by_txid = ours.txid, updated_at = now()
+                 FROM ours
+                 WHERE x.id = ours.utxo_id
+                   AND ((x.state = 'available' AND NOT x.dirty)
+                        OR (x.state = 'spending' AND x.spent_by_txid = ours.txid)
+                        -- the job's own anchor, kept between its attempts
+                        OR (x.state = 'reserved' AND x.reserved_by = ours.id AND NOT x.dirty))
+                   AND NOT ours.holds_other
+                 RETURNING ours.id, ours.utxo_id, ours.txid, ours.raw_tx
+             ), stored AS (
+                 UPDATE publish_jobs j
+                 SET status = 'sending', utxo_id = took.utxo_id, anchor_utxo_id = took.utxo_id,
+                     txid = took.txid, raw_tx = took.raw_tx,
+                     sending_started_at = COALESCE(j.sending_started_at, now()), updated_at = now()
+                 FROM took
+                 WHERE j.id = took.id
+                 RETURNING j.id
+             )
+             SELECT id, TRUE FROM stored
+             UNION ALL
+             SELECT id, FALSE FROM ours WHERE id NOT IN (SELECT id FROM took)";
+
+/// The `sent` record of a group: the job, its UTXO spent, its change added to the pool,
+/// its batch counted.
+///
+/// Its commit waits for the WAL flush, unlike the claim's: the change rows' ids come
+/// from a sequence and go straight into the UtxoPool's memory; a commit lost in a
+/// crash would set the sequence back, and the same ids would then name other coins.
+/// Binds: [`SentArgs`].
+const RECORD_SENT_SQL: &str = "WITH u AS (
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bigint[])
+                     AS u(id, attempts, sent_at, change_vout, change_sats)
+             ), done AS (
+                 -- Each step carries what the next needs in its RETURNING: a join of two
+                 -- CTEs is planned for one row each, a nested loop quadratic in the
+                 -- group's size.
+                 UPDATE publish_jobs j
+                 SET status = 'sent', sent_at = u.sent_at, last_error = NULL, updated_at = now()
+                 FROM u
+                 WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $6
+                   AND j.status = 'sending'
+                 RETURNING j.id, j.processing_batch_id, j.txid, j.utxo_id,
+                           EXTRACT(EPOCH FROM j.sent_at - j.created_at)::float8 AS age,
+                           u.change_vout, u.change_sats
+             ), spent AS (
+                 UPDATE utxos x SET state = 'spent', dirty = FALSE, updated_at = now()
+                 FROM done WHERE x.id = done.utxo_id
+                 RETURNING done.id AS job_id, done.txid, done.change_vout, done.change_sats,
+                           x.unconfirmed_depth, x.script_pubkey
+             ), change AS (
+                 -- The change of a job that signed more than once stays out of the pool
+                 -- until its transaction confirms: an earlier one may still replace it.
+                 INSERT INTO utxos (txid, vout, satoshis, script_pubkey, unconfirmed_depth, state)
+                 SELECT s.txid, s.change_vout, s.change_sats, s.script_pubkey,
+                        s.unconfirmed_depth + 1,
+                        CASE WHEN EXISTS (SELECT 1 FROM job_transactions t WHERE t.job_id = s.job_id)
+                             THEN 'pending' ELSE 'available' END
+                 FROM spent s
+                 WHERE s.change_vout IS NOT NULL
+                 ON CONFLICT (txid, vout) DO NOTHING
+                 RETURNING id, txid, vout, satoshis, unconfirmed_depth, state
+             ), per_batch AS (
+                 SELECT processing_batch_id AS id, count(*)::int AS n FROM done GROUP BY 1
+             ), counted AS (
+                 UPDATE batches b
+                 SET sent = b.sent + p.n,
+                     completed_at = CASE WHEN b.sent + p.n + b.failed + b.retried >= b.size
+                                         THEN now() ELSE b.completed_at END
+                 FROM per_batch p WHERE b.id = p.id
+             )
+             SELECT 'job' AS kind, id, NULL::text AS txid, NULL::int AS vout,
+                    NULL::bigint AS satoshis, NULL::int AS depth, age, FALSE AS failed
+             FROM done
+             UNION ALL
+             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth, NULL, FALSE
+             FROM change WHERE state = 'available'";
+
+/// A group of job-side refusals (and of jobs that cannot be built): back to the queue
+/// on the same anchor, or failed. Binds: [`RetryArgs`].
+const RECORD_RETRY_SQL: &str = "WITH u AS (
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $7::bool[], $8::bool[])
+                     AS u(id, attempts, error, not_before, reanchor, settles)
+             ), before AS (
+                 -- A job whose anchor is dirty is not sent back: a transaction of it with
+                 -- an unknown outcome may still be mined; the DirtySettler settles it
+                 -- first, by the same bytes again: their definitive refusal (`settles`)
+                 -- sends the job back to sign again on the same anchor, which conflicts
+                 -- with every copy of the refused bytes.
+                 SELECT j.id, COALESCE(j.utxo_id, j.anchor_utxo_id) AS anchor, j.txid, j.raw_tx,
+                        u.attempts, u.settles, u.not_before,
+                        -- A job adopted from the seed in flight never leaves its anchor:
+                        -- the foreign spend may be the seed's own transaction of it.
+                        CASE WHEN u.reanchor AND s.job_id IS NOT NULL
+                             THEN 'adopted from the seed in flight; its coin was spent by a '
+                                  || 'transaction raregen did not sign (most likely the seed''s '
+                                  || 'own transaction of it): never signed again (' || u.error || ')'
+                             ELSE u.error END AS error,
+                        u.reanchor AND s.job_id IS NULL AS reanchor,
+                        -- `max_attempts` counts the job's refused transactions (the one
+                        -- refused now, and those in its history), not its claims: a
+                        -- claim taken back from a dead or frozen process is no attempt.
+                        (u.reanchor AND s.job_id IS NOT NULL)
+                        OR (NOT u.reanchor
+                            AND ((j.txid IS NOT NULL)::int
+                                 + (SELECT count(*) FROM job_transactions t
+                                    WHERE t.job_id = j.id AND t.refused)) >= $5) AS final,
+                        -- Has the job ever signed on its anchor? (One adopted from the seed
+                        -- in flight may have, in the seed.)
+                        (j.txid IS NOT NULL OR s.job_id IS NOT NULL OR EXISTS (
+                            SELECT 1 FROM job_transactions t
+                            WHERE t.job_id = j.id
+                              AND t.anchor_utxo_id = COALESCE(j.utxo_id, j.anchor_utxo_id))) AS signed
+                 FROM publish_jobs j JOIN u ON j.id = u.id
+                 LEFT JOIN seed_in_flight s ON s.job_id = j.id
+                 WHERE j.attempts = u.attempts AND j.owner = $6
+                   AND j.status IN ('processing_batch', 'sending')
+                   AND (u.settles
+                        OR NOT EXISTS (SELECT 1 FROM utxos d
+                                       WHERE d.id = COALESCE(j.utxo_id, j.anchor_utxo_id) AND d.dirty))
+                 FOR UPDATE OF j
+             ), history AS (
+                 -- The refused transaction is kept: a copy of it may still be mined, and
+                 -- it must then be recognised as the job's own.
+                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, refused, outcome)
+                 SELECT txid, id, anchor, raw_tx, NOT reanchor, error FROM before
+                 WHERE txid IS NOT NULL AND anchor IS NOT NULL
+                 ON CONFLICT (txid) DO NOTHING
+             ), done AS (
+                 UPDATE publish_jobs j
+                 SET status = CASE WHEN before.final THEN 'failed' ELSE 'queued' END,
+                     next_attempt_at = CASE WHEN before.final THEN j.next_attempt_at
+                                            ELSE before.not_before END,
+                     last_error = before.error,
+                     anchor_utxo_id = CASE WHEN before.reanchor THEN NULL ELSE before.anchor END,
+                     owner = NULL, utxo_id = NULL, txid = NULL, raw_tx = NULL,
+                     sending_started_at = NULL, updated_at = now()
+                 -- `before` carries the record (no join back to `u`: a join of two
+                 -- CTEs is planned for one row each, quadratic in the group's size).
+                 FROM before
+                 WHERE j.id = before.id
+                 RETURNING j.id, j.processing_batch_id, j.status
+             ), released AS (
+                 -- A job that fails for good without ever having signed on its anchor
+                 -- (it could not be built) gives the coin back to the pool.
+                 UPDATE utxos x
+                 SET state = 'available', reserved_by = NULL, reserved_at = NULL,
+                     spent_by_txid = NULL, updated_at = now()
+                 FROM before
+                 WHERE x.id = before.anchor AND before.final AND NOT before.signed
+                   AND NOT before.reanchor
+                   AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
+                   AND NOT x.dirty
+                 RETURNING x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth
+             ), kept AS (
+                 -- Otherwise the job keeps its anchor: until its next attempt signs on
+                 -- it, or for good once it failed (a refused copy of its transaction may
+                 -- still be mined: no other job may ever spend the coin; requeued by an
+                 -- operator, the job signs on it again).
+                 UPDATE utxos x
+                 SET state = 'reserved', reserved_at = now(), spent_by_txid = NULL,
+                     dirty = FALSE, updated_at = now()
+                 FROM before
+                 WHERE x.id = before.anchor AND (NOT before.final OR before.signed)
+                   AND NOT before.reanchor
+                   AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
+                   AND (NOT x.dirty OR before.settles)
+             ), per_batch AS (
+                 SELECT processing_batch_id AS id,
+                        (count(*) FILTER (WHERE status = 'failed'))::int AS failed,
+                        (count(*) FILTER (WHERE status = 'queued'))::int AS retried
+                 FROM done GROUP BY 1
+             ), counted AS (
+                 UPDATE batches b
+                 SET failed = b.failed + p.failed, retried = b.retried + p.retried,
+                     completed_at = CASE WHEN b.sent + b.failed + b.retried + p.failed + p.retried >= b.size
+                                         THEN now() ELSE b.completed_at END
+                 FROM per_batch p WHERE b.id = p.id
+             )
+             SELECT 'job' AS kind, id, NULL::text AS txid, NULL::int AS vout,
+                    NULL::bigint AS satoshis, NULL::int AS depth, NULL::float8 AS age,
+                    status = 'failed' AS failed
+             FROM done
+             UNION ALL
+             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth, NULL, FALSE
+             FROM released";
+
+/// The arguments of [`RECORD_SENDING_SQL`], one array per column.
+struct SendingArgs<'a> {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    utxos: Vec<i64>,
+    txids: Vec<&'a str>,
+    raws: Vec<&'a [u8]>,
+}
+
+impl<'a> SendingArgs<'a> {
+    fn of(jobs: &'a [Sending]) -> Self {
+        SendingArgs {
+            ids: jobs.iter().map(|j| j.fence.id).collect(),
+            attempts: jobs.iter().map(|j| j.fence.attempts).collect(),
+            utxos: jobs.iter().map(|j| j.utxo_id).collect(),
+            txids: jobs.iter().map(|j| j.txid.as_str()).collect(),
+            raws: jobs.iter().map(|j| j.raw_tx.as_slice()).collect(),
+        }
+    }
+
+    fn bind<'q>(
+        self,
+        q: Query<'q, Postgres, PgArguments>,
+        owner: &'q str,
+    ) -> Query<'q, Postgres, PgArguments>
+    where
+        'a: 'q,
+    {
+        q.bind(self.ids)
+            .bind(self.attempts)
+            .bind(self.utxos)
+            .bind(self.txids)
+            .bind(self.raws)
+            .bind(owner)
+    }
+}
+
+/// The arguments of [`RECORD_SENT_SQL`].
+struct SentArgs {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    sent_at: Vec<DateTime<Utc>>,
+    change_vout: Vec<Option<i32>>,
+    change_sats: Vec<Option<i64>>,
+}
+
+impl SentArgs {
+    fn of(jobs: &[Sent]) -> Self {
+        SentArgs {
+            ids: jobs.iter().map(|j| j.fence.id).collect(),
+            attempts: jobs.iter().map(|j| j.fence.attempts).collect(),
+            sent_at: jobs.iter().map(|j| j.sent_at).collect(),
+            change_vout: jobs.iter().map(|j| j.change.map(|c| c.0 as i32)).collect(),
+            change_sats: jobs.iter().map(|j| j.change.map(|c| c.1 as i64)).collect(),
+        }
+    }
+
+    fn bind<'q>(
+        self,
+        q: Query<'q, Postgres, PgArguments>,
+        owner: &'q str,
+    ) -> Query<'q, Postgres, PgArguments> {
+        q.bind(self.ids)
+            .bind(self.attempts)
+            .bind(self.sent_at)
+            .bind(self.change_vout)
+            .bind(self.change_sats)
+            .bind(owner)
+    }
+}
+
+/// The arguments of [`RECORD_RETRY_SQL`].
+struct RetryArgs<'a> {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    errors: Vec<&'a str>,
+    not_before: Vec<DateTime<Utc>>,
+    max_attempts: i64,
+    reanchor: Vec<bool>,
+    settles: Vec<bool>,
+}
+
+impl<'a> RetryArgs<'a> {
+    fn of(jobs: &'a [Retry], max_attempts: u32) -> Self {
+        RetryArgs {
+            ids: jobs.iter().map(|j| j.fence.id).collect(),
+            attempts: jobs.iter().map(|j| j.fence.attempts).collect(),
+            errors: jobs.iter().map(|j| j.error.as_str()).collect(),
+            not_before: jobs.iter().map(|j| j.not_before).collect(),
+            max_attempts: i64::from(max_attempts),
+            reanchor: jobs.iter().map(|j| j.reanchor).collect(),
+            settles: jobs.iter().map(|j| j.settles_dirty).collect(),
+        }
+    }
+
+    fn bind<'q>(
+        self,
+        q: Query<'q, Postgres, PgArguments>,
+        owner: &'q str,
+    ) -> Query<'q, Postgres, PgArguments>
+    where
+        'a: 'q,
+    {
+        q.bind(self.ids)
+            .bind(self.attempts)
+            .bind(self.errors)
+            .bind(self.not_before)
+            .bind(self.max_attempts)
+            .bind(owner)
+            .bind(self.reanchor)
+            .bind(self.settles)
+    }
+}
+
+/// A group statement for [`PgStore::explain_group`].
+pub enum GroupStatement<'a> {
+    Sending(&'a [Sending]),
+    Sent(&'a [Sent]),
+    Retry(&'a [Retry], u32),
+}
+
+impl GroupStatement<'_> {
+    /// The statement, and its parameters' types (for `PREPARE`).
+    fn sql(&self) -> (&'static str, &'static str) {
+        match self {
+            GroupStatement::Sending(_) => (
+                RECORD_SENDING_SQL,
+                "bigint[], int[], bigint[], text[], bytea[], text",
+            ),
+            GroupStatement::Sent(_) => (
+                RECORD_SENT_SQL,
+                "bigint[], int[], timestamptz[], int[], bigint[], text",
+            ),
+            GroupStatement::Retry(..) => (
+                RECORD_RETRY_SQL,
+                "bigint[], int[], text[], timestamptz[], bigint, text, bool[], bool[]",
+            ),
+        }
+    }
+}
+
+impl PgStore {
+    /// The plan of a group statement as it runs (`EXPLAIN (ANALYZE, FORMAT JSON)`), in
+    /// a transaction rolled back: nothing changes. `generic`: the plan Postgres
+    /// switches a prepared statement to after five runs, made without the arguments'
+    /// values (how every connection of the pool runs these statements soon after
+    /// start). For the test that keeps the hot statements linear in a group's size.
+    #[doc(hidden)]
+    pub async fn explain_group(
+        &self,
+        statement: GroupStatement<'_>,
+        generic: bool,
+    ) -> Result<serde_json::Value, StoreError> {
+        let (sql, types) = statement.sql();
+        let bind = |query| match statement {
+            GroupStatement::Sending(jobs) => SendingArgs::of(jobs).bind(query, &self.owner),
+            GroupStatement::Sent(jobs) => SentArgs::of(jobs).bind(query, &self.owner),
+            GroupStatement::Retry(jobs, max) => RetryArgs::of(jobs, max).bind(query, &self.owner),
+        };
+        // `EXPLAIN EXECUTE` takes no parameters: the arguments go in as literals, which
+        // Postgres itself writes from the bound values.
+        let literals = types
+            .split(", ")
+            .enumerate()
+            .map(|(i, t)| format!("quote_nullable(${}::{t}) || '::{t}'", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let literals = format!("SELECT concat_ws(', ', {literals})");
+        let explain = if generic {
+            let args: String = bind(sqlx::query(&literals))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(store_error)?
+                .get(0);
+            format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE raregen_explain({args})")
+        } else {
+            format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+        };
+        let query = if generic {
+            sqlx::query(&explain)
+        } else {
+            bind(sqlx::query(&explain))
+        };
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        if generic {
+            sqlx::raw_sql(&format!("PREPARE raregen_explain({types}) AS {sql}"))
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        }
+        let plan = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            if generic {
+                sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let row = query.fetch_one(&mut *tx).await?;
+            tx.rollback().await?;
+            // The plan is `json` (its text, also on the wire).
+            row.try_get_unchecked::<String, _>(0)
+        }
+        .await;
+        if generic {
+            sqlx::raw_sql("DEALLOCATE raregen_explain")
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        }
+        serde_json::from_str(&plan.map_err(store_error)?)
+            .map_err(|e| StoreError::Unavailable(format!("unreadable plan: {e}")))
+    }
+}
+
 #[async_trait]
 impl JobStore for PgStore {
     async fn claim_batch(&self, max: u32) -> Result<Option<ClaimedBatch>, StoreError> {
@@ -603,66 +1036,14 @@ impl JobStore for PgStore {
         if jobs.is_empty() {
             return Ok(SendingRecorded::default());
         }
-        let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
-        let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
-        let utxos: Vec<i64> = jobs.iter().map(|j| j.utxo_id).collect();
-        let txids: Vec<&str> = jobs.iter().map(|j| j.txid.as_str()).collect();
-        let raws: Vec<&[u8]> = jobs.iter().map(|j| j.raw_tx.as_slice()).collect();
-        // The job must still be ours (fence) and its UTXO still available and clean (or
-        // already taken by this very record: the statement is idempotent). Then both
-        // change together: UTXO → spending, job → sending with its transaction.
-        let rows: Vec<(i64, bool)> = sqlx::query_as(
-            "WITH u AS (
-                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::bytea[])
-                     AS u(id, attempts, utxo_id, txid, raw_tx)
-             ), ours AS (
-                 -- The entry whose fence holds (a group may also carry a stale copy of
-                 -- the same job, from a claim that was taken back: it must not act).
-                 SELECT j.id, u.attempts FROM publish_jobs j JOIN u ON j.id = u.id
-                 WHERE j.attempts = u.attempts AND j.owner = $6
-                   AND (j.status = 'processing_batch' OR (j.status = 'sending' AND j.txid = u.txid))
-                   -- A job that signed before spends its anchor and nothing else.
-                   AND (j.anchor_utxo_id IS NULL OR j.anchor_utxo_id = u.utxo_id)
-                 FOR UPDATE OF j
-             ), took AS (
-                 UPDATE utxos x
-                 SET state = 'spending', reserved_by = u.id, reserved_at = now(),
-                     spent_by_txid = u.txid, updated_at = now()
-                 FROM u JOIN ours ON ours.id = u.id AND ours.attempts = u.attempts
-                 WHERE x.id = u.utxo_id
-                   AND ((x.state = 'available' AND NOT x.dirty)
-                        OR (x.state = 'spending' AND x.spent_by_txid = u.txid)
-                        -- the job's own anchor, kept between its attempts
-                        OR (x.state = 'reserved' AND x.reserved_by = u.id AND NOT x.dirty))
-                   -- A job holds one UTXO at a time (utxos_reserved_by_idx): one that
-                   -- still holds another is left out here, not allowed to fail the
-                   -- whole group's statement.
-                   AND NOT EXISTS (SELECT 1 FROM utxos y
-                                   WHERE y.reserved_by = u.id AND y.id <> u.utxo_id
-                                     AND y.state IN ('reserved', 'spending'))
-                 RETURNING u.id, u.attempts
-             ), stored AS (
-                 UPDATE publish_jobs j
-                 SET status = 'sending', utxo_id = u.utxo_id, anchor_utxo_id = u.utxo_id,
-                     txid = u.txid, raw_tx = u.raw_tx,
-                     sending_started_at = COALESCE(j.sending_started_at, now()), updated_at = now()
-                 FROM u JOIN took ON took.id = u.id AND took.attempts = u.attempts
-                 WHERE j.id = u.id
-                 RETURNING j.id
-             )
-             SELECT id, TRUE FROM stored
-             UNION ALL
-             SELECT id, FALSE FROM ours WHERE id NOT IN (SELECT id FROM took)",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&utxos)
-        .bind(&txids)
-        .bind(&raws)
-        .bind(&self.owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let rows: Vec<(i64, bool)> = SendingArgs::of(jobs)
+            .bind(sqlx::query(RECORD_SENDING_SQL), &self.owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         let mut out = SendingRecorded::default();
         for (id, stored) in rows {
             if stored {
@@ -678,66 +1059,11 @@ impl JobStore for PgStore {
         if jobs.is_empty() {
             return Ok(Recorded::default());
         }
-        let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
-        let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
-        let sent_at: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.sent_at).collect();
-        let change_vout: Vec<Option<i32>> =
-            jobs.iter().map(|j| j.change.map(|c| c.0 as i32)).collect();
-        let change_sats: Vec<Option<i64>> =
-            jobs.iter().map(|j| j.change.map(|c| c.1 as i64)).collect();
-        let rows = sqlx::query(
-            "WITH u AS (
-                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bigint[])
-                     AS u(id, attempts, sent_at, change_vout, change_sats)
-             ), done AS (
-                 UPDATE publish_jobs j
-                 SET status = 'sent', sent_at = u.sent_at, last_error = NULL, updated_at = now()
-                 FROM u
-                 WHERE j.id = u.id AND j.attempts = u.attempts AND j.owner = $6
-                   AND j.status = 'sending'
-                 RETURNING j.id, j.processing_batch_id, j.txid, j.utxo_id,
-                           EXTRACT(EPOCH FROM j.sent_at - j.created_at)::float8 AS age
-             ), spent AS (
-                 UPDATE utxos x SET state = 'spent', dirty = FALSE, updated_at = now()
-                 FROM done WHERE x.id = done.utxo_id
-                 RETURNING x.id, x.unconfirmed_depth, x.script_pubkey
-             ), change AS (
-                 -- The change of a job that signed more than once stays out of the pool
-                 -- until its transaction confirms: an earlier one may still replace it.
-                 INSERT INTO utxos (txid, vout, satoshis, script_pubkey, unconfirmed_depth, state)
-                 SELECT done.txid, u.change_vout, u.change_sats, spent.script_pubkey,
-                        spent.unconfirmed_depth + 1,
-                        CASE WHEN EXISTS (SELECT 1 FROM job_transactions t WHERE t.job_id = done.id)
-                             THEN 'pending' ELSE 'available' END
-                 FROM done JOIN u ON u.id = done.id JOIN spent ON spent.id = done.utxo_id
-                 WHERE u.change_vout IS NOT NULL
-                 ON CONFLICT (txid, vout) DO NOTHING
-                 RETURNING id, txid, vout, satoshis, unconfirmed_depth, state
-             ), per_batch AS (
-                 SELECT processing_batch_id AS id, count(*)::int AS n FROM done GROUP BY 1
-             ), counted AS (
-                 UPDATE batches b
-                 SET sent = b.sent + p.n,
-                     completed_at = CASE WHEN b.sent + p.n + b.failed + b.retried >= b.size
-                                         THEN now() ELSE b.completed_at END
-                 FROM per_batch p WHERE b.id = p.id
-             )
-             SELECT 'job' AS kind, id, NULL::text AS txid, NULL::int AS vout,
-                    NULL::bigint AS satoshis, NULL::int AS depth, age, FALSE AS failed
-             FROM done
-             UNION ALL
-             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth, NULL, FALSE
-             FROM change WHERE state = 'available'",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&sent_at)
-        .bind(&change_vout)
-        .bind(&change_sats)
-        .bind(&self.owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let rows = SentArgs::of(jobs)
+            .bind(sqlx::query(RECORD_SENT_SQL), &self.owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(recorded(rows))
     }
 
@@ -749,129 +1075,11 @@ impl JobStore for PgStore {
         if jobs.is_empty() {
             return Ok(Recorded::default());
         }
-        let ids: Vec<i64> = jobs.iter().map(|j| j.fence.id).collect();
-        let attempts: Vec<i32> = jobs.iter().map(|j| j.fence.attempts).collect();
-        let errors: Vec<&str> = jobs.iter().map(|j| j.error.as_str()).collect();
-        let not_before: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.not_before).collect();
-        let reanchor: Vec<bool> = jobs.iter().map(|j| j.reanchor).collect();
-        let settles: Vec<bool> = jobs.iter().map(|j| j.settles_dirty).collect();
-        let rows = sqlx::query(
-            "WITH u AS (
-                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $7::bool[], $8::bool[])
-                     AS u(id, attempts, error, not_before, reanchor, settles)
-             ), before AS (
-                 -- A job whose anchor is dirty is not sent back: a transaction of it with
-                 -- an unknown outcome may still be mined; the DirtySettler settles it
-                 -- first, by the same bytes again: their definitive refusal (`settles`)
-                 -- sends the job back to sign again on the same anchor, which conflicts
-                 -- with every copy of the refused bytes.
-                 SELECT j.id, COALESCE(j.utxo_id, j.anchor_utxo_id) AS anchor, j.txid, j.raw_tx,
-                        u.attempts, u.settles,
-                        -- A job adopted from the seed in flight never leaves its anchor:
-                        -- the foreign spend may be the seed's own transaction of it.
-                        CASE WHEN u.reanchor AND s.job_id IS NOT NULL
-                             THEN 'adopted from the seed in flight; its coin was spent by a '
-                                  || 'transaction raregen did not sign (most likely the seed''s '
-                                  || 'own transaction of it): never signed again (' || u.error || ')'
-                             ELSE u.error END AS error,
-                        u.reanchor AND s.job_id IS NULL AS reanchor,
-                        -- `max_attempts` counts the job's refused transactions (the one
-                        -- refused now, and those in its history), not its claims: a
-                        -- claim taken back from a dead or frozen process is no attempt.
-                        (u.reanchor AND s.job_id IS NOT NULL)
-                        OR (NOT u.reanchor
-                            AND ((j.txid IS NOT NULL)::int
-                                 + (SELECT count(*) FROM job_transactions t
-                                    WHERE t.job_id = j.id AND t.refused)) >= $5) AS final,
-                        -- Has the job ever signed on its anchor? (One adopted from the seed
-                        -- in flight may have, in the seed.)
-                        (j.txid IS NOT NULL OR s.job_id IS NOT NULL OR EXISTS (
-                            SELECT 1 FROM job_transactions t
-                            WHERE t.job_id = j.id
-                              AND t.anchor_utxo_id = COALESCE(j.utxo_id, j.anchor_utxo_id))) AS signed
-                 FROM publish_jobs j JOIN u ON j.id = u.id
-                 LEFT JOIN seed_in_flight s ON s.job_id = j.id
-                 WHERE j.attempts = u.attempts AND j.owner = $6
-                   AND j.status IN ('processing_batch', 'sending')
-                   AND (u.settles
-                        OR NOT EXISTS (SELECT 1 FROM utxos d
-                                       WHERE d.id = COALESCE(j.utxo_id, j.anchor_utxo_id) AND d.dirty))
-                 FOR UPDATE OF j
-             ), history AS (
-                 -- The refused transaction is kept: a copy of it may still be mined, and
-                 -- it must then be recognised as the job's own.
-                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, refused, outcome)
-                 SELECT txid, id, anchor, raw_tx, NOT reanchor, error FROM before
-                 WHERE txid IS NOT NULL AND anchor IS NOT NULL
-                 ON CONFLICT (txid) DO NOTHING
-             ), done AS (
-                 UPDATE publish_jobs j
-                 SET status = CASE WHEN before.final THEN 'failed' ELSE 'queued' END,
-                     next_attempt_at = CASE WHEN before.final THEN j.next_attempt_at
-                                            ELSE u.not_before END,
-                     last_error = before.error,
-                     anchor_utxo_id = CASE WHEN before.reanchor THEN NULL ELSE before.anchor END,
-                     owner = NULL, utxo_id = NULL, txid = NULL, raw_tx = NULL,
-                     sending_started_at = NULL, updated_at = now()
-                 FROM u JOIN before ON before.id = u.id AND before.attempts = u.attempts
-                 WHERE j.id = u.id
-                 RETURNING j.id, j.processing_batch_id, j.status
-             ), released AS (
-                 -- A job that fails for good without ever having signed on its anchor
-                 -- (it could not be built) gives the coin back to the pool.
-                 UPDATE utxos x
-                 SET state = 'available', reserved_by = NULL, reserved_at = NULL,
-                     spent_by_txid = NULL, updated_at = now()
-                 FROM before
-                 WHERE x.id = before.anchor AND before.final AND NOT before.signed
-                   AND NOT before.reanchor
-                   AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
-                   AND NOT x.dirty
-                 RETURNING x.id, x.txid, x.vout, x.satoshis, x.unconfirmed_depth
-             ), kept AS (
-                 -- Otherwise the job keeps its anchor: until its next attempt signs on
-                 -- it, or for good once it failed (a refused copy of its transaction may
-                 -- still be mined: no other job may ever spend the coin; requeued by an
-                 -- operator, the job signs on it again).
-                 UPDATE utxos x
-                 SET state = 'reserved', reserved_at = now(), spent_by_txid = NULL,
-                     dirty = FALSE, updated_at = now()
-                 FROM before
-                 WHERE x.id = before.anchor AND (NOT before.final OR before.signed)
-                   AND NOT before.reanchor
-                   AND x.state IN ('reserved', 'spending') AND x.reserved_by = before.id
-                   AND (NOT x.dirty OR before.settles)
-             ), per_batch AS (
-                 SELECT processing_batch_id AS id,
-                        (count(*) FILTER (WHERE status = 'failed'))::int AS failed,
-                        (count(*) FILTER (WHERE status = 'queued'))::int AS retried
-                 FROM done GROUP BY 1
-             ), counted AS (
-                 UPDATE batches b
-                 SET failed = b.failed + p.failed, retried = b.retried + p.retried,
-                     completed_at = CASE WHEN b.sent + b.failed + b.retried + p.failed + p.retried >= b.size
-                                         THEN now() ELSE b.completed_at END
-                 FROM per_batch p WHERE b.id = p.id
-             )
-             SELECT 'job' AS kind, id, NULL::text AS txid, NULL::int AS vout,
-                    NULL::bigint AS satoshis, NULL::int AS depth, NULL::float8 AS age,
-                    status = 'failed' AS failed
-             FROM done
-             UNION ALL
-             SELECT 'utxo', id, txid, vout, satoshis, unconfirmed_depth, NULL, FALSE
-             FROM released",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&errors)
-        .bind(&not_before)
-        .bind(i64::from(max_attempts))
-        .bind(&self.owner)
-        .bind(&reanchor)
-        .bind(&settles)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let rows = RetryArgs::of(jobs, max_attempts)
+            .bind(sqlx::query(RECORD_RETRY_SQL), &self.owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(recorded(rows))
     }
 

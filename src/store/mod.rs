@@ -16,8 +16,8 @@ use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::DatabaseSettings;
 pub use jobs::{
-    compact_job_counts, queue_counts, InsertOutcome, JobListing, JobState, JobStatus, JobView,
-    NewJob, QueueCounts, JOB_COUNTS_SQL,
+    compact_job_counts, queue_counts, GroupStatement, InsertOutcome, JobListing, JobState,
+    JobStatus, JobView, NewJob, QueueCounts, JOB_COUNTS_SQL,
 };
 pub use maintenance::{PgNotifier, ANCHOR_KEEP};
 pub use raregen_actors::StoreError;
