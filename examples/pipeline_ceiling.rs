@@ -17,12 +17,6 @@ use raregen::config::{AddressType, Network, Settings};
 use raregen::store::{self, PgStore};
 use sqlx::{Connection, PgConnection};
 
-/// mimalloc, not glibc's malloc: at thousands of jobs a second the pipeline's many
-/// short-lived buffers (HTTP bodies, statement arguments, hex) spent a sixth of its
-/// CPU in glibc's allocator (`docs/benchmarks.md`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const DB: &str = "raregen_bench_pipeline";
 
 async fn sink(body: web::Json<serde_json::Value>) -> HttpResponse {
