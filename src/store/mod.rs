@@ -159,9 +159,6 @@ fn pool_options(db: &DatabaseSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(db.max_connections)
         .acquire_timeout(db.acquire_timeout)
-        // No ping before each use: one round trip less per statement on the hot path;
-        // a broken connection fails its statement, which every caller retries.
-        .test_before_acquire(false)
 }
 
 /// Applies the embedded migrations; idempotent. Refuses a database that is neither
