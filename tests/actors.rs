@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use raregen::store::PgStore;
-use raregen_actors::batch::{Batch, Depth, Drain, Enqueue, JobDone, NextJob};
+use raregen_actors::batch::{next_job, Batch, Depth, Drain, Enqueue, JobDone};
 use raregen_actors::collector::{Claims, CollectMode, Collector, CollectorConfig, StopClaiming};
 use raregen_actors::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
 use raregen_actors::token_bucket::{max_in_window, Acquire, TokenBucket, TokensLeft};
@@ -30,6 +30,15 @@ where
         test(db.pool.clone()).await;
         db.drop_db().await;
     });
+}
+
+/// The next job of `batch`, which must have one waiting (an empty queue would answer
+/// only when a batch arrives).
+async fn take(batch: &Addr<Batch>) -> (i64, raregen_actors::ClaimedJob) {
+    actix::clock::timeout(Duration::from_secs(10), next_job(batch))
+        .await
+        .expect("a job was waiting")
+        .expect("not draining")
 }
 
 async fn insert_jobs(pool: &PgPool, n: i64) {
@@ -62,7 +71,7 @@ fn batch_hands_out_jobs_in_seq_order_and_drains() {
         batch.send(Enqueue(claimed.clone())).await.unwrap();
         let mut seqs = Vec::new();
         for _ in 0..4 {
-            let (id, job) = batch.send(NextJob).await.unwrap().unwrap();
+            let (id, job) = take(&batch).await;
             assert_eq!(id, claimed.id);
             seqs.push(job.batch_seq);
         }
@@ -76,7 +85,7 @@ fn batch_hands_out_jobs_in_seq_order_and_drains() {
             [5, 6, 7]
         );
         assert!(
-            batch.send(NextJob).await.unwrap().is_none(),
+            next_job(&batch).await.is_none(),
             "a drained batch hands out nothing"
         );
     });
@@ -107,14 +116,14 @@ fn collector_claims_when_the_queue_runs_low_and_stays_bounded() {
         assert_eq!(collector.send(Claims).await.unwrap(), 1);
         // Taking jobs below the low-water mark brings the next claim at once.
         for _ in 0..260 {
-            batch.send(NextJob).await.unwrap().unwrap();
+            take(&batch).await;
         }
         actix::clock::sleep(Duration::from_millis(300)).await;
         assert_eq!(collector.send(Claims).await.unwrap(), 2);
         assert_eq!(batch.send(Depth).await.unwrap().0, 340);
         collector.send(StopClaiming).await.unwrap();
         for _ in 0..340 {
-            batch.send(NextJob).await.unwrap().unwrap();
+            take(&batch).await;
         }
         actix::clock::sleep(Duration::from_millis(300)).await;
         assert_eq!(
@@ -321,6 +330,113 @@ fn utxo_pool_gives_each_utxo_to_one_job_and_keeps_large_ones_for_splits() {
                 splitting: false
             }
         );
+    });
+}
+
+/// A store that counts the pool's reloads and makes each take a while (a loaded
+/// database), around the real one.
+struct SlowLoads {
+    inner: PgStore,
+    loads: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl raregen_actors::PoolStore for SlowLoads {
+    async fn load_available(
+        &self,
+        max_depth: u32,
+        limit: u32,
+    ) -> Result<Vec<raregen_actors::SpendableUtxo>, raregen_actors::StoreError> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        actix::clock::sleep(Duration::from_millis(300)).await;
+        self.inner.load_available(max_depth, limit).await
+    }
+    async fn store_split(
+        &self,
+        input: &raregen_actors::SpendableUtxo,
+        signed: &raregen_actors::SignedTx,
+        outputs: u32,
+        amount: u64,
+    ) -> Result<raregen_actors::StoredSplit, raregen_actors::StoreError> {
+        self.inner.store_split(input, signed, outputs, amount).await
+    }
+    async fn split_accepted(
+        &self,
+        split: &raregen_actors::StoredSplit,
+    ) -> Result<Vec<raregen_actors::SpendableUtxo>, raregen_actors::StoreError> {
+        self.inner.split_accepted(split).await
+    }
+    async fn split_rejected(
+        &self,
+        split: &raregen_actors::StoredSplit,
+        reason: &str,
+        input_problem: bool,
+    ) -> Result<(), raregen_actors::StoreError> {
+        self.inner
+            .split_rejected(split, reason, input_problem)
+            .await
+    }
+    async fn split_unknown(
+        &self,
+        split: &raregen_actors::StoredSplit,
+        reason: &str,
+    ) -> Result<(), raregen_actors::StoreError> {
+        self.inner.split_unknown(split, reason).await
+    }
+    async fn unfinished_splits(
+        &self,
+    ) -> Result<Vec<raregen_actors::StoredSplit>, raregen_actors::StoreError> {
+        self.inner.unfinished_splits().await
+    }
+}
+
+/// Broadcasters that find the pool empty ask again every 100 ms, four per broadcast
+/// permit: each empty answer may start a reload from the database, but never a second
+/// one while the first is under way.
+#[test]
+fn an_empty_utxo_pool_reloads_once_however_many_ask() {
+    in_system(|pool| async move {
+        let store = Arc::new(SlowLoads {
+            inner: PgStore::new(pool.clone(), "actor-test"),
+            loads: std::sync::atomic::AtomicU32::new(0),
+        });
+        let (wallet, _) = raregen::chain::WalletKey::generate(
+            raregen::config::Network::Regtest,
+            raregen::config::AddressType::P2wpkh,
+        );
+        let settings = raregen::config::Settings::load_from(
+            None,
+            vec![(
+                "RAREGEN__NODE__URL".to_owned(),
+                "http://127.0.0.1:1".to_owned(),
+            )],
+        )
+        .unwrap();
+        let pool_actor = UtxoPool::new(
+            PoolConfig {
+                min_available: 10,
+                split_outputs: 10,
+                split_amount: 20_000,
+                reservation_timeout: Duration::from_secs(60),
+                max_chain_depth: 25,
+            },
+            store.clone(),
+            Arc::new(raregen::chain::TxBuilder::new(wallet, 2.0, 80)),
+            raregen::chain::node::from_settings(&settings.node).unwrap(),
+            TokenBucket::new(100, Duration::from_secs(1)).start(),
+        )
+        .start();
+        actix::clock::sleep(Duration::from_millis(500)).await; // the first load
+        let before = store.loads.load(std::sync::atomic::Ordering::SeqCst);
+        let asks: Vec<_> = (0..256)
+            .map(|job| pool_actor.send(Reserve { job }))
+            .collect();
+        for ask in asks {
+            assert!(ask.await.unwrap().is_none(), "the pool is empty");
+        }
+        actix::clock::sleep(Duration::from_millis(400)).await;
+        let reloads = store.loads.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert_eq!(reloads, 1, "256 empty answers started {reloads} reloads");
     });
 }
 

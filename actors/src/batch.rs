@@ -1,7 +1,9 @@
 //! Batch: holds the claimed jobs in `batch_seq` order and hands them to broadcasters,
 //! one at a time, as they ask. Broadcasters pull, so the work in flight is bounded by
 //! their number, and the Collector claims only when this queue runs low, so memory is
-//! bounded by about two batches however long the queue in Postgres is. The per-batch
+//! bounded by about two batches however long the queue in Postgres is. A broadcaster
+//! that asks while nothing is waiting is answered when the next batch arrives (no
+//! polling: an idle pipeline sends no messages). The per-batch
 //! counts (sent, failed, retried) and completion time are written by the same
 //! statements that record the jobs' outcomes.
 
@@ -9,11 +11,17 @@ use std::collections::{HashMap, VecDeque};
 
 use actix::prelude::*;
 
+use tokio::sync::oneshot;
+
 use crate::ports::{BatchId, ClaimedBatch, ClaimedJob, JobId};
+
+type Handed = Option<(BatchId, ClaimedJob)>;
 
 #[derive(Default)]
 pub struct Batch {
     queue: VecDeque<(BatchId, ClaimedJob)>,
+    /// Broadcasters that asked while the queue was empty, first come first served.
+    waiters: VecDeque<oneshot::Sender<Handed>>,
     in_flight: usize,
     /// Jobs not yet done per batch (waiting or in flight), and the batch of each job
     /// in flight: a batch is in flight while it has any.
@@ -36,10 +44,30 @@ impl Actor for Batch {
 #[rtype(result = "()")]
 pub struct Enqueue(pub ClaimedBatch);
 
-/// The next job for a broadcaster, or `None` when there is none.
+/// The next job for a broadcaster (see [`next_job`]).
 #[derive(Message)]
-#[rtype(result = "Option<(BatchId, ClaimedJob)>")]
+#[rtype(result = "Next")]
 pub struct NextJob;
+
+/// The answer to [`NextJob`].
+#[derive(MessageResponse)]
+pub enum Next {
+    Job(BatchId, ClaimedJob),
+    /// Nothing waits now: the job comes through this channel when a batch arrives
+    /// (`None` if the pipeline drains first). Dropping it gives the job back.
+    Later(oneshot::Receiver<Handed>),
+    Draining,
+}
+
+/// The next job, waiting for one as long as it takes; `None` once the pipeline drains
+/// (or the Batch actor is gone).
+pub async fn next_job(batch: &Addr<Batch>) -> Handed {
+    match batch.send(NextJob).await.ok()? {
+        Next::Job(id, job) => Some((id, job)),
+        Next::Later(rx) => rx.await.ok().flatten(),
+        Next::Draining => None,
+    }
+}
 
 /// A broadcaster finished with a job (whatever the outcome).
 #[derive(Message)]
@@ -67,22 +95,24 @@ impl Handler<Enqueue> for Batch {
             *self.open.entry(id).or_default() += msg.0.jobs.len();
         }
         self.queue.extend(msg.0.jobs.into_iter().map(|j| (id, j)));
+        self.serve_waiters();
     }
 }
 
 impl Handler<NextJob> for Batch {
-    type Result = Option<(BatchId, ClaimedJob)>;
+    type Result = Next;
 
-    fn handle(&mut self, _: NextJob, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: NextJob, _: &mut Context<Self>) -> Next {
         if self.draining {
-            return None;
+            return Next::Draining;
         }
-        let next = self.queue.pop_front();
-        if let Some((batch, job)) = &next {
-            self.in_flight += 1;
-            self.job_batch.insert(job.id, *batch);
+        if let Some((batch, job)) = self.queue.pop_front() {
+            self.hand_out(batch, job.id);
+            return Next::Job(batch, job);
         }
-        next
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push_back(tx);
+        Next::Later(rx)
     }
 }
 
@@ -115,6 +145,27 @@ impl Handler<Held> for Batch {
 }
 
 impl Batch {
+    fn hand_out(&mut self, batch: BatchId, job: JobId) {
+        self.in_flight += 1;
+        self.job_batch.insert(job, batch);
+    }
+
+    /// Hands waiting jobs to waiting broadcasters. A broadcaster that is gone (its
+    /// answer cannot be delivered) leaves its job at the front of the queue.
+    fn serve_waiters(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(waiter) = self.waiters.pop_front() else {
+                return;
+            };
+            let next = self.queue.pop_front().expect("not empty");
+            let (batch, job) = (next.0, next.1.id);
+            match waiter.send(Some(next)) {
+                Ok(()) => self.hand_out(batch, job),
+                Err(back) => self.queue.push_front(back.expect("sent a job")),
+            }
+        }
+    }
+
     fn done_in(&mut self, batch: BatchId, n: usize) {
         if let Some(left) = self.open.get_mut(&batch) {
             *left = left.saturating_sub(n);
@@ -151,10 +202,79 @@ impl Handler<Drain> for Batch {
 
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         self.draining = true;
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(None);
+        }
         let drained: Vec<(BatchId, ClaimedJob)> = self.queue.drain(..).collect();
         for (batch, _) in &drained {
             self.done_in(*batch, 1);
         }
         MessageResult(drained.into_iter().map(|(_, j)| j).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_of(id: BatchId, ids: &[JobId]) -> ClaimedBatch {
+        ClaimedBatch {
+            id,
+            created_at: chrono::Utc::now(),
+            jobs: ids
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| ClaimedJob {
+                    id,
+                    batch_seq: i as i32 + 1,
+                    payload: vec![],
+                    attempts: 1,
+                    stored_tx: None,
+                    anchor: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_broadcaster_waiting_on_an_empty_queue_gets_the_next_batch_without_asking_again() {
+        actix::System::new().block_on(async {
+            let batch = Batch::default().start();
+            let Next::Later(first) = batch.send(NextJob).await.unwrap() else {
+                panic!("an empty queue answers later");
+            };
+            // A broadcaster that stopped waiting gives its turn (and its job) back.
+            let Next::Later(gone) = batch.send(NextJob).await.unwrap() else {
+                panic!("an empty queue answers later");
+            };
+            drop(gone);
+            let Next::Later(third) = batch.send(NextJob).await.unwrap() else {
+                panic!("an empty queue answers later");
+            };
+            batch.send(Enqueue(batch_of(7, &[1, 2, 3]))).await.unwrap();
+            assert_eq!(first.await.unwrap().map(|(b, j)| (b, j.id)), Some((7, 1)));
+            assert_eq!(third.await.unwrap().map(|(b, j)| (b, j.id)), Some((7, 2)));
+            // Two handed out, job 3 waits for the next ask.
+            assert_eq!(batch.send(Depth).await.unwrap(), (1, 2, 1));
+            assert_eq!(next_job(&batch).await.map(|(_, j)| j.id), Some(3));
+            assert_eq!(batch.send(Held).await.unwrap().len(), 3);
+        });
+    }
+
+    #[test]
+    fn draining_answers_the_waiting_broadcasters_with_nothing() {
+        actix::System::new().block_on(async {
+            let batch = Batch::default().start();
+            let Next::Later(waiting) = batch.send(NextJob).await.unwrap() else {
+                panic!("an empty queue answers later");
+            };
+            assert!(batch.send(Drain).await.unwrap().is_empty());
+            assert_eq!(waiting.await.unwrap().map(|(_, j)| j.id), None);
+            batch.send(Enqueue(batch_of(8, &[4]))).await.unwrap();
+            assert!(
+                next_job(&batch).await.is_none(),
+                "a draining batch hands out nothing"
+            );
+        });
     }
 }

@@ -18,7 +18,7 @@ use chrono::Utc;
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use crate::batch::{Batch, JobDone, NextJob};
+use crate::batch::{next_job, Batch, JobDone};
 use crate::chain::{BroadcastOutcome, Node, SignError, Signer};
 use crate::ports::{BatchId, ClaimedJob, Fence, Retry, Sending, Sent, StoreError, StoredTx};
 use crate::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
@@ -35,7 +35,22 @@ pub struct Deps {
     pub signer: Arc<dyn Signer>,
     pub node: Arc<dyn Node>,
     pub stats: Arc<Stats>,
+    /// One permit per concurrent broadcast of the broadcasters (`broadcaster.workers`).
+    /// There are more broadcasters than permits: while one broadcasts, another takes
+    /// its UTXO, signs and stores (see [`PREPARING_PER_BROADCAST`]).
+    pub broadcasts: Arc<tokio::sync::Semaphore>,
 }
+
+/// Broadcasters per broadcast permit. A broadcaster spends most of a job waiting: for
+/// its write-ahead group's commit, then for the node. With one broadcaster per permit,
+/// the group commits wait for jobs that wait for the node, and a core sits idle; with
+/// more, jobs are prepared (UTXO, signature, write-ahead) while others are broadcast,
+/// and the node still sees at most `broadcaster.workers` broadcasts at once. Two gained
+/// a third over one on the pipeline's ceiling, four another tenth (docs/benchmarks.md).
+/// The cost: up to this many times `workers` UTXOs reserved and jobs `sending` at once
+/// (under throttling a prepared job waits its turn in `sending`; this process never
+/// takes it back, being the one that holds it).
+pub const PREPARING_PER_BROADCAST: u32 = 4;
 
 /// The job a broadcaster holds, kept across a restart after a panic.
 type Current = Rc<RefCell<Option<(BatchId, ClaimedJob)>>>;
@@ -113,8 +128,8 @@ impl Handler<Work> for Broadcaster {
             let held = current.borrow().clone();
             let (batch_id, job) = match held {
                 Some(held) => held,
-                None => match deps.batch.send(NextJob).await {
-                    Ok(Some(next)) => {
+                None => match next_job(&deps.batch).await {
+                    Some(next) => {
                         *current.borrow_mut() = Some(next.clone());
                         next
                     }
@@ -133,7 +148,9 @@ impl Handler<Work> for Broadcaster {
             move |res, _, ctx| match res {
                 Ok(Step::Worked) => ctx.notify(Work),
                 Ok(Step::Idle) => {
-                    ctx.notify_later(Work, Duration::from_millis(20));
+                    // Only while draining (or with the Batch actor gone): an empty
+                    // queue answers when the next batch arrives.
+                    ctx.notify_later(Work, Duration::from_secs(1));
                 }
                 Err(_) => {
                     tracing::error!(
@@ -203,6 +220,8 @@ async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: Claimed
         },
     };
     crate::fail_point!("after-store-before-broadcast");
+    // Never closed: a permit always comes.
+    let _permit = deps.broadcasts.acquire().await;
     tracing::debug!(batch = batch_id, job = job.id, txid = %stored.txid, "broadcasting");
     let refused_before = job.anchor.as_ref().map_or(0, |a| a.signed_before);
     send_stored(deps, fence, stored, refused_before).await

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::batch::{Batch, BatchesInFlight, Depth, Drain};
-use crate::broadcaster::{Broadcaster, Deps};
+use crate::broadcaster::{Broadcaster, Deps, PREPARING_PER_BROADCAST};
 use crate::chain::{Node, Signer};
 use crate::collector::{CollectMode, Collector, CollectorConfig, StopClaiming};
 use crate::confirmation_watcher::ConfirmationWatcher;
@@ -137,12 +137,14 @@ impl Pipeline {
             signer,
             node,
             stats: stats.clone(),
+            broadcasts: Arc::new(tokio::sync::Semaphore::new(config.workers as usize)),
         });
+        let broadcasters_n = config.workers as usize * PREPARING_PER_BROADCAST as usize;
         // All on the system's thread: signing is ~50 µs, and a node on the same machine
         // (bcoin) needs the other core more than the broadcasters do (spreading them
         // over one thread per core gained 10% against a sink and lost a quarter of the
         // rate against bcoin).
-        let broadcasters = (0..config.workers as usize)
+        let broadcasters = (0..broadcasters_n)
             .map(|i| {
                 let deps = deps.clone();
                 actix::Supervisor::start(move |_| Broadcaster::new(i, deps))
@@ -174,7 +176,7 @@ impl Pipeline {
                 mode: config.mode,
                 max_batch: config.max_batch,
                 interval: config.collect_interval,
-                low_water: (config.workers as usize).max(1) * 2,
+                low_water: broadcasters_n.max(1),
             },
             stores.jobs.clone(),
             stores.notifier.clone(),

@@ -42,6 +42,8 @@ pub struct UtxoPool {
     splitting: bool,
     /// Reservations asked for while the pool was empty (a split is coming).
     starved: u64,
+    /// A reload from the database is under way.
+    refilling: bool,
 }
 
 impl UtxoPool {
@@ -64,6 +66,7 @@ impl UtxoPool {
             reserved: HashMap::new(),
             splitting: false,
             starved: 0,
+            refilling: false,
         }
     }
 
@@ -99,20 +102,28 @@ impl UtxoPool {
 
     /// Reloads spendable UTXOs from the database (those this index does not hold).
     fn refill(&mut self, ctx: &mut Context<Self>) {
+        // One reload at a time, however many broadcasters find the pool empty.
+        if self.refilling {
+            return;
+        }
+        self.refilling = true;
         let store = self.store.clone();
         let max_depth = self.config.max_chain_depth;
         ctx.spawn(
             async move { store.load_available(max_depth, 100_000).await }
                 .into_actor(self)
-                .map(|res, act, _| match res {
-                    Ok(utxos) => {
-                        for u in utxos {
-                            if !act.reserved.contains_key(&u.id) {
-                                act.add(u);
+                .map(|res, act, _| {
+                    act.refilling = false;
+                    match res {
+                        Ok(utxos) => {
+                            for u in utxos {
+                                if !act.reserved.contains_key(&u.id) {
+                                    act.add(u);
+                                }
                             }
                         }
+                        Err(e) => tracing::warn!(error = %e, "cannot load the UTXO pool"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot load the UTXO pool"),
                 }),
         );
     }
