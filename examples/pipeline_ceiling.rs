@@ -107,6 +107,7 @@ async fn run(jobs: i64, workers: u32) -> anyhow::Result<()> {
 
     let store = PgStore::new(pool.clone(), "bench").with_mode("batch");
     let mut peak_rss = 0;
+    let cpu_before = CpuTimes::read();
     let started = Instant::now();
     let pipeline = raregen::serve::start_pipeline(&settings, store, wallet).await?;
     loop {
@@ -127,12 +128,14 @@ async fn run(jobs: i64, workers: u32) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took = started.elapsed();
+    let cpu = CpuTimes::read().since(&cpu_before);
     pipeline.shutdown(Duration::from_secs(5)).await;
     println!(
         "{jobs} jobs sent in {:.2} s: {:.0} jobs/s ({workers} broadcasters)",
         took.as_secs_f64(),
         jobs as f64 / took.as_secs_f64()
     );
+    println!("the machine's CPU during the run (all cores, /proc/stat): {cpu}");
     println!(
         "resident memory of the process (pipeline + sink): peak sampled {} MiB, high-water mark {} MiB",
         peak_rss / 1024,
@@ -155,4 +158,67 @@ fn rss_kib(field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The machine's CPU time by kind, from the `cpu` line of /proc/stat (all cores, in
+/// clock ticks): what vmstat shows, over exactly the timed part of the run.
+#[derive(Default)]
+struct CpuTimes {
+    user: u64,
+    system: u64,
+    idle: u64,
+    iowait: u64,
+    steal: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn read() -> CpuTimes {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+            return CpuTimes::default();
+        };
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        CpuTimes {
+            user: at(0) + at(1),
+            system: at(2) + at(5) + at(6),
+            idle: at(3),
+            iowait: at(4),
+            steal: at(7),
+            // guest time is already counted in user
+            total: (0..8).map(at).sum(),
+        }
+    }
+
+    fn since(&self, before: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - before.user,
+            system: self.system - before.system,
+            idle: self.idle - before.idle,
+            iowait: self.iowait - before.iowait,
+            steal: self.steal - before.steal,
+            total: self.total - before.total,
+        }
+    }
+}
+
+impl std::fmt::Display for CpuTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |v: u64| 100.0 * v as f64 / self.total.max(1) as f64;
+        write!(
+            f,
+            "us {:.0} % · sy {:.0} % · idle {:.0} % · wa {:.0} % · steal {:.0} %",
+            pct(self.user),
+            pct(self.system),
+            pct(self.idle),
+            pct(self.iowait),
+            pct(self.steal)
+        )
+    }
 }
