@@ -796,9 +796,7 @@ async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     proxy
         .late
-        .spread
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    proxy.late.set(5, Duration::from_secs(8));
+        .set_spread(5, Duration::from_secs(2), Duration::from_secs(10));
     let env = e2e::serve_env(
         &pool,
         &node,
@@ -983,7 +981,7 @@ async fn a_stopped_rate_limiter_stops_broadcasting_and_resumes_under_the_limit(p
 
 /// A lying node, a chain that moves: in front of bcoin a door that answers every 29th
 /// broadcast at once (alternately 504 and a definitive refusal) and hands it to the node
-/// 2-10 s later, and forwards every 37th at once but answers it only after the client
+/// 5-150 s later (long after the job was sent again, often after it was mined), and forwards every 37th at once but answers it only after the client
 /// has given up (3 s, past `node.timeout`); a block is mined every 3 s. 2,000 jobs:
 /// every one `sent`, and every payload in exactly one transaction on the node (mempool
 /// and the blocks mined), the job's recorded txid.
@@ -994,10 +992,11 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
     let wif = e2e::funded_wallet(&node, &pool, 400, 20_000).await;
     let proxy = Proxy::start(&node.url);
     proxy.late.mixed.store(true, SeqCst);
-    proxy.late.spread.store(true, SeqCst);
     proxy.late.hang_every.store(37, SeqCst);
     proxy.late.hang_ms.store(3_000, SeqCst);
-    proxy.late.set(29, Duration::from_secs(8));
+    proxy
+        .late
+        .set_spread(29, Duration::from_secs(5), Duration::from_secs(150));
     let env = e2e::serve_env(
         &pool,
         &node,

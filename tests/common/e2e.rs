@@ -393,8 +393,9 @@ pub struct Late {
     /// Answer those broadcasts with a definitive refusal (Core's `-26 min relay fee not
     /// met`) instead of 504: the worst lie, since a refusal allows a new signature.
     pub refuse: AtomicBool,
-    /// Spread the late forwards over `delay_ms` × [1/4, 5/4) instead of one delay.
-    pub spread: AtomicBool,
+    /// When set (`spread_to_ms` > 0), the late forwards are spread over
+    /// [`delay_ms`, `spread_to_ms`) instead of all coming `delay_ms` late.
+    pub spread_to_ms: std::sync::atomic::AtomicU64,
     /// Late ones alternate: 504, then a refusal (overrides `refuse`).
     pub mixed: AtomicBool,
     /// Every `hang_every`-th broadcast (0: none) is forwarded at once and answered only
@@ -424,6 +425,13 @@ impl Late {
         self.delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
         self.every.store(every, Ordering::SeqCst);
+    }
+
+    /// Every `every`-th broadcast late by a delay spread over [`from`, `to`).
+    pub fn set_spread(&self, every: u32, from: Duration, to: Duration) {
+        self.spread_to_ms
+            .store(to.as_millis() as u64, Ordering::SeqCst);
+        self.set(every, from);
     }
 
     /// Waits until every late forward has reached the node.
@@ -482,9 +490,11 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
         if (every > 0 && n % every == 0) || n <= state.late.first_late.load(Ordering::SeqCst) {
             let late = state.late.clone();
             let mut delay = Duration::from_millis(late.delay_ms.load(Ordering::SeqCst));
-            if late.spread.load(Ordering::SeqCst) {
-                // A cheap spread without a random number generator: by request number.
-                delay = delay / 4 + delay * (n.wrapping_mul(2_654_435_761) % 1_000) / 1_000;
+            let to = Duration::from_millis(late.spread_to_ms.load(Ordering::SeqCst));
+            if to > delay {
+                // A cheap spread without a random number generator: by request number
+                // (Knuth's multiplicative hash), uniform over [delay, to).
+                delay += (to - delay) * (n.wrapping_mul(2_654_435_761) % 1_000) / 1_000;
             }
             late.pending.fetch_add(1, Ordering::SeqCst);
             let arrivals = state.arrivals.clone();
