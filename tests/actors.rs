@@ -261,14 +261,7 @@ fn utxo_pool_gives_each_utxo_to_one_job_and_keeps_large_ones_for_splits() {
             raregen::config::AddressType::P2wpkh,
         );
         let signer = Arc::new(raregen::chain::TxBuilder::new(wallet, 2.0, 80));
-        let settings = raregen::config::Settings::load_from(
-            None,
-            vec![(
-                "RAREGEN__NODE__URL".to_owned(),
-                "http://127.0.0.1:1".to_owned(),
-            )],
-        )
-        .unwrap();
+        let settings = unreachable_node_settings();
         let node = raregen::chain::node::from_settings(&settings.node).unwrap();
         let tokens = TokenBucket::new(100, Duration::from_secs(1)).start();
         let pool_actor = UtxoPool::new(
@@ -404,14 +397,7 @@ fn an_empty_utxo_pool_reloads_once_however_many_ask() {
             raregen::config::Network::Regtest,
             raregen::config::AddressType::P2wpkh,
         );
-        let settings = raregen::config::Settings::load_from(
-            None,
-            vec![(
-                "RAREGEN__NODE__URL".to_owned(),
-                "http://127.0.0.1:1".to_owned(),
-            )],
-        )
-        .unwrap();
+        let settings = unreachable_node_settings();
         let pool_actor = UtxoPool::new(
             PoolConfig {
                 min_available: 10,
@@ -608,4 +594,16 @@ fn token_bucket_no_lease_no_grant() {
             renewed.elapsed()
         );
     });
+}
+
+/// Settings whose node nobody answers (a port nothing listens on).
+fn unreachable_node_settings() -> raregen::config::Settings {
+    raregen::config::Settings::load_from(
+        None,
+        vec![(
+            "RAREGEN__NODE__URL".to_owned(),
+            "http://127.0.0.1:1".to_owned(),
+        )],
+    )
+    .unwrap()
 }

@@ -236,21 +236,23 @@ mod tests {
         }
     }
 
+    /// Asks for a job on an empty queue: the answer comes later.
+    async fn later(batch: &Addr<Batch>) -> oneshot::Receiver<Handed> {
+        match batch.send(NextJob).await.unwrap() {
+            Next::Later(answer) => answer,
+            _ => panic!("an empty queue answers later"),
+        }
+    }
+
     #[test]
     fn a_broadcaster_waiting_on_an_empty_queue_gets_the_next_batch_without_asking_again() {
         actix::System::new().block_on(async {
             let batch = Batch::default().start();
-            let Next::Later(first) = batch.send(NextJob).await.unwrap() else {
-                panic!("an empty queue answers later");
-            };
+            let first = later(&batch).await;
             // A broadcaster that stopped waiting gives its turn (and its job) back.
-            let Next::Later(gone) = batch.send(NextJob).await.unwrap() else {
-                panic!("an empty queue answers later");
-            };
+            let gone = later(&batch).await;
             drop(gone);
-            let Next::Later(third) = batch.send(NextJob).await.unwrap() else {
-                panic!("an empty queue answers later");
-            };
+            let third = later(&batch).await;
             batch.send(Enqueue(batch_of(7, &[1, 2, 3]))).await.unwrap();
             assert_eq!(first.await.unwrap().map(|(b, j)| (b, j.id)), Some((7, 1)));
             assert_eq!(third.await.unwrap().map(|(b, j)| (b, j.id)), Some((7, 2)));
@@ -265,9 +267,7 @@ mod tests {
     fn draining_answers_the_waiting_broadcasters_with_nothing() {
         actix::System::new().block_on(async {
             let batch = Batch::default().start();
-            let Next::Later(waiting) = batch.send(NextJob).await.unwrap() else {
-                panic!("an empty queue answers later");
-            };
+            let waiting = later(&batch).await;
             assert!(batch.send(Drain).await.unwrap().is_empty());
             assert_eq!(waiting.await.unwrap().map(|(_, j)| j.id), None);
             batch.send(Enqueue(batch_of(8, &[4]))).await.unwrap();
