@@ -54,7 +54,10 @@ pub struct NextJob;
 pub enum Next {
     Job(BatchId, ClaimedJob),
     /// Nothing waits now: the job comes through this channel when a batch arrives
-    /// (`None` if the pipeline drains first). Dropping it gives the job back.
+    /// (`None` if the pipeline drains first). Dropping it before a job is sent gives
+    /// the job back; a job sent into it and never read stays held until the process
+    /// stops (only a stopping process drops a waiting broadcaster; its lease then
+    /// gives the job back).
     Later(oneshot::Receiver<Handed>),
     Draining,
 }

@@ -49,7 +49,9 @@ pub struct Deps {
 /// a third over one on the pipeline's ceiling, four another tenth (docs/benchmarks.md).
 /// The cost: up to this many times `workers` UTXOs reserved and jobs `sending` at once
 /// (under throttling a prepared job waits its turn in `sending`; this process never
-/// takes it back, being the one that holds it).
+/// takes it back, being the one that holds it, but another live process's Rescuer may
+/// adopt one that waits longer than `janitor.stuck_after`: it re-sends the same bytes,
+/// harmless, and this holder is fenced out).
 pub const PREPARING_PER_BROADCAST: u32 = 4;
 
 /// The job a broadcaster holds, kept across a restart after a panic.
@@ -220,8 +222,12 @@ async fn process(deps: &Deps, current: &Current, batch_id: BatchId, job: Claimed
         },
     };
     crate::fail_point!("after-store-before-broadcast");
-    // Never closed: a permit always comes.
-    let _permit = deps.broadcasts.acquire().await;
+    // Never closed: a permit always comes (and no permit, no broadcast).
+    let _permit = deps
+        .broadcasts
+        .acquire()
+        .await
+        .expect("the broadcast semaphore is never closed");
     tracing::debug!(batch = batch_id, job = job.id, txid = %stored.txid, "broadcasting");
     let refused_before = job.anchor.as_ref().map_or(0, |a| a.signed_before);
     send_stored(deps, fence, stored, refused_before).await

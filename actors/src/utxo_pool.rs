@@ -17,6 +17,10 @@ use crate::chain::{BroadcastOutcome, Node, Signer, SpendableUtxo, TxPresence};
 use crate::ports::{JobId, PoolStore, StoredSplit};
 use crate::token_bucket::TokenBucket;
 
+/// A reload of the pool from the database is given up after this long (and the next
+/// one may start).
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub min_available: u32,
@@ -110,21 +114,30 @@ impl UtxoPool {
         let store = self.store.clone();
         let max_depth = self.config.max_chain_depth;
         ctx.spawn(
-            async move { store.load_available(max_depth, 100_000).await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.refilling = false;
-                    match res {
-                        Ok(utxos) => {
-                            for u in utxos {
-                                if !act.reserved.contains_key(&u.id) {
-                                    act.add(u);
-                                }
+            // Bounded: a reload whose answer never comes (a connection whose reply is
+            // lost) must not keep every later one from starting.
+            async move {
+                tokio::time::timeout(RELOAD_TIMEOUT, store.load_available(max_depth, 100_000)).await
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                act.refilling = false;
+                let res = res.unwrap_or_else(|_| {
+                    Err(crate::ports::StoreError::Unavailable(format!(
+                        "no answer within {RELOAD_TIMEOUT:?}"
+                    )))
+                });
+                match res {
+                    Ok(utxos) => {
+                        for u in utxos {
+                            if !act.reserved.contains_key(&u.id) {
+                                act.add(u);
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "cannot load the UTXO pool"),
                     }
-                }),
+                    Err(e) => tracing::warn!(error = %e, "cannot load the UTXO pool"),
+                }
+            }),
         );
     }
 
