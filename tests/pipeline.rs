@@ -1339,3 +1339,137 @@ async fn unstick_and_split_beside_a_busy_daemon_stay_under_the_limit(pool: PgPoo
     assert!(most <= 300, "{most} broadcasts in one 2 s window");
     e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await;
 }
+
+/// A node that answers "accepted" and drops the transaction (the door swallows it),
+/// and a stranger's spend of the job's anchor mined meanwhile: none of the job's
+/// transactions can ever be mined, so the job, recorded `sent`, is queued again and
+/// signs on another coin; it is published once. (Before, its bytes were re-sent for
+/// ever and the job stayed `sent` with a transaction that can never be mined.)
+#[sqlx::test]
+async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coin(pool: PgPool) {
+    use raregen::chain::TxBuilder;
+    use raregen_actors::chain::{Signer, SpendableUtxo};
+    use std::sync::atomic::Ordering::SeqCst;
+    let node = RegtestNode::start().await;
+    let wif = e2e::funded_wallet(&node, &pool, 10, 20_000).await;
+    let proxy = Proxy::start(&node.url);
+    proxy.late.swallow.store(1, SeqCst);
+    let env = e2e::serve_env(
+        &pool,
+        &node,
+        &proxy.url,
+        &wif,
+        &[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+            // No auto-split: the first broadcast at the door is the job's.
+            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1"),
+        ],
+    )
+    .await;
+    let mut daemon = Daemon::start(&env, &[]);
+    e2e::submit(&daemon.base, "dropped", 1).await;
+    let started = Instant::now();
+    let (swallowed, anchor): (String, (String, i32, i64)) = loop {
+        let row: Option<(String, String, i32, i64)> = sqlx::query_as(
+            "SELECT j.txid, x.txid, x.vout, x.satoshis FROM publish_jobs j
+             JOIN utxos x ON x.id = j.utxo_id WHERE j.status = 'sent'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some((txid, a, v, s)) = row {
+            // The node is away until the anchor is spent: no re-send reaches it.
+            proxy.down.store(true, SeqCst);
+            break (txid, (a, v, s));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(proxy.late.swallowed.load(SeqCst), 1);
+    assert!(
+        !node.mempool().await.contains(&swallowed),
+        "the door dropped it"
+    );
+    let key = WalletKey::from_wif(&wif, Network::Regtest, AddressType::P2wpkh).unwrap();
+    let foreign = TxBuilder::new(key, 3.0, 80)
+        .publish(
+            &SpendableUtxo {
+                id: 0,
+                txid: anchor.0.clone(),
+                vout: anchor.1 as u32,
+                satoshis: anchor.2 as u64,
+                unconfirmed_depth: 0,
+            },
+            b"not-the-job",
+            0,
+        )
+        .unwrap();
+    node.rpc(
+        "sendrawtransaction",
+        serde_json::json!([hex::encode(&foreign.raw_tx)]),
+    )
+    .await;
+    let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
+    node.mine_to(stranger.script_pubkey(), 1).await;
+    proxy.down.store(false, SeqCst);
+    // Recorded sent again, with another transaction.
+    loop {
+        let now: Option<(String, String)> =
+            sqlx::query_as("SELECT status, txid FROM publish_jobs WHERE txid IS NOT NULL")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        if matches!(&now, Some((status, txid)) if status == "sent" && *txid != swallowed) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "still {now:?}, the swallowed one being {swallowed}; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(daemon.stop().success());
+    assert_eq!(
+        e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await,
+        1
+    );
+    let raw_tx: Vec<u8> = sqlx::query_scalar("SELECT raw_tx FROM publish_jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(&raw_tx).unwrap();
+    let spent = tx.input[0].previous_output;
+    assert_ne!(
+        (spent.txid.to_string(), spent.vout),
+        (anchor.0.clone(), anchor.1 as u32),
+        "signed again on another coin"
+    );
+    // The dropped transaction is kept in the job's history, with why it was left.
+    let (txid, outcome): (String, Option<String>) =
+        sqlx::query_as("SELECT txid, outcome FROM job_transactions")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(txid, swallowed);
+    assert!(
+        outcome
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&foreign.txid),
+        "the job names the spend it re-anchored for: {outcome:?}"
+    );
+    let coin: (String, Option<String>) =
+        sqlx::query_as("SELECT state, spent_by_txid FROM utxos WHERE txid = $1 AND vout = $2")
+            .bind(&anchor.0)
+            .bind(anchor.1)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(coin, ("spent".into(), Some(foreign.txid.clone())));
+}

@@ -1075,3 +1075,236 @@ fn assert_linear(plan: &serde_json::Value, n: usize, what: &str) {
         worst.0
     );
 }
+
+/// A sent job whose anchor a confirmed stranger spent (the node took the job's
+/// transaction, then dropped it, and another spend of the coin was mined): the job and
+/// its lane go back to the queue without anchors, under new fencing tokens, their
+/// transactions kept; the lane's coins leave the pool; nothing else moves.
+#[sqlx::test]
+async fn a_sent_job_whose_anchor_a_stranger_spent_goes_back_with_its_lane(pool: PgPool) {
+    use raregen_actors::{ClaimedJob, JanitorStore};
+    common::insert_queued(&pool, 5).await;
+    let utxos = common::insert_utxos(&pool, 2).await;
+    let store = PgStore::new(pool.clone(), "w1");
+    let jobs = store.claim_batch(5).await.unwrap().unwrap().jobs;
+    let (a, b, c, d, e) = (&jobs[0], &jobs[1], &jobs[2], &jobs[3], &jobs[4]);
+    let fence = |j: &ClaimedJob| Fence {
+        id: j.id,
+        attempts: j.attempts,
+    };
+    // Job txids apart from the fake outpoints `insert_utxos` makes.
+    let tx = |n: i64| fake_txid(0x1000 + n);
+    let ahead = |j: &ClaimedJob, utxo: i64, n: i64| Sending {
+        fence: fence(j),
+        utxo_id: utxo,
+        txid: tx(n),
+        raw_tx: vec![n as u8],
+    };
+    let sent = |j: &ClaimedJob, sats: u64| Sent {
+        fence: fence(j),
+        sent_at: Utc::now(),
+        change: Some((1, sats)),
+    };
+    let stored = |r: raregen_actors::SendingRecorded| assert_eq!(r.stored.len(), 1, "{r:?}");
+    // a: sent on a pool coin; b: sent on a's change; c: sending on b's change.
+    stored(
+        store
+            .record_sending(&[ahead(a, utxos[0], 1)])
+            .await
+            .unwrap(),
+    );
+    let c1 = store.record_sent(&[sent(a, 9_000)]).await.unwrap().utxos[0].id;
+    stored(store.record_sending(&[ahead(b, c1, 2)]).await.unwrap());
+    let c2 = store.record_sent(&[sent(b, 8_000)]).await.unwrap().utxos[0].id;
+    stored(store.record_sending(&[ahead(c, c2, 3)]).await.unwrap());
+    // e: refused once on another output of a's transaction; it waits with it as anchor.
+    let m: i64 = sqlx::query_scalar(
+        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey) VALUES ($1, 5, 700, '\\x0014')
+         RETURNING id",
+    )
+    .bind(tx(1))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    stored(store.record_sending(&[ahead(e, m, 5)]).await.unwrap());
+    let refused = Retry {
+        fence: fence(e),
+        error: "rejected by the node: min relay fee not met".into(),
+        not_before: Utc::now(),
+        reanchor: false,
+        settles_dirty: false,
+    };
+    store.record_retry(&[refused], 5).await.unwrap();
+    // d: sent on another pool coin, in another lane.
+    stored(
+        store
+            .record_sending(&[ahead(d, utxos[1], 4)])
+            .await
+            .unwrap(),
+    );
+    store.record_sent(&[sent(d, 9_000)]).await.unwrap();
+
+    let stranger = fake_txid(0xbeef);
+    let set_aside = store
+        .reanchor_sent(&tx(1), &stranger, "its anchor was spent by a stranger")
+        .await
+        .unwrap();
+    assert_eq!(
+        set_aside,
+        vec![tx(1), tx(2), tx(3)],
+        "root first, then down the lane"
+    );
+
+    type Row = (String, i32, Option<i64>, Option<String>, Option<Time>);
+    let row = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, Row>(
+                "SELECT status, attempts, anchor_utxo_id, txid, sent_at FROM publish_jobs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for j in [a, b, c] {
+        assert_eq!(
+            row(j.id).await,
+            ("queued".into(), j.attempts + 1, None, None, None),
+            "job {}: back without an anchor, under a new fencing token",
+            j.id
+        );
+    }
+    let (status, _, anchor, txid, _) = row(e.id).await;
+    assert_eq!(
+        (status.as_str(), anchor, txid),
+        ("queued", None, None),
+        "e's anchor can never exist"
+    );
+    let (status, attempts, _, txid, _) = row(d.id).await;
+    assert_eq!(
+        (status.as_str(), attempts, txid),
+        ("sent", d.attempts, Some(tx(4))),
+        "another lane is untouched"
+    );
+
+    let history: HashMap<String, bool> =
+        sqlx::query_as::<_, (String, bool)>("SELECT txid, refused FROM job_transactions")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let expected: HashMap<String, bool> = [
+        (tx(1), false),
+        (tx(2), false),
+        (tx(3), false),
+        (tx(5), true),
+    ]
+    .into();
+    assert_eq!(
+        history, expected,
+        "every transaction kept; only e's counts as a refusal"
+    );
+
+    let coin = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, Option<i64>)>(
+                "SELECT state, spent_by_txid, reserved_by FROM utxos WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        coin(utxos[0]).await,
+        ("spent".into(), Some(stranger.clone()), None)
+    );
+    for id in [c1, c2, m] {
+        assert_eq!(
+            coin(id).await.0,
+            "retired",
+            "utxo {id}: an output of the lane"
+        );
+    }
+    assert_eq!(coin(utxos[1]).await.0, "spent");
+
+    let batch: (i32, i32, i32, bool) =
+        sqlx::query_as("SELECT sent, failed, retried, completed_at IS NOT NULL FROM batches")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(batch, (1, 0, 4, true), "sent, failed, retried, completed");
+
+    // The broadcaster still on c is fenced out; a second run finds nothing.
+    let late = store.record_sent(&[sent(c, 7_000)]).await.unwrap();
+    assert!(late.ids.is_empty(), "{late:?}");
+    assert!(store
+        .reanchor_sent(&tx(1), &stranger, "again")
+        .await
+        .unwrap()
+        .is_empty());
+    // Claimed again, the jobs sign on fresh coins.
+    let again = store.claim_batch(5).await.unwrap().unwrap().jobs;
+    assert_eq!(again.len(), 4);
+    assert!(
+        again
+            .iter()
+            .all(|j| j.anchor.is_none() && j.stored_tx.is_none()),
+        "{again:?}"
+    );
+}
+
+/// A dirty coin is cleaned only while nothing live holds it: a job `sending` on it (its
+/// outcome unknown, being settled by another process's DirtySettler) keeps it dirty,
+/// so that no refusal of the job gives the coin back while a copy of its transaction
+/// may still be mined.
+#[sqlx::test]
+async fn a_dirty_coin_is_cleaned_only_while_no_live_job_holds_it(pool: PgPool) {
+    use raregen_actors::JanitorStore;
+    common::insert_queued(&pool, 1).await;
+    let utxos = common::insert_utxos(&pool, 2).await;
+    let store = PgStore::new(pool.clone(), "w1");
+    let job = store.claim_batch(1).await.unwrap().unwrap().jobs.remove(0);
+    let fence = Fence {
+        id: job.id,
+        attempts: job.attempts,
+    };
+    let ahead = Sending {
+        fence,
+        utxo_id: utxos[0],
+        txid: fake_txid(0x2000),
+        raw_tx: vec![1],
+    };
+    assert_eq!(
+        store.record_sending(&[ahead]).await.unwrap().stored,
+        vec![job.id]
+    );
+    assert_eq!(store.mark_dirty(&[fence]).await.unwrap(), vec![job.id]);
+    let dirty = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT dirty FROM utxos WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(dirty(utxos[0]).await);
+    assert_eq!(store.utxo_clean(utxos[0]).await.unwrap(), None);
+    assert!(dirty(utxos[0]).await, "the sending job still holds it");
+    // A dirty coin nothing holds (its spend settled elsewhere) is clean and back.
+    sqlx::query("UPDATE utxos SET dirty = TRUE WHERE id = $1")
+        .bind(utxos[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let back = store.utxo_clean(utxos[1]).await.unwrap();
+    assert_eq!(back.map(|u| u.id), Some(utxos[1]));
+    assert!(!dirty(utxos[1]).await);
+}

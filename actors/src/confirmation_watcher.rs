@@ -35,6 +35,10 @@ pub const MAX_UNHELD_RESENDS: u32 = 5;
 /// while recorded `failed`.
 pub const UNHELD_GIVE_UP_AFTER: u32 = 10;
 
+/// Sent jobs' anchors checked for a stranger's spend per run at most (each check may
+/// look through the recent blocks for the spender): the rest wait for the next run.
+pub const SPENDER_LOOKS_PER_RUN: u32 = 16;
+
 /// A sent transaction the node does not hold.
 #[derive(Debug, Clone)]
 struct UnheldTx {
@@ -63,6 +67,9 @@ pub struct ConfirmationWatcher {
     pub store: Arc<dyn JanitorStore>,
     pub deps: Arc<Deps>,
     pub stuck_after: Duration,
+    /// Confirmations of a stranger's spend of a sent job's anchor before the job leaves
+    /// it (`janitor.reanchor_confirmations`).
+    pub reanchor_confirmations: u32,
     /// Lost on a restart: the counts start again, so a give-up comes later, never
     /// sooner.
     unheld: Mutex<Unheld>,
@@ -78,8 +85,15 @@ impl ConfirmationWatcher {
             store,
             deps,
             stuck_after,
+            reanchor_confirmations: 1,
             unheld: Mutex::default(),
         }
+    }
+
+    /// Sets `reanchor_confirmations` (at least 1).
+    pub fn reanchor_after(mut self, confirmations: u32) -> ConfirmationWatcher {
+        self.reanchor_confirmations = confirmations.max(1);
+        self
     }
 }
 
@@ -127,6 +141,18 @@ impl ConfirmationWatcher {
         let mut resend = Vec::new();
         let mut still_unheld = HashMap::new();
         let previously = std::mem::take(&mut *unheld.lock().expect("unheld"));
+        // Transactions of a lane set aside this run (a parent's anchor was spent by a
+        // stranger): their jobs are queued again, and their bytes never sent again.
+        let mut set_aside = std::collections::HashSet::new();
+        // A coin made by one of these transactions that is not confirmed cannot have a
+        // confirmed spender: its spend is not looked for (a lane whose parent the node
+        // lost would otherwise cost a look through the recent blocks per descendant).
+        let not_confirmed: std::collections::HashSet<String> = answers
+            .iter()
+            .filter(|(_, p)| !matches!(p, Ok(TxPresence::Confirmed { .. })))
+            .map(|(u, _)| u.txid.clone())
+            .collect();
+        let mut spender_looks = SPENDER_LOOKS_PER_RUN;
         for (u, presence) in answers {
             let crate::ports::Unconfirmed {
                 txid,
@@ -135,6 +161,9 @@ impl ConfirmationWatcher {
                 input,
                 split,
             } = u;
+            if set_aside.contains(&txid) {
+                continue;
+            }
             match presence {
                 Ok(TxPresence::Unknown) if settled => {
                     if !split {
@@ -146,6 +175,24 @@ impl ConfirmationWatcher {
                             Ok(false) => {}
                             Err(e) => {
                                 tracing::warn!(error = %e, %txid, "confirmation watcher: earlier transactions not checked")
+                            }
+                        }
+                        let look = input
+                            .as_ref()
+                            .filter(|(parent, _)| !not_confirmed.contains(parent))
+                            .filter(|_| spender_looks > 0);
+                        if look.is_some() {
+                            spender_looks -= 1;
+                        }
+                        match self.leave_a_spent_anchor(&txid, look).await {
+                            Ok(aside) if !aside.is_empty() => {
+                                acted += aside.len() as u64;
+                                set_aside.extend(aside);
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, %txid, "confirmation watcher: the spend of a sent job's anchor not checked")
                             }
                         }
                     }
@@ -297,6 +344,76 @@ impl ConfirmationWatcher {
         }
         *unheld.lock().expect("unheld") = still_unheld;
         Ok(acted + confirmed.len() as u64)
+    }
+}
+
+impl ConfirmationWatcher {
+    /// A sent job's transaction `txid` is not on the node: if its anchor (`input`) was
+    /// spent by a transaction that is none of the job's own, confirmed at least
+    /// `reanchor_confirmations` deep, none of the job's transactions can ever be mined
+    /// (nor any down its lane): they are set aside and their jobs queued again, to sign
+    /// on fresh coins. Answers the txids set aside (none when the anchor is unspent,
+    /// spent by the job's own transaction, or by a spend not yet confirmed enough: the
+    /// same bytes are sent again meanwhile, as for any transaction the node lost).
+    async fn leave_a_spent_anchor(
+        &self,
+        txid: &str,
+        input: Option<&(String, u32)>,
+    ) -> Result<Vec<String>, String> {
+        let (store, node) = (&*self.store, &*self.deps.node);
+        let Some((in_txid, in_vout)) = input else {
+            return Ok(Vec::new());
+        };
+        let mut spent_by = match node
+            .outpoint(in_txid, *in_vout)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            OutpointState::Unspent { .. } => return Ok(Vec::new()),
+            OutpointState::Gone { spent_by } => spent_by,
+        };
+        if spent_by.is_none() {
+            // A node that does not say who spent it (bitcoind, bcoin): looked for in
+            // the recent blocks.
+            spent_by = node
+                .spender(in_txid, *in_vout)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let Some(other) = spent_by else {
+            return Ok(Vec::new());
+        };
+        if other == txid {
+            return Ok(Vec::new());
+        }
+        let earlier = store
+            .earlier_of_sent(txid)
+            .await
+            .map_err(|e| e.to_string())?;
+        if earlier.iter().any(|(t, _)| *t == other) {
+            // One of the job's own: the node shows its spend before the transaction.
+            return Ok(Vec::new());
+        }
+        let depth = match node.tx_presence(&other).await.map_err(|e| e.to_string())? {
+            TxPresence::Confirmed { confirmations, .. } => confirmations,
+            _ => 0,
+        };
+        if depth < self.reanchor_confirmations {
+            tracing::info!(%txid, spent_by = %other, confirmations = depth, "confirmation watcher: a sent job's anchor is spent by another transaction; waiting for it to confirm before signing on another coin");
+            return Ok(Vec::new());
+        }
+        let reason = format!(
+            "its transaction {txid} was accepted, then not held, and its anchor was spent by \
+             another transaction ({other}, {depth} confirmations): signing again on another coin"
+        );
+        let aside = store
+            .reanchor_sent(txid, &other, &reason)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !aside.is_empty() {
+            tracing::warn!(%txid, spent_by = %other, transactions = aside.len(), "confirmation watcher: a sent job's anchor was spent by a confirmed stranger; the job and its lane are queued again");
+        }
+        Ok(aside)
     }
 }
 

@@ -164,7 +164,8 @@ impl Pipeline {
                 j.reanchor_confirmations,
             );
             let watcher =
-                ConfirmationWatcher::new(stores.janitor.clone(), deps.clone(), j.stuck_after);
+                ConfirmationWatcher::new(stores.janitor.clone(), deps.clone(), j.stuck_after)
+                    .reanchor_after(j.reanchor_confirmations);
             vec![
                 Maintenance::new(Arc::new(rescuer), j.rescue_interval).start(),
                 Maintenance::new(Arc::new(settler), j.settle_interval).start(),

@@ -297,7 +297,9 @@ pub trait JanitorStore: Send + Sync + 'static {
     async fn requeue_lost(&self, older_than: Duration, held: &[JobId]) -> Result<u64, StoreError>;
     /// Dirty UTXOs (their jobs adopted), at most `limit`.
     async fn dirty_utxos(&self, limit: u32) -> Result<Vec<DirtyUtxo>, StoreError>;
-    /// The node says the outpoint is unspent and our transaction unknown: clean again.
+    /// The node says the outpoint is unspent and our transaction unknown: clean again,
+    /// unless a live job (processing or sending on it) or a split in flight holds it:
+    /// then it stays dirty, and `None`.
     async fn utxo_clean(&self, id: i64) -> Result<Option<SpendableUtxo>, StoreError>;
     /// The outpoint was spent by somebody else: gone for good.
     async fn utxo_retire(&self, id: i64) -> Result<(), StoreError>;
@@ -313,6 +315,21 @@ pub trait JanitorStore: Send + Sync + 'static {
     /// mined); their outputs and the first coin leave the pool (retired). Returns the
     /// jobs failed.
     async fn fail_unheld(&self, txid: &str, reason: &str) -> Result<u64, StoreError>;
+    /// A `sent` job whose transaction `txid` the node does not hold, and whose anchor a
+    /// confirmed transaction `spent_by` that is none of the job's own spent: none of the
+    /// job's transactions can ever be mined, nor any that spends their outputs. The job
+    /// and every job down its lane (sent or sending on its outputs, or waiting with one
+    /// of them as its anchor) go back to the queue without an anchor, under a new
+    /// fencing token; their transactions are kept in their history; the lane's outputs
+    /// leave the pool; the first coin is recorded spent by `spent_by`. A job adopted
+    /// from the seed in flight fails instead (the spend may be the seed's own
+    /// transaction of it). Returns the txids set aside (the lane's, root first).
+    async fn reanchor_sent(
+        &self,
+        txid: &str,
+        spent_by: &str,
+        reason: &str,
+    ) -> Result<Vec<String>, StoreError>;
     /// A `sending` job whose transaction never settled (the Janitor gave up on it):
     /// `failed` with `reason`, its stored transaction kept for the record; its UTXO
     /// released to the pool (`release`, returned) or retired.

@@ -455,8 +455,16 @@ impl JanitorStore for PgStore {
             "WITH released AS (
                  UPDATE publish_jobs SET next_attempt_at = now(), updated_at = now()
                  WHERE anchor_utxo_id = $1 AND status = 'queued' AND next_attempt_at = 'infinity'
+                   AND EXISTS (SELECT 1 FROM utxos WHERE id = $1 AND dirty)
              )
-             UPDATE utxos SET dirty = FALSE, updated_at = now() WHERE id = $1
+             -- Fenced: only while nothing live holds the coin (a job sending on it, or
+             -- a split, whose outcome another process's settler may still be asking).
+             UPDATE utxos x SET dirty = FALSE, updated_at = now()
+             WHERE x.id = $1 AND x.dirty
+               AND NOT EXISTS (SELECT 1 FROM publish_jobs j
+                               WHERE j.utxo_id = x.id AND j.status IN ('processing_batch', 'sending'))
+               AND NOT EXISTS (SELECT 1 FROM pool_transactions pt
+                               WHERE pt.input_utxo_id = x.id AND pt.status = 'sending')
              RETURNING id, txid, vout, satoshis, unconfirmed_depth, state",
         )
         .bind(id)
@@ -598,6 +606,21 @@ impl JanitorStore for PgStore {
         .await
         .map_err(store_error)?;
         Ok(failed as u64)
+    }
+
+    async fn reanchor_sent(
+        &self,
+        txid: &str,
+        spent_by: &str,
+        reason: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(REANCHOR_SENT_SQL)
+            .bind(txid)
+            .bind(spent_by)
+            .bind(reason)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)
     }
 
     async fn fail_unsettled(
@@ -789,6 +812,92 @@ impl JanitorStore for PgStore {
         Ok(taken.is_some())
     }
 }
+
+/// A sent job's anchor was spent by a confirmed transaction that is none of its own:
+/// the job's transaction (`$1`) and every one down its lane can never be mined. Their
+/// jobs go back to the queue without an anchor and under a new fencing token (a
+/// broadcaster still on one records nothing); jobs waiting with a lane output as their
+/// anchor lose it (that coin can never exist). Binds: txid, the foreign spender, why.
+const REANCHOR_SENT_SQL: &str = "WITH RECURSIVE chain(txid, depth) AS (
+                 SELECT $1::text, 0
+                 UNION
+                 SELECT j.txid, c.depth + 1
+                 FROM chain c
+                 JOIN utxos x ON x.txid = c.txid
+                 JOIN publish_jobs j ON j.utxo_id = x.id AND j.txid IS NOT NULL
+                      AND j.confirmed_at IS NULL
+                 WHERE c.depth < 10000
+             ), root AS (
+                 SELECT id, utxo_id FROM publish_jobs
+                 WHERE txid = $1 AND status = 'sent' AND confirmed_at IS NULL
+                 FOR UPDATE
+             ), before AS (
+                 SELECT p.id, p.status, p.txid, p.raw_tx, p.processing_batch_id,
+                        COALESCE(p.utxo_id, p.anchor_utxo_id) AS anchor,
+                        p.txid = $1 AS root,
+                        EXISTS (SELECT 1 FROM seed_in_flight s WHERE s.job_id = p.id) AS seed
+                 FROM publish_jobs p
+                 WHERE EXISTS (SELECT 1 FROM root)
+                   AND ((p.txid IN (SELECT txid FROM chain)
+                         AND p.status IN ('sent', 'sending') AND p.confirmed_at IS NULL)
+                        OR (p.status IN ('queued', 'processing_batch')
+                            AND p.anchor_utxo_id IN (SELECT x.id FROM utxos x
+                                                     WHERE x.txid IN (SELECT txid FROM chain))))
+                 FOR UPDATE OF p
+             ), history AS (
+                 INSERT INTO job_transactions (txid, job_id, anchor_utxo_id, raw_tx, refused, outcome)
+                 SELECT txid, id, anchor, raw_tx, FALSE,
+                        CASE WHEN root THEN $3
+                             ELSE 'it spends an output of ' || $1 || ', whose coin ' || $2
+                                  || ' spent: ' || $3 END
+                 FROM before WHERE txid IS NOT NULL AND anchor IS NOT NULL
+                 ON CONFLICT (txid) DO NOTHING
+             ), job AS (
+                 UPDATE publish_jobs p
+                 SET status = CASE WHEN before.seed THEN 'failed' ELSE 'queued' END,
+                     next_attempt_at = now(),
+                     attempts = p.attempts + 1,
+                     last_error = CASE
+                         WHEN before.seed THEN 'adopted from the seed in flight; its coin was spent by '
+                              || $2 || ' (most likely the seed''s own transaction of it): never signed again'
+                         WHEN before.root THEN $3
+                         ELSE 'it spends an output of ' || $1 || ', which can never be mined: ' || $3 END,
+                     anchor_utxo_id = CASE WHEN before.seed THEN p.anchor_utxo_id END,
+                     owner = NULL, utxo_id = NULL, txid = NULL, raw_tx = NULL, sent_at = NULL,
+                     sending_started_at = NULL, updated_at = now()
+                 FROM before WHERE p.id = before.id
+                 RETURNING p.id
+             ), coin AS (
+                 -- The first coin is spent, by the foreign transaction.
+                 UPDATE utxos x SET state = 'spent', spent_by_txid = $2, dirty = FALSE,
+                                    reserved_by = NULL, reserved_at = NULL, updated_at = now()
+                 FROM root WHERE x.id = root.utxo_id
+             ), outputs AS (
+                 UPDATE utxos x SET state = 'retired', dirty = FALSE, reserved_by = NULL,
+                                    reserved_at = NULL, updated_at = now()
+                 WHERE x.txid IN (SELECT txid FROM chain) AND x.state <> 'retired'
+                   AND EXISTS (SELECT 1 FROM root)
+             ), batch AS (
+                 -- A job counted sent in its batch is counted retried now; one not yet
+                 -- counted (sending, or held by a broadcaster) is counted retried.
+                 UPDATE batches b
+                 SET sent = greatest(b.sent - s.was_sent, 0),
+                     retried = b.retried + s.n, failed = b.failed + s.f,
+                     completed_at = CASE WHEN b.sent - s.was_sent + b.failed + b.retried + s.n + s.f >= b.size
+                                         THEN coalesce(b.completed_at, now()) ELSE b.completed_at END
+                 FROM (SELECT processing_batch_id AS id,
+                              (count(*) FILTER (WHERE status = 'sent'))::int AS was_sent,
+                              (count(*) FILTER (WHERE NOT seed))::int AS n,
+                              (count(*) FILTER (WHERE seed))::int AS f
+                       FROM before
+                       WHERE status IN ('sent', 'sending', 'processing_batch')
+                         AND processing_batch_id IS NOT NULL
+                       GROUP BY 1) s
+                 WHERE b.id = s.id
+             )
+             SELECT b.txid FROM before b JOIN chain c ON c.txid = b.txid
+             WHERE b.status IN ('sent', 'sending')
+             GROUP BY b.txid ORDER BY min(c.depth), b.txid";
 
 /// Wakes on `NOTIFY raregen_jobs` (sent by a trigger on every insert of jobs).
 pub struct PgNotifier {
