@@ -13,6 +13,7 @@
 //!   is held by the job it anchors (live, or failed: a failed job keeps the coin it
 //!   signed on);
 //! - a UTXO is signed on by at most one job that is not `failed`;
+//! - no job is `sent` on a coin a stranger spent, or on an output of a lane set aside;
 //! - the history (`job_transactions`) names the outpoint each transaction spends;
 //! - no statement fails (constraint violations, unique indexes) except by fencing.
 
@@ -48,6 +49,10 @@ enum Op {
     /// foreign transaction (re-anchor), `false` = unspent (adopted, still dirty: the job
     /// re-sends its bytes and the outcome settles it).
     Settle(usize, bool),
+    /// A stranger's confirmed spend takes the anchor of the owner's `j`-th sent job,
+    /// whose transaction the node does not hold (the ConfirmationWatcher's
+    /// `reanchor_sent`): the job and its lane are queued again without anchors.
+    StrangerSpendsSent(usize, usize),
     Crash(usize),
 }
 
@@ -63,6 +68,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => w.clone().prop_map(Op::RequeueLost),
         1 => w.clone().prop_map(Op::ReclaimDead),
         2 => (w.clone(), any::<bool>()).prop_map(|(w, f)| Op::Settle(w, f)),
+        2 => (w.clone(), 0usize..4).prop_map(|(w, j)| Op::StrangerSpendsSent(w, j)),
         1 => w.prop_map(Op::Crash),
     ]
 }
@@ -192,6 +198,8 @@ impl World {
                         Some(coin) => coin.id,
                         None => return,
                     },
+                    // Often the newest coin (a change, when one came): lanes form.
+                    _ if u >= 7 => *self.utxos.last().expect("utxos"),
                     _ => self.utxos[u % self.utxos.len()],
                 };
                 let txid = format!("{:064x}", self.next_tx);
@@ -230,7 +238,10 @@ impl World {
                     sent_at: chrono::Utc::now(),
                     change: Some((1, 5_000)),
                 };
-                ok("sent", self.procs[w].store.record_sent(&[sent]).await);
+                if let Some(recorded) = ok("sent", self.procs[w].store.record_sent(&[sent]).await) {
+                    // The change joins the pool: later jobs may sign on it (lanes).
+                    self.utxos.extend(recorded.utxos.iter().map(|u| u.id));
+                }
                 self.forget(w, h.job.id);
             }
             Op::Refused(w, j) => {
@@ -313,6 +324,43 @@ impl World {
                     }
                 }
             }
+            Op::StrangerSpendsSent(w, j) => {
+                let sent: Vec<(String, i64)> = sqlx::query_as(
+                    // Lane roots first (a job has signed on one of their outputs).
+                    "SELECT p.txid, p.utxo_id FROM publish_jobs p
+                     WHERE p.status = 'sent' AND p.confirmed_at IS NULL
+                     ORDER BY EXISTS (SELECT 1 FROM utxos x JOIN publish_jobs d ON d.utxo_id = x.id
+                                      WHERE x.txid = p.txid) DESC, p.id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+                if sent.is_empty() {
+                    return;
+                }
+                let (txid, anchor) = sent[j % sent.len()].clone();
+                let stranger = format!("{:064x}", 0xdead_0000_i64 + self.next_tx);
+                self.next_tx += 1;
+                let aside = ok(
+                    "reanchor_sent",
+                    self.procs[w]
+                        .store
+                        .reanchor_sent(&txid, &stranger, "its anchor was spent by a stranger")
+                        .await,
+                )
+                .unwrap_or_default();
+                assert_eq!(aside.first(), Some(&txid), "the root is set aside first");
+                // None of the lane's transactions can be mined: the first coin is the
+                // stranger's, the lane's outputs never exist.
+                self.foreign.insert(anchor);
+                let outputs: Vec<i64> =
+                    sqlx::query_scalar("SELECT id FROM utxos WHERE txid = ANY($1)")
+                        .bind(&aside)
+                        .fetch_all(&self.pool)
+                        .await
+                        .unwrap();
+                self.foreign.extend(outputs);
+            }
             Op::Crash(w) => {
                 ok("stop", self.procs[w].store.stop_worker().await);
                 self.crashes += 1;
@@ -379,6 +427,20 @@ impl World {
             assert!(
                 live.len() <= 1,
                 "job {job} signed on {live:?}, none spent by another: two could be mined; after {ops:?}"
+            );
+        }
+        // No job is left `sent` with a transaction that can never be mined (it spends a
+        // coin a stranger took, or an output of a lane set aside): it would be lost.
+        let sent_on: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, utxo_id FROM publish_jobs WHERE status = 'sent' AND utxo_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        for (job, utxo) in sent_on {
+            assert!(
+                !self.foreign.contains(&utxo),
+                "job {job} is sent on UTXO {utxo}, which a stranger spent or never exists; after {ops:?}"
             );
         }
         // A UTXO is signed on by at most one job that is not failed.

@@ -319,27 +319,13 @@ async fn a_split_with_an_unknown_outcome_is_sent_again_never_signed_again(pool: 
 /// known on these nodes and the job was given up as failed.)
 #[sqlx::test]
 async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(pool: PgPool) {
-    use raregen::chain::TxBuilder;
-    use raregen_actors::chain::{Signer, SpendableUtxo};
     use std::sync::atomic::Ordering::SeqCst;
     let node = RegtestNode::start().await;
     let wif = e2e::funded_wallet(&node, &pool, 10, 20_000).await;
     let proxy = Proxy::start(&node.url);
     proxy.late.first_late.store(1, SeqCst);
     proxy.late.set(0, Duration::from_secs(600));
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
-            // No auto-split: the first broadcast at the door is the job's.
-            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1"),
-        ],
-    )
-    .await;
+    let env = one_lane_env(&pool, &node, &proxy, &wif).await;
     let mut daemon = Daemon::start(&env, &[]);
     e2e::submit(&daemon.base, "reanchored", 1).await;
     let started = Instant::now();
@@ -371,27 +357,7 @@ async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(p
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let key = WalletKey::from_wif(&wif, Network::Regtest, AddressType::P2wpkh).unwrap();
-    let foreign = TxBuilder::new(key, 3.0, 80)
-        .publish(
-            &SpendableUtxo {
-                id: 0,
-                txid: anchor.0.clone(),
-                vout: anchor.1 as u32,
-                satoshis: anchor.2 as u64,
-                unconfirmed_depth: 0,
-            },
-            b"not-the-job",
-            0,
-        )
-        .unwrap();
-    node.rpc(
-        "sendrawtransaction",
-        serde_json::json!([hex::encode(&foreign.raw_tx)]),
-    )
-    .await;
-    let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
-    node.mine_to(stranger.script_pubkey(), 1).await;
+    let foreign = mine_a_strangers_spend(&node, &wif, &anchor).await;
     proxy.down.store(false, SeqCst);
     let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(60), &daemon).await;
     assert_eq!((sent, failed), (1, 0), "{}", daemon.log());
@@ -407,17 +373,14 @@ async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(p
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_ne!(txid, foreign.txid);
+    assert_ne!(txid, foreign);
     // The first transaction is kept in the job's history, with why it was left.
     let outcome: Option<String> = sqlx::query_scalar("SELECT outcome FROM job_transactions")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert!(
-        outcome
-            .as_deref()
-            .unwrap_or_default()
-            .contains(&foreign.txid),
+        outcome.as_deref().unwrap_or_default().contains(&foreign),
         "the job names the spend it re-anchored for: {outcome:?}"
     );
     let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(&raw_tx).unwrap();
@@ -1347,26 +1310,12 @@ async fn unstick_and_split_beside_a_busy_daemon_stay_under_the_limit(pool: PgPoo
 /// ever and the job stayed `sent` with a transaction that can never be mined.)
 #[sqlx::test]
 async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coin(pool: PgPool) {
-    use raregen::chain::TxBuilder;
-    use raregen_actors::chain::{Signer, SpendableUtxo};
     use std::sync::atomic::Ordering::SeqCst;
     let node = RegtestNode::start().await;
     let wif = e2e::funded_wallet(&node, &pool, 10, 20_000).await;
     let proxy = Proxy::start(&node.url);
     proxy.late.swallow.store(1, SeqCst);
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
-            // No auto-split: the first broadcast at the door is the job's.
-            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1"),
-        ],
-    )
-    .await;
+    let env = one_lane_env(&pool, &node, &proxy, &wif).await;
     let mut daemon = Daemon::start(&env, &[]);
     e2e::submit(&daemon.base, "dropped", 1).await;
     let started = Instant::now();
@@ -1395,27 +1344,7 @@ async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coi
         !node.mempool().await.contains(&swallowed),
         "the door dropped it"
     );
-    let key = WalletKey::from_wif(&wif, Network::Regtest, AddressType::P2wpkh).unwrap();
-    let foreign = TxBuilder::new(key, 3.0, 80)
-        .publish(
-            &SpendableUtxo {
-                id: 0,
-                txid: anchor.0.clone(),
-                vout: anchor.1 as u32,
-                satoshis: anchor.2 as u64,
-                unconfirmed_depth: 0,
-            },
-            b"not-the-job",
-            0,
-        )
-        .unwrap();
-    node.rpc(
-        "sendrawtransaction",
-        serde_json::json!([hex::encode(&foreign.raw_tx)]),
-    )
-    .await;
-    let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
-    node.mine_to(stranger.script_pubkey(), 1).await;
+    let foreign = mine_a_strangers_spend(&node, &wif, &anchor).await;
     proxy.down.store(false, SeqCst);
     // Recorded sent again, with another transaction.
     loop {
@@ -1458,10 +1387,7 @@ async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coi
             .unwrap();
     assert_eq!(txid, swallowed);
     assert!(
-        outcome
-            .as_deref()
-            .unwrap_or_default()
-            .contains(&foreign.txid),
+        outcome.as_deref().unwrap_or_default().contains(&foreign),
         "the job names the spend it re-anchored for: {outcome:?}"
     );
     let coin: (String, Option<String>) =
@@ -1471,5 +1397,60 @@ async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coi
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(coin, ("spent".into(), Some(foreign.txid.clone())));
+    assert_eq!(coin, ("spent".into(), Some(foreign.clone())));
+}
+
+/// `raregen serve` for the re-anchor tests: maintenance every second, `sending` stuck
+/// after 3 s, no auto-split (the first broadcast at the door is the job's).
+async fn one_lane_env(
+    pool: &PgPool,
+    node: &RegtestNode,
+    proxy: &Proxy,
+    wif: &secrecy::SecretString,
+) -> Vec<(String, String)> {
+    e2e::serve_env(
+        pool,
+        node,
+        &proxy.url,
+        wif,
+        &[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1"),
+        ],
+    )
+    .await
+}
+
+/// A stranger's spend of `anchor` (txid, vout, sats), sent to the node directly and
+/// mined in a block at once; its txid.
+async fn mine_a_strangers_spend(
+    node: &RegtestNode,
+    wif: &secrecy::SecretString,
+    anchor: &(String, i32, i64),
+) -> String {
+    use raregen::chain::TxBuilder;
+    use raregen_actors::chain::{Signer, SpendableUtxo};
+    let key = WalletKey::from_wif(wif, Network::Regtest, AddressType::P2wpkh).unwrap();
+    let foreign = TxBuilder::new(key, 3.0, 80)
+        .publish(
+            &SpendableUtxo {
+                id: 0,
+                txid: anchor.0.clone(),
+                vout: anchor.1 as u32,
+                satoshis: anchor.2 as u64,
+                unconfirmed_depth: 0,
+            },
+            b"not-the-job",
+            0,
+        )
+        .unwrap();
+    node.rpc(
+        "sendrawtransaction",
+        serde_json::json!([hex::encode(&foreign.raw_tx)]),
+    )
+    .await;
+    let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
+    node.mine_to(stranger.script_pubkey(), 1).await;
+    foreign.txid
 }

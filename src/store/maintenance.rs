@@ -16,6 +16,24 @@ use tokio::sync::Notify;
 use super::utxos;
 use super::{store_error, PgStore};
 
+/// The first CTE of a statement over a lane: `chain(txid, depth)`, the transaction
+/// `$1` and every unconfirmed job transaction that spends an output of one in it,
+/// down the lane.
+macro_rules! lane {
+    () => {
+        "WITH RECURSIVE chain(txid, depth) AS (
+                 SELECT $1::text, 0
+                 UNION
+                 SELECT j.txid, c.depth + 1
+                 FROM chain c
+                 JOIN utxos x ON x.txid = c.txid
+                 JOIN publish_jobs j ON j.utxo_id = x.id AND j.txid IS NOT NULL
+                      AND j.confirmed_at IS NULL
+                 WHERE c.depth < 10000
+             ), "
+    };
+}
+
 /// How long a failed job keeps the anchor it signed on, whatever `retention.keep`: Bitcoin
 /// Core's mempool expiry (`-mempoolexpiry`, 336 hours). A refused copy of the job's
 /// transaction may wait that long in some node's mempool and then be mined; its coin
@@ -549,17 +567,9 @@ impl JanitorStore for PgStore {
         // coin the first one spent (unspent, the Janitor checked): a node that takes a
         // spend of it and never holds one is refusing the coin itself (another key's, a
         // wrong amount); `raregen wallet import` brings it back if it was not.
-        let failed: i64 = sqlx::query_scalar(
-            "WITH RECURSIVE chain(txid, depth) AS (
-                 SELECT $1::text, 0
-                 UNION
-                 SELECT j.txid, c.depth + 1
-                 FROM chain c
-                 JOIN utxos x ON x.txid = c.txid
-                 JOIN publish_jobs j ON j.utxo_id = x.id AND j.txid IS NOT NULL
-                      AND j.confirmed_at IS NULL
-                 WHERE c.depth < 10000
-             ), before AS (
+        let failed: i64 = sqlx::query_scalar(concat!(
+            lane!(),
+            "before AS (
                  SELECT p.id, p.status FROM publish_jobs p
                  WHERE (p.txid IN (SELECT txid FROM chain)
                         AND p.status IN ('sent', 'sending') AND p.confirmed_at IS NULL)
@@ -598,7 +608,8 @@ impl JanitorStore for PgStore {
                        WHERE before.status IN ('sent', 'sending') GROUP BY 1) s
                  WHERE b.id = s.id
              )
-             SELECT count(*) FROM job",
+             SELECT count(*) FROM job"
+        ),
         )
         .bind(txid)
         .bind(reason)
@@ -818,16 +829,9 @@ impl JanitorStore for PgStore {
 /// jobs go back to the queue without an anchor and under a new fencing token (a
 /// broadcaster still on one records nothing); jobs waiting with a lane output as their
 /// anchor lose it (that coin can never exist). Binds: txid, the foreign spender, why.
-const REANCHOR_SENT_SQL: &str = "WITH RECURSIVE chain(txid, depth) AS (
-                 SELECT $1::text, 0
-                 UNION
-                 SELECT j.txid, c.depth + 1
-                 FROM chain c
-                 JOIN utxos x ON x.txid = c.txid
-                 JOIN publish_jobs j ON j.utxo_id = x.id AND j.txid IS NOT NULL
-                      AND j.confirmed_at IS NULL
-                 WHERE c.depth < 10000
-             ), root AS (
+const REANCHOR_SENT_SQL: &str = concat!(
+    lane!(),
+    "root AS (
                  SELECT id, utxo_id FROM publish_jobs
                  WHERE txid = $1 AND status = 'sent' AND confirmed_at IS NULL
                  FOR UPDATE
@@ -897,7 +901,8 @@ const REANCHOR_SENT_SQL: &str = "WITH RECURSIVE chain(txid, depth) AS (
              )
              SELECT b.txid FROM before b JOIN chain c ON c.txid = b.txid
              WHERE b.status IN ('sent', 'sending')
-             GROUP BY b.txid ORDER BY min(c.depth), b.txid";
+             GROUP BY b.txid ORDER BY min(c.depth), b.txid"
+);
 
 /// Wakes on `NOTIFY raregen_jobs` (sent by a trigger on every insert of jobs).
 pub struct PgNotifier {
