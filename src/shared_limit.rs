@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use raregen_actors::leaser::{Leaser, LeaserConfig, Stop};
-use raregen_actors::token_bucket::TokenBucket;
+use raregen_actors::rate_limit::TokenBucket;
 use raregen_actors::{BroadcastOutcome, JanitorStore, Node};
 use sqlx::PgPool;
 

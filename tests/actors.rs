@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use raregen::store::PgStore;
-use raregen_actors::batch::{next_job, Batch, Depth, Drain, Enqueue, JobDone};
+use raregen_actors::batch::{next_job, Batch, BatchDepth, Depth, Drain, Enqueue, JobDone};
 use raregen_actors::collector::{Claims, CollectMode, Collector, CollectorConfig, StopClaiming};
+use raregen_actors::rate_limit::{max_in_window, Acquire, TokenBucket, Tokens, TokensLeft};
 use raregen_actors::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
-use raregen_actors::token_bucket::{max_in_window, Acquire, TokenBucket, TokensLeft};
 use raregen_actors::utxo_pool::{
     Forget, PoolConfig, PoolState, PoolStats, Release, Reserve, UtxoPool,
 };
@@ -76,9 +76,16 @@ fn batch_hands_out_jobs_in_seq_order_and_drains() {
             seqs.push(job.batch_seq);
         }
         assert_eq!(seqs, [1, 2, 3, 4]);
-        assert_eq!(batch.send(Depth).await.unwrap(), (3, 4, 1));
+        assert_eq!(
+            batch.send(Depth).await.unwrap(),
+            BatchDepth {
+                waiting: 3,
+                in_flight: 4,
+                batches: 1
+            }
+        );
         batch.send(JobDone(claimed.jobs[0].id)).await.unwrap();
-        assert_eq!(batch.send(Depth).await.unwrap().1, 3);
+        assert_eq!(batch.send(Depth).await.unwrap().in_flight, 3);
         let rest = batch.send(Drain).await.unwrap();
         assert_eq!(
             rest.iter().map(|j| j.batch_seq).collect::<Vec<_>>(),
@@ -112,7 +119,7 @@ fn collector_claims_when_the_queue_runs_low_and_stays_bounded() {
         // Nobody takes jobs: the collector claims one batch (the queue was empty, under
         // the low-water mark) and then waits, however long the interval.
         actix::clock::sleep(Duration::from_millis(500)).await;
-        assert_eq!(batch.send(Depth).await.unwrap().0, 300);
+        assert_eq!(batch.send(Depth).await.unwrap().waiting, 300);
         assert_eq!(collector.send(Claims).await.unwrap(), 1);
         // Taking jobs below the low-water mark brings the next claim at once.
         for _ in 0..260 {
@@ -120,7 +127,7 @@ fn collector_claims_when_the_queue_runs_low_and_stays_bounded() {
         }
         actix::clock::sleep(Duration::from_millis(300)).await;
         assert_eq!(collector.send(Claims).await.unwrap(), 2);
-        assert_eq!(batch.send(Depth).await.unwrap().0, 340);
+        assert_eq!(batch.send(Depth).await.unwrap().waiting, 340);
         collector.send(StopClaiming).await.unwrap();
         for _ in 0..340 {
             take(&batch).await;
@@ -166,8 +173,8 @@ fn recorder_writes_groups_and_fences() {
         // A stale fence is refused.
         let j = &claimed.jobs[0];
         let stale = recorder
-            .send(RecordSent(
-                Sent {
+            .send(RecordSent {
+                sent: Sent {
                     fence: Fence {
                         id: j.id,
                         attempts: j.attempts + 1,
@@ -175,15 +182,15 @@ fn recorder_writes_groups_and_fences() {
                     sent_at: chrono::Utc::now(),
                     change: None,
                 },
-                format!("{:064x}", j.id),
-            ))
+                txid: format!("{:064x}", j.id),
+            })
             .await
             .unwrap();
         assert!(matches!(stale, Err(raregen_actors::StoreError::Fenced)));
         // Sent with change, retried (its UTXO kept as its anchor), dirty.
         let sent = recorder
-            .send(RecordSent(
-                Sent {
+            .send(RecordSent {
+                sent: Sent {
                     fence: Fence {
                         id: j.id,
                         attempts: j.attempts,
@@ -191,8 +198,8 @@ fn recorder_writes_groups_and_fences() {
                     sent_at: chrono::Utc::now(),
                     change: Some((1, 9_000)),
                 },
-                format!("{:064x}", j.id),
-            ))
+                txid: format!("{:064x}", j.id),
+            })
             .await
             .unwrap()
             .unwrap()
@@ -203,8 +210,8 @@ fn recorder_writes_groups_and_fences() {
         );
         let k = &claimed.jobs[1];
         let released = recorder
-            .send(RecordRetry(
-                Retry {
+            .send(RecordRetry {
+                retry: Retry {
                     fence: Fence {
                         id: k.id,
                         attempts: k.attempts,
@@ -214,9 +221,9 @@ fn recorder_writes_groups_and_fences() {
                     reanchor: false,
                     settles_dirty: false,
                 },
-                Some(utxos[1]),
-                false,
-            ))
+                utxo_id: Some(utxos[1]),
+                fail_now: false,
+            })
             .await
             .unwrap()
             .unwrap();
@@ -431,7 +438,14 @@ fn token_bucket_never_grants_more_than_max_per_window() {
     actix::System::new().block_on(async {
         let per = Duration::from_millis(300);
         let bucket = TokenBucket::new(5, per).start();
-        assert_eq!(bucket.send(TokensLeft).await.unwrap(), (5, 5, 0));
+        assert_eq!(
+            bucket.send(TokensLeft).await.unwrap(),
+            Tokens {
+                left: 5,
+                budget: 5,
+                waiters: 0
+            }
+        );
         let mut grants = Vec::new();
         let mut waiting = Vec::new();
         for _ in 0..20 {
@@ -456,7 +470,7 @@ fn token_bucket_never_grants_more_than_max_per_window() {
 /// one `per` (it cannot know what was in flight), then resumes under the limit.
 #[test]
 fn a_stopped_token_bucket_grants_nothing_then_resumes_under_the_limit() {
-    use raregen_actors::token_bucket::{acquire, Stop};
+    use raregen_actors::rate_limit::{acquire, Stop};
     actix::System::new().block_on(async {
         let per = Duration::from_millis(400);
         let bucket = TokenBucket::new(5, per).start_supervised();
@@ -506,7 +520,7 @@ fn a_stopped_token_bucket_grants_nothing_then_resumes_under_the_limit() {
 /// that query must not keep a share that may be too large now; a fresh count resumes.
 #[test]
 fn token_bucket_stale_share_no_grant() {
-    use raregen_actors::token_bucket::{LeaseUntil, SharedBy, SHARE_VALID};
+    use raregen_actors::rate_limit::{LeaseUntil, SharedBy, SHARE_VALID};
     actix::System::new().block_on(async {
         let per = Duration::from_millis(200);
         let bucket = TokenBucket::shared(100, per).start();
@@ -548,7 +562,7 @@ fn token_bucket_stale_share_no_grant() {
 /// processes have had time to count us again (`SHARE_REFRESH * 2 + per`).
 #[test]
 fn token_bucket_no_lease_no_grant() {
-    use raregen_actors::token_bucket::{LeaseUntil, SharedBy, SHARE_REFRESH};
+    use raregen_actors::rate_limit::{LeaseUntil, SharedBy, SHARE_REFRESH};
     actix::System::new().block_on(async {
         let per = Duration::from_millis(200);
         let bucket = TokenBucket::shared(100, per).start();

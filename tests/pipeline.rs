@@ -1430,7 +1430,7 @@ async fn mine_a_strangers_spend(
     anchor: &(String, i32, i64),
 ) -> String {
     use raregen::chain::TxBuilder;
-    use raregen_actors::chain::{Signer, SpendableUtxo};
+    use raregen_actors::ports::{Signer, SpendableUtxo};
     let key = WalletKey::from_wif(wif, Network::Regtest, AddressType::P2wpkh).unwrap();
     let foreign = TxBuilder::new(key, 3.0, 80)
         .publish(

@@ -13,7 +13,7 @@ use common::regtest::RegtestNode;
 use common::FreshDb;
 use raregen::chain::{TxBuilder, WalletKey};
 use raregen::config::{AddressType, Network};
-use raregen_actors::chain::{Signer, SpendableUtxo};
+use raregen_actors::ports::{Signer, SpendableUtxo};
 use sqlx::PgPool;
 
 const SEED_SCHEMA: &str = include_str!("fixtures/seed_schema.sql");

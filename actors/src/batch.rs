@@ -77,10 +77,21 @@ pub async fn next_job(batch: &Addr<Batch>) -> Handed {
 #[rtype(result = "()")]
 pub struct JobDone(pub JobId);
 
-/// (jobs waiting, jobs in flight, batches received).
+/// Asks how deep the Batch is: answers a [`BatchDepth`].
 #[derive(Message)]
-#[rtype(result = "(usize, usize, u64)")]
+#[rtype(result = "BatchDepth")]
 pub struct Depth;
+
+/// The answer to [`Depth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchDepth {
+    /// Jobs waiting for a broadcaster.
+    pub waiting: usize,
+    /// Jobs handed out and not yet done.
+    pub in_flight: usize,
+    /// Batches received since start.
+    pub batches: u64,
+}
 
 /// Shutdown: stop handing out jobs; answers the jobs not yet started.
 #[derive(Message)]
@@ -196,7 +207,11 @@ impl Handler<Depth> for Batch {
     type Result = MessageResult<Depth>;
 
     fn handle(&mut self, _: Depth, _: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.queue.len(), self.in_flight, self.batches))
+        MessageResult(BatchDepth {
+            waiting: self.queue.len(),
+            in_flight: self.in_flight,
+            batches: self.batches,
+        })
     }
 }
 
@@ -260,7 +275,14 @@ mod tests {
             assert_eq!(first.await.unwrap().map(|(b, j)| (b, j.id)), Some((7, 1)));
             assert_eq!(third.await.unwrap().map(|(b, j)| (b, j.id)), Some((7, 2)));
             // Two handed out, job 3 waits for the next ask.
-            assert_eq!(batch.send(Depth).await.unwrap(), (1, 2, 1));
+            assert_eq!(
+                batch.send(Depth).await.unwrap(),
+                BatchDepth {
+                    waiting: 1,
+                    in_flight: 2,
+                    batches: 1
+                }
+            );
             assert_eq!(next_job(&batch).await.map(|(_, j)| j.id), Some(3));
             assert_eq!(batch.send(Held).await.unwrap().len(), 3);
         });

@@ -19,11 +19,11 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use crate::batch::{next_job, Batch, JobDone};
-use crate::chain::{BroadcastOutcome, Node, SignError, Signer};
 use crate::ports::{BatchId, ClaimedJob, Fence, Retry, Sending, Sent, StoreError, StoredTx};
+use crate::ports::{BroadcastOutcome, Node, SignError, Signer};
+use crate::rate_limit::TokenBucket;
 use crate::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
 use crate::stats::Stats;
-use crate::token_bucket::TokenBucket;
 use crate::utxo_pool::{Forget, Release, Reserve, Spent, UtxoPool};
 
 /// What every broadcaster (and the Janitor's re-broadcasts) works with.
@@ -266,10 +266,13 @@ async fn sign_and_store(deps: &Deps, fence: Fence, job: &ClaimedJob) -> Option<S
                     settles_dirty: false,
                 };
                 until_stored("record a failure", || {
-                    deps.recorder.send(RecordRetry(retry.clone(), None, true))
+                    deps.recorder.send(RecordRetry {
+                        retry: retry.clone(),
+                        utxo_id: None,
+                        fail_now: true,
+                    })
                 })
                 .await;
-                deps.stats.observe_unbuildable();
                 return None;
             }
         };
@@ -296,7 +299,7 @@ async fn write_ahead(
     deps: &Deps,
     fence: Fence,
     utxo_id: i64,
-    signed: crate::chain::SignedTx,
+    signed: crate::ports::SignedTx,
 ) -> Option<Result<StoredTx, ()>> {
     let sending = Sending {
         fence,
@@ -340,8 +343,11 @@ async fn sign_on_anchor(
         };
         async move {
             until_stored("record a retry", || {
-                deps.recorder
-                    .send(RecordRetry(retry.clone(), None, fail_now))
+                deps.recorder.send(RecordRetry {
+                    retry: retry.clone(),
+                    utxo_id: None,
+                    fail_now,
+                })
             })
             .await;
         }
@@ -380,7 +386,6 @@ async fn sign_on_anchor(
         Err(e) => {
             // Unbuildable, or the anchor cannot pay a higher fee: the job ends here.
             later(format!("cannot sign again on its anchor: {e}"), true).await;
-            deps.stats.observe_unbuildable();
             return None;
         }
     };
@@ -424,7 +429,10 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_be
             let (txid, utxo_id) = (stored.txid.clone(), stored.utxo_id);
             actix::spawn(async move {
                 let recorded = until_stored("record sent", || {
-                    recorder.send(RecordSent(sent.clone(), txid.clone()))
+                    recorder.send(RecordSent {
+                        sent: sent.clone(),
+                        txid: txid.clone(),
+                    })
                 })
                 .await;
                 if let Some(utxo_id) = utxo_id {
@@ -450,8 +458,11 @@ pub async fn send_stored(deps: &Deps, fence: Fence, stored: StoredTx, refused_be
                 settles_dirty: false,
             };
             let released = until_stored("record a rejection", || {
-                deps.recorder
-                    .send(RecordRetry(retry.clone(), stored.utxo_id, false))
+                deps.recorder.send(RecordRetry {
+                    retry: retry.clone(),
+                    utxo_id: stored.utxo_id,
+                    fail_now: false,
+                })
             })
             .await;
             match released.flatten() {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::batch::{Batch, Depth, Enqueue};
@@ -55,6 +56,8 @@ pub struct Collector {
     /// Notifications so far: one that arrives while a claim is in flight keeps
     /// `maybe_queued` (the claim's snapshot may predate the new job).
     arrivals: u64,
+    /// Answered once no claim is in flight ([`StopClaiming`] waits for the last one).
+    idle_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Collector {
@@ -76,6 +79,7 @@ impl Collector {
             claims: 0,
             maybe_queued: true,
             arrivals: 0,
+            idle_waiters: Vec::new(),
         }
     }
 
@@ -92,7 +96,7 @@ impl Collector {
         let arrivals_before = self.arrivals;
         ctx.spawn(
             async move {
-                let (waiting, _, _) = batch.send(Depth).await.unwrap_or((usize::MAX, 0, 0));
+                let waiting = batch.send(Depth).await.map_or(usize::MAX, |d| d.waiting);
                 let room = waiting < 2 * cfg.max_batch as usize;
                 let due = match cfg.mode {
                     CollectMode::Batch => {
@@ -126,6 +130,9 @@ impl Collector {
             .map(
                 move |res: Result<Option<bool>, crate::ports::StoreError>, act, ctx| {
                     act.claiming = false;
+                    for waiter in act.idle_waiters.drain(..) {
+                        let _ = waiter.send(());
+                    }
                     match res {
                         Ok(Some(full)) => {
                             act.last_claim = Instant::now();
@@ -222,7 +229,8 @@ impl Handler<Arrived> for Collector {
     }
 }
 
-/// Stop claiming (shutdown).
+/// Stop claiming (shutdown). Answers once the claim in flight, if any, has reached the
+/// Batch, so a Drain after it sees every job this process claimed.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopClaiming;
@@ -243,10 +251,19 @@ impl Handler<Wake> for Collector {
 }
 
 impl Handler<StopClaiming> for Collector {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: StopClaiming, _: &mut Context<Self>) {
+    fn handle(&mut self, _: StopClaiming, _: &mut Context<Self>) -> Self::Result {
         self.stopped = true;
+        let (tx, rx) = oneshot::channel();
+        if self.claiming {
+            self.idle_waiters.push(tx);
+        } else {
+            let _ = tx.send(());
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 

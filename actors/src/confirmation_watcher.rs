@@ -15,9 +15,9 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::broadcaster::Deps;
-use crate::chain::{BroadcastOutcome, OutpointState, TxPresence};
 use crate::dirty_settler::first_known;
-use crate::maintenance::{Report, Service};
+use crate::maintenance::{MaintenanceError, Report, Service};
+use crate::ports::{BroadcastOutcome, OutpointState, TxPresence};
 use crate::ports::{Confirmation, JanitorStore};
 
 /// Sent transactions asked about per run at most.
@@ -120,12 +120,9 @@ impl Service for ConfirmationWatcher {
 /// then confirmed); ones the node no longer has are sent again from their stored bytes.
 /// Answers how many it acted on.
 impl ConfirmationWatcher {
-    async fn check(&self) -> Result<u64, String> {
+    async fn check(&self) -> Result<u64, MaintenanceError> {
         let (store, deps, unheld) = (&*self.store, &*self.deps, &self.unheld);
-        let sent = store
-            .unconfirmed(CONFIRM_BATCH, self.stuck_after)
-            .await
-            .map_err(|e| e.to_string())?;
+        let sent = store.unconfirmed(CONFIRM_BATCH, self.stuck_after).await?;
         // Ask about several at a time (a node's answer takes a round trip); act on the
         // answers in the store's order, parents before children.
         let answers: Vec<_> = futures::stream::iter(sent)
@@ -287,14 +284,14 @@ impl ConfirmationWatcher {
                 Ok(_) => {}
                 Err(e) => {
                     *unheld.lock().expect("unheld") = previously;
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
             }
         }
         if !confirmed.is_empty() {
             if let Err(e) = store.record_confirmations(&confirmed).await {
                 *unheld.lock().expect("unheld") = previously;
-                return Err(e.to_string());
+                return Err(e.into());
             }
         }
         // Re-sends last, each waiting for a slot at most `stuck_after`: a node that keeps
@@ -359,26 +356,19 @@ impl ConfirmationWatcher {
         &self,
         txid: &str,
         input: Option<&(String, u32)>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, MaintenanceError> {
         let (store, node) = (&*self.store, &*self.deps.node);
         let Some((in_txid, in_vout)) = input else {
             return Ok(Vec::new());
         };
-        let mut spent_by = match node
-            .outpoint(in_txid, *in_vout)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        let mut spent_by = match node.outpoint(in_txid, *in_vout).await? {
             OutpointState::Unspent { .. } => return Ok(Vec::new()),
             OutpointState::Gone { spent_by } => spent_by,
         };
         if spent_by.is_none() {
             // A node that does not say who spent it (bitcoind, bcoin): looked for in
             // the recent blocks.
-            spent_by = node
-                .spender(in_txid, *in_vout)
-                .await
-                .map_err(|e| e.to_string())?;
+            spent_by = node.spender(in_txid, *in_vout).await?;
         }
         let Some(other) = spent_by else {
             return Ok(Vec::new());
@@ -386,15 +376,12 @@ impl ConfirmationWatcher {
         if other == txid {
             return Ok(Vec::new());
         }
-        let earlier = store
-            .earlier_of_sent(txid)
-            .await
-            .map_err(|e| e.to_string())?;
+        let earlier = store.earlier_of_sent(txid).await?;
         if earlier.iter().any(|(t, _)| *t == other) {
             // One of the job's own: the node shows its spend before the transaction.
             return Ok(Vec::new());
         }
-        let depth = match node.tx_presence(&other).await.map_err(|e| e.to_string())? {
+        let depth = match node.tx_presence(&other).await? {
             TxPresence::Confirmed { confirmations, .. } => confirmations,
             _ => 0,
         };
@@ -406,10 +393,7 @@ impl ConfirmationWatcher {
             "its transaction {txid} was accepted, then not held, and its anchor was spent by \
              another transaction ({other}, {depth} confirmations): signing again on another coin"
         );
-        let aside = store
-            .reanchor_sent(txid, &other, &reason)
-            .await
-            .map_err(|e| e.to_string())?;
+        let aside = store.reanchor_sent(txid, &other, &reason).await?;
         if !aside.is_empty() {
             tracing::warn!(%txid, spent_by = %other, transactions = aside.len(), "confirmation watcher: a sent job's anchor was spent by a confirmed stranger; the job and its lane are queued again");
         }
@@ -425,19 +409,13 @@ async fn switch_to_earlier(
     store: &dyn JanitorStore,
     deps: &Deps,
     txid: &str,
-) -> Result<bool, String> {
-    let earlier = store
-        .earlier_of_sent(txid)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<bool, MaintenanceError> {
+    let earlier = store.earlier_of_sent(txid).await?;
     let Some((earlier, raw_tx)) = first_known(deps, earlier).await? else {
         return Ok(false);
     };
     let change = deps.signer.change_of(&raw_tx);
-    let switched = store
-        .switch_sent(txid, &earlier, change)
-        .await
-        .map_err(|e| e.to_string())?;
+    let switched = store.switch_sent(txid, &earlier, change).await?;
     if switched {
         tracing::warn!(%txid, %earlier, "confirmation watcher: the node holds an earlier transaction of the job instead of its last one; the job is recorded with it");
     }

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::broadcaster::Deps;
-use crate::chain::{OutpointState, TxPresence};
-use crate::maintenance::{Report, Service};
+use crate::maintenance::{MaintenanceError, Report, Service};
 use crate::ports::{DirtyUtxo, JanitorStore, PoolStore, StuckJob};
+use crate::ports::{OutpointState, TxPresence};
 use crate::recorder::RecordRetry;
 use crate::send::{record_sent, resend_same};
 use crate::utxo_pool::Add;
@@ -112,14 +112,11 @@ impl DirtySettler {
         *n
     }
 
-    async fn settle(&self, d: DirtyUtxo) -> Result<(), String> {
+    async fn settle(&self, d: DirtyUtxo) -> Result<(), MaintenanceError> {
         let (store, pool_store, deps) = (&*self.store, &*self.pool_store, &*self.deps);
         let node = &deps.node;
         let ours_known = match &d.spent_by_txid {
-            Some(txid) => !matches!(
-                node.tx_presence(txid).await.map_err(|e| e.to_string())?,
-                TxPresence::Unknown
-            ),
+            Some(txid) => !matches!(node.tx_presence(txid).await?, TxPresence::Unknown),
             None => false,
         };
         if let Some(job) = d.job {
@@ -143,10 +140,7 @@ impl DirtySettler {
             // The outcome was unknown and the node does not have the transaction (yet: an
             // explorer or a node may answer late). Never a new signature on another UTXO
             // for that: both could be mined. The same bytes again, under the rate limit.
-            let mut outpoint = node
-                .outpoint(&d.txid, d.vout)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut outpoint = node.outpoint(&d.txid, d.vout).await?;
             if matches!(outpoint, OutpointState::Gone { spent_by: None }) {
                 // A node that does not say who spent it (bitcoind, bcoin): looked for. A
                 // failed look (a method the node does not allow, a block read timing out)
@@ -171,16 +165,9 @@ impl DirtySettler {
                 }
                 // Spent by one of the job's earlier transactions (the node shows the spend
                 // before it shows the transaction, or an index lags): that one is the job's.
-                let earlier = store
-                    .earlier_transactions(job.fence.id)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let earlier = store.earlier_transactions(job.fence.id).await?;
                 if let Some((txid, raw_tx)) = earlier.into_iter().find(|(t, _)| t == other) {
-                    if store
-                        .take_up_earlier(job.fence, &txid)
-                        .await
-                        .map_err(|e| e.to_string())?
-                    {
+                    if store.take_up_earlier(job.fence, &txid).await? {
                         tracing::warn!(job = job.fence.id, %txid, replaced = %job.txid, "dirty settler: an earlier transaction of the job is on the node; the job is sent with it");
                         let earlier = StuckJob {
                             txid,
@@ -194,7 +181,7 @@ impl DirtySettler {
                 // Spent by a transaction that is none of the job's own. Only once that spend
                 // is confirmed deep enough can none of the job's transactions be mined any
                 // more: then, and not before, the job leaves its anchor for a fresh UTXO.
-                let depth = match node.tx_presence(other).await.map_err(|e| e.to_string())? {
+                let depth = match node.tx_presence(other).await? {
                     TxPresence::Confirmed { confirmations, .. } => confirmations,
                     _ => 0,
                 };
@@ -202,7 +189,7 @@ impl DirtySettler {
                     tracing::info!(job = job.fence.id, anchor = d.id, spent_by = %other, confirmations = depth, "dirty settler: the job's anchor is spent by another transaction; waiting for it to confirm before signing on another coin");
                     return Ok(());
                 }
-                store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
+                store.utxo_retire(d.id).await?;
                 let retry = crate::ports::Retry {
                 fence: job.fence,
                 error: format!(
@@ -213,7 +200,11 @@ impl DirtySettler {
                 settles_dirty: false,
             };
                 crate::send::recorded("re-anchor", || {
-                    deps.recorder.send(RecordRetry(retry.clone(), None, false))
+                    deps.recorder.send(RecordRetry {
+                        retry: retry.clone(),
+                        utxo_id: None,
+                        fail_now: false,
+                    })
                 })
                 .await;
                 return Ok(());
@@ -241,7 +232,7 @@ impl DirtySettler {
                 match store.fail_unsettled(job.fence, &reason, unspent).await {
                     Ok(Some(utxo)) => deps.pool.do_send(Add(vec![utxo])),
                     Ok(None) => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
                 tracing::error!(job = job.fence.id, txid = %job.txid, reason, "dirty settler: job failed");
                 return Ok(());
@@ -255,18 +246,14 @@ impl DirtySettler {
         if let Some(split_id) = d.split_id {
             let Some(split) = pool_store
                 .unfinished_splits()
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
                 .into_iter()
                 .find(|s| s.id == split_id)
             else {
                 return Ok(());
             };
             if ours_known {
-                let outputs = pool_store
-                    .split_accepted(&split)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let outputs = pool_store.split_accepted(&split).await?;
                 deps.pool.do_send(Add(outputs));
                 return Ok(());
             }
@@ -287,35 +274,24 @@ impl DirtySettler {
                 );
                 tracing::error!(txid = %split.txid, reason, "dirty settler: split given up");
                 // Retired first: a crash between the two leaves the input out of the pool.
-                store.utxo_retire(d.id).await.map_err(|e| e.to_string())?;
-                pool_store
-                    .split_rejected(&split, &reason, false)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                store.utxo_retire(d.id).await?;
+                pool_store.split_rejected(&split, &reason, false).await?;
                 return Ok(());
             }
             deps.stats.observe_rebroadcast();
             let outputs =
-                crate::utxo_pool::publish_split(pool_store, &**node, &deps.tokens, &split)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                crate::utxo_pool::publish_split(pool_store, &**node, &deps.tokens, &split).await?;
             deps.pool.do_send(Add(outputs));
             return Ok(());
         }
         // Dirty with nothing of ours on it: clean if unspent, retired if gone.
-        match node
-            .outpoint(&d.txid, d.vout)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match node.outpoint(&d.txid, d.vout).await? {
             OutpointState::Unspent { .. } => {
-                if let Some(u) = store.utxo_clean(d.id).await.map_err(|e| e.to_string())? {
+                if let Some(u) = store.utxo_clean(d.id).await? {
                     deps.pool.do_send(Add(vec![u]));
                 }
             }
-            OutpointState::Gone { .. } => {
-                store.utxo_retire(d.id).await.map_err(|e| e.to_string())?
-            }
+            OutpointState::Gone { .. } => store.utxo_retire(d.id).await?,
         }
         Ok(())
     }
@@ -334,19 +310,12 @@ async fn earlier_on_node(
     store: &dyn JanitorStore,
     deps: &Deps,
     job: &StuckJob,
-) -> Result<Earlier, String> {
-    let earlier = store
-        .earlier_transactions(job.fence.id)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Earlier, MaintenanceError> {
+    let earlier = store.earlier_transactions(job.fence.id).await?;
     let Some((txid, raw_tx)) = first_known(deps, earlier).await? else {
         return Ok(Earlier::None);
     };
-    if !store
-        .take_up_earlier(job.fence, &txid)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    if !store.take_up_earlier(job.fence, &txid).await? {
         return Ok(Earlier::Fenced);
     }
     Ok(Earlier::Taken(StuckJob {
@@ -361,13 +330,9 @@ async fn earlier_on_node(
 pub(crate) async fn first_known(
     deps: &Deps,
     transactions: Vec<(String, Vec<u8>)>,
-) -> Result<Option<(String, Vec<u8>)>, String> {
+) -> Result<Option<(String, Vec<u8>)>, MaintenanceError> {
     for (txid, raw_tx) in transactions {
-        let presence = deps
-            .node
-            .tx_presence(&txid)
-            .await
-            .map_err(|e| e.to_string())?;
+        let presence = deps.node.tx_presence(&txid).await?;
         if !matches!(presence, TxPresence::Unknown) {
             return Ok(Some((txid, raw_tx)));
         }

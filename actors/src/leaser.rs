@@ -19,7 +19,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 
 use crate::ports::JanitorStore;
-use crate::token_bucket::{LeaseUntil, SharedBy, TokenBucket, SHARE_REFRESH, SHARE_VALID};
+use crate::rate_limit::{LeaseUntil, SharedBy, TokenBucket, SHARE_REFRESH, SHARE_VALID};
 
 #[derive(Debug, Clone)]
 pub struct LeaserConfig {

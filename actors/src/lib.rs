@@ -9,7 +9,6 @@
 
 pub mod batch;
 pub mod broadcaster;
-pub mod chain;
 pub mod collector;
 pub mod confirmation_watcher;
 pub mod dirty_settler;
@@ -18,11 +17,11 @@ pub mod maintenance;
 pub mod pipeline;
 pub mod ports;
 pub mod pruner;
+pub mod rate_limit;
 pub mod recorder;
 pub mod rescuer;
 pub mod send;
 pub mod stats;
-pub mod token_bucket;
 pub mod utxo_pool;
 
 /// A named failpoint (the `fail` crate), active only with the `failpoints` feature:
@@ -35,12 +34,12 @@ macro_rules! fail_point {
     };
 }
 
-pub use chain::{
-    BroadcastOutcome, Node, NodeError, OutpointState, SignError, SignedTx, Signer, SpendableUtxo,
-    TxPresence,
-};
 pub use ports::{
     Anchor, BatchId, ClaimedBatch, ClaimedJob, Confirmation, DirtyUtxo, Fence, JanitorStore, JobId,
     JobStore, JobsNotifier, PoolStore, Pruned, Recorded, Retry, Sending, SendingRecorded, Sent,
     StoreError, StoredSplit, StoredTx, StuckJob,
+};
+pub use ports::{
+    BroadcastOutcome, Node, NodeError, OutpointState, SignError, SignedTx, Signer, SpendableUtxo,
+    TxPresence,
 };

@@ -34,6 +34,16 @@ pub struct MaintenanceConfig {
     pub reanchor_confirmations: u32,
 }
 
+/// Why a maintenance step stopped short: the database or the node did not answer
+/// (or could not sign). The step is tried again on the service's next run.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error("store: {0}")]
+    Store(#[from] crate::ports::StoreError),
+    #[error("node: {0}")]
+    Node(#[from] crate::ports::NodeError),
+}
+
 /// What one run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {

@@ -5,19 +5,19 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::batch::{Batch, BatchesInFlight, Depth, Drain};
+use crate::batch::{Batch, BatchDepth, BatchesInFlight, Depth, Drain};
 use crate::broadcaster::{Broadcaster, Deps, PREPARING_PER_BROADCAST};
-use crate::chain::{Node, Signer};
 use crate::collector::{CollectMode, Collector, CollectorConfig, StopClaiming};
 use crate::confirmation_watcher::ConfirmationWatcher;
 use crate::dirty_settler::DirtySettler;
 use crate::leaser::{Leaser, LeaserConfig};
 use crate::maintenance::{Maintenance, MaintenanceConfig};
 use crate::ports::{Fence, JanitorStore, JobStore, JobsNotifier, PoolStore};
+use crate::ports::{Node, Signer};
+use crate::rate_limit::{TokenBucket, Tokens, TokensLeft};
 use crate::recorder::{Pending, Recorder};
 use crate::rescuer::Rescuer;
 use crate::stats::Stats;
-use crate::token_bucket::{TokenBucket, TokensLeft};
 use crate::utxo_pool::{PoolConfig, UtxoPool};
 
 #[derive(Debug, Clone)]
@@ -84,8 +84,16 @@ impl Pipeline {
     /// Asks each actor what it holds (through its mailbox, so a stuck actor shows as a
     /// sampler that does not answer).
     pub async fn gauges(&self) -> Option<Gauges> {
-        let (tokens_left, budget, token_waiters) = self.tokens.send(TokensLeft).await.ok()?;
-        let (batch_waiting, jobs_in_flight, _) = self.batch.send(Depth).await.ok()?;
+        let Tokens {
+            left: tokens_left,
+            budget,
+            waiters: token_waiters,
+        } = self.tokens.send(TokensLeft).await.ok()?;
+        let BatchDepth {
+            waiting: batch_waiting,
+            in_flight: jobs_in_flight,
+            ..
+        } = self.batch.send(Depth).await.ok()?;
         let batches_in_flight = self.batch.send(BatchesInFlight).await.ok()?;
         let recorder_pending = self.recorder.send(Pending).await.ok()?;
         Some(Gauges {
@@ -225,16 +233,28 @@ impl Pipeline {
     /// jobs in flight finish (up to `grace`); this process's lease ends. What is still
     /// in flight after `grace` stays in the database for the next start to recover.
     pub async fn shutdown(&self, grace: Duration) {
-        let _ = self.collector.send(StopClaiming).await;
-        self.hand_back_unstarted().await;
         let deadline = tokio::time::Instant::now() + grace;
+        // Waits for a claim under way to land (a claim stuck on a dead database is
+        // waited for no longer than `grace`; its jobs are then recovered by the Rescuer).
+        let _ = tokio::time::timeout(grace, self.collector.send(StopClaiming)).await;
+        self.hand_back_unstarted().await;
         let mut said = None;
         loop {
-            let in_flight = self.batch.send(Depth).await.map(|d| d.1).unwrap_or(0);
+            let in_flight = self
+                .batch
+                .send(Depth)
+                .await
+                .map(|d| d.in_flight)
+                .unwrap_or(0);
             let now = tokio::time::Instant::now();
             if in_flight > 0 && !matches!(said, Some(at) if now < at + Duration::from_secs(5)) {
                 // Say what the stop waits for, and again every 5 s.
-                let for_slot = self.tokens.send(TokensLeft).await.map(|t| t.2).unwrap_or(0);
+                let for_slot = self
+                    .tokens
+                    .send(TokensLeft)
+                    .await
+                    .map(|t| t.waiters)
+                    .unwrap_or(0);
                 let pool = self.pool.send(crate::utxo_pool::PoolStats).await.ok();
                 let split_in_flight = pool.is_some_and(|p| p.splitting);
                 tracing::info!(
@@ -264,9 +284,8 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Every job's outcome is written before the Batch actor hears it is done, so no
-        // record is outstanding here; a claim that was under way when claiming stopped
-        // has landed after this pause.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // record is outstanding here; and StopClaiming answered only once the claim that
+        // was under way had reached the Batch, so nothing claimed is left unseen.
         self.hand_back_unstarted().await;
         // No heartbeat after the lease has ended.
         let _ = self.leaser.send(crate::leaser::Stop).await;

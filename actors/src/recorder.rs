@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::chain::SpendableUtxo;
+use crate::ports::SpendableUtxo;
 use crate::ports::{Fence, JobStore, Retry, Sending, Sent, StoreError};
 use crate::stats::names;
 
@@ -314,16 +314,25 @@ impl Handler<Pending> for Recorder {
 #[rtype(result = "Result<bool, StoreError>")]
 pub struct RecordSending(pub Sending);
 
-/// The job was accepted; `txid` is its transaction's. Answers the change UTXO.
+/// The job was accepted. Answers the change UTXO.
 #[derive(Message)]
 #[rtype(result = "Result<Option<SpendableUtxo>, StoreError>")]
-pub struct RecordSent(pub Sent, pub String);
+pub struct RecordSent {
+    pub sent: Sent,
+    /// The accepted transaction's id.
+    pub txid: String,
+}
 
-/// A job-side rejection; `utxo` is the job's UTXO. Answers it if it was released.
-/// With `fail_now`, the job fails whatever its attempts (it cannot be built at all).
+/// A job-side rejection. Answers the job's UTXO if it was released.
 #[derive(Message)]
 #[rtype(result = "Result<Option<SpendableUtxo>, StoreError>")]
-pub struct RecordRetry(pub Retry, pub Option<i64>, pub bool);
+pub struct RecordRetry {
+    pub retry: Retry,
+    /// The job's UTXO, when it holds one.
+    pub utxo_id: Option<i64>,
+    /// The job fails whatever its attempts (it cannot be built at all).
+    pub fail_now: bool,
+}
 
 /// Unknown outcome: the job's UTXO becomes dirty.
 #[derive(Message)]
@@ -346,7 +355,7 @@ impl Handler<RecordSent> for Recorder {
 
     fn handle(&mut self, msg: RecordSent, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.outcomes.sent.push((msg.0, msg.1, tx));
+        self.outcomes.sent.push((msg.sent, msg.txid, tx));
         self.schedule_outcomes(ctx);
         answer(rx)
     }
@@ -357,10 +366,11 @@ impl Handler<RecordRetry> for Recorder {
 
     fn handle(&mut self, msg: RecordRetry, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        if msg.2 {
-            self.outcomes.fail.push((msg.0, msg.1, tx));
+        let entry = (msg.retry, msg.utxo_id, tx);
+        if msg.fail_now {
+            self.outcomes.fail.push(entry);
         } else {
-            self.outcomes.retry.push((msg.0, msg.1, tx));
+            self.outcomes.retry.push(entry);
         }
         self.schedule_outcomes(ctx);
         answer(rx)

@@ -11,11 +11,11 @@ use actix::Addr;
 use tokio::time::Instant;
 
 use crate::broadcaster::Deps;
-use crate::chain::{BroadcastOutcome, Node};
+use crate::ports::{BroadcastOutcome, Node};
 use crate::ports::{Retry, Sent, StoreError, StuckJob};
+use crate::rate_limit::{acquire, RateLimited, TokenBucket};
 use crate::recorder::{MarkDirty, RecordRetry, RecordSent};
 use crate::stats::Stats;
-use crate::token_bucket::{acquire, RateLimited, TokenBucket};
 use crate::utxo_pool::{Add, Forget};
 
 /// No slot came within the caller's patience.
@@ -103,8 +103,10 @@ pub async fn record_sent(deps: &Deps, job: &StuckJob) {
         change: deps.signer.change_of(&job.raw_tx),
     };
     let change = recorded("record sent", || {
-        deps.recorder
-            .send(RecordSent(sent.clone(), job.txid.clone()))
+        deps.recorder.send(RecordSent {
+            sent: sent.clone(),
+            txid: job.txid.clone(),
+        })
     })
     .await;
     if let Some(change) = change {
@@ -138,8 +140,11 @@ pub async fn resend_same(deps: &Deps, job: &StuckJob) {
                 settles_dirty: true,
             };
             recorded("record a refusal", || {
-                deps.recorder
-                    .send(RecordRetry(retry.clone(), job.utxo_id, false))
+                deps.recorder.send(RecordRetry {
+                    retry: retry.clone(),
+                    utxo_id: job.utxo_id,
+                    fail_now: false,
+                })
             })
             .await;
             if let Some(id) = job.utxo_id {

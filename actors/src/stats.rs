@@ -6,10 +6,9 @@
 //! the tests have one list to check against.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::chain::BroadcastOutcome;
+use crate::ports::BroadcastOutcome;
 
 /// Metric names (Prometheus base units; counters end in `_total`).
 pub mod names {
@@ -48,20 +47,14 @@ pub mod names {
     pub const PRUNED: &str = "raregen_pruned_total";
 }
 
+/// The broadcast counts this process keeps in memory (the error rate's inputs); every
+/// other figure is a Prometheus counter only.
 #[derive(Default)]
 pub struct Stats {
-    pub accepted: AtomicU64,
-    pub rejected: AtomicU64,
-    pub unknown: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub sent: AtomicU64,
-    pub retried: AtomicU64,
-    pub failed: AtomicU64,
-    pub restarts: AtomicU64,
-    pub utxo_waits: AtomicU64,
-    pub rebroadcasts: AtomicU64,
-    /// Broadcast latencies in seconds since the last take (for tests and benchmarks).
-    latencies: Mutex<Vec<f64>>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    unknown: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl Stats {
@@ -75,61 +68,35 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::BROADCASTS, "outcome" => label).increment(1);
         metrics::histogram!(names::BROADCAST_LATENCY).record(took.as_secs_f64());
-        if let Ok(mut l) = self.latencies.lock() {
-            if l.len() < 100_000 {
-                l.push(took.as_secs_f64());
-            }
-        }
     }
 
     /// A job recorded `sent` (its latency is recorded by the Recorder, which learns it
     /// from the database's clock).
     pub fn observe_sent(&self) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::JOBS_SENT).increment(1);
     }
 
     pub fn observe_retry(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::JOBS_RETRIED).increment(1);
     }
 
-    pub fn observe_unbuildable(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn observe_restart(&self, actor: &'static str) {
-        self.restarts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::ACTOR_RESTARTS, "actor" => actor).increment(1);
     }
 
     pub fn observe_rebroadcast(&self) {
-        self.rebroadcasts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::REBROADCASTS).increment(1);
     }
 
     pub fn observe_utxo_wait(&self) {
-        self.utxo_waits.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::UTXO_WAITS).increment(1);
     }
 
     /// Broadcasts so far: (all, not accepted).
     pub fn broadcasts(&self) -> (u64, u64) {
-        let bad =
-            Self::get(&self.rejected) + Self::get(&self.unknown) + Self::get(&self.rate_limited);
-        (Self::get(&self.accepted) + bad, bad)
-    }
-
-    /// The broadcast latencies observed since the last call.
-    pub fn take_latencies(&self) -> Vec<f64> {
-        self.latencies
-            .lock()
-            .map(|mut l| std::mem::take(&mut *l))
-            .unwrap_or_default()
-    }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let bad = get(&self.rejected) + get(&self.unknown) + get(&self.rate_limited);
+        (get(&self.accepted) + bad, bad)
     }
 }
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use crate::chain::{BroadcastOutcome, Node, Signer, SpendableUtxo, TxPresence};
+use crate::ports::{BroadcastOutcome, Node, Signer, SpendableUtxo, TxPresence};
 use crate::ports::{JobId, PoolStore, StoredSplit};
-use crate::token_bucket::TokenBucket;
+use crate::rate_limit::TokenBucket;
 
 /// A reload of the pool from the database is given up after this long (and the next
 /// one may start).

@@ -593,7 +593,7 @@ impl Proxy {
 }
 
 #[allow(unused_imports)]
-pub use raregen_actors::token_bucket::{max_in_window, sustained_rate};
+pub use raregen_actors::rate_limit::{max_in_window, sustained_rate};
 
 /// The environment for `raregen serve` against `pool`'s database and a node at `url`.
 pub async fn serve_env(

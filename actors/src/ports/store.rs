@@ -1,11 +1,11 @@
-//! The ports: what the actors need from the world, as small traits.
+//! The store ports: what the actors need from Postgres, as small traits.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::chain::{SignedTx, SpendableUtxo};
+use super::chain::{SignedTx, SpendableUtxo};
 
 pub type JobId = i64;
 pub type BatchId = i64;
