@@ -1308,3 +1308,136 @@ async fn a_dirty_coin_is_cleaned_only_while_no_live_job_holds_it(pool: PgPool) {
     assert_eq!(back.map(|u| u.id), Some(utxos[1]));
     assert!(!dirty(utxos[1]).await);
 }
+
+/// A re-anchor that runs while the lane grows: a child's `sent` (with its change) and
+/// another job's write-ahead on a lane output land while the statement waits on a row
+/// lock. Neither may leave a coin of the lane in the pool nor a job sending on a
+/// retired coin (found by a read-only review: the statement's snapshot missed both).
+#[sqlx::test]
+async fn a_reanchor_sees_what_the_lane_gained_while_it_waited(pool: PgPool) {
+    use raregen_actors::{ClaimedJob, JanitorStore};
+    common::insert_queued(&pool, 4).await;
+    let utxos = common::insert_utxos(&pool, 1).await;
+    let store = PgStore::new(pool.clone(), "w1");
+    let jobs = store.claim_batch(4).await.unwrap().unwrap().jobs;
+    let (a, b, c, e) = (
+        jobs[0].clone(),
+        jobs[1].clone(),
+        jobs[2].clone(),
+        jobs[3].clone(),
+    );
+    let fence = |j: &ClaimedJob| Fence {
+        id: j.id,
+        attempts: j.attempts,
+    };
+    let tx = |n: i64| fake_txid(0x2000 + n);
+    let ahead = |j: &ClaimedJob, utxo: i64, n: i64| Sending {
+        fence: fence(j),
+        utxo_id: utxo,
+        txid: tx(n),
+        raw_tx: vec![n as u8],
+    };
+    let sent = |j: &ClaimedJob, sats: u64| Sent {
+        fence: fence(j),
+        sent_at: Utc::now(),
+        change: Some((1, sats)),
+    };
+    // a sent on a pool coin, b sent on a's change, c sending on b's change; m is another
+    // output of b's transaction, which e's write-ahead takes during the re-anchor.
+    store
+        .record_sending(&[ahead(&a, utxos[0], 1)])
+        .await
+        .unwrap();
+    let c1 = store.record_sent(&[sent(&a, 9_000)]).await.unwrap().utxos[0].id;
+    store.record_sending(&[ahead(&b, c1, 2)]).await.unwrap();
+    let c2 = store.record_sent(&[sent(&b, 8_000)]).await.unwrap().utxos[0].id;
+    store.record_sending(&[ahead(&c, c2, 3)]).await.unwrap();
+    let m: i64 = sqlx::query_scalar(
+        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey) VALUES ($1, 5, 700, '\\x0014')
+         RETURNING id",
+    )
+    .bind(tx(2))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    // Another session holds b's row: the re-anchor waits on it.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM publish_jobs WHERE id = $1 FOR UPDATE")
+        .bind(b.id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let reanchor = {
+        let store = PgStore::new(pool.clone(), "w2");
+        let root = tx(1);
+        tokio::spawn(async move {
+            store
+                .reanchor_sent(
+                    &root,
+                    &fake_txid(0xbeef),
+                    "its anchor was spent by a stranger",
+                )
+                .await
+        })
+    };
+    // Until the re-anchor is waiting for a lock.
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The lane grows meanwhile: c is accepted (its change joins), e takes m.
+    let writers = {
+        let store = PgStore::new(pool.clone(), "w1");
+        let (c, e) = (c.clone(), e.clone());
+        let (sent_c, ahead_e) = (sent(&c, 7_000), ahead(&e, m, 5));
+        tokio::spawn(async move {
+            let sent = store.record_sent(&[sent_c]).await.unwrap();
+            let ahead = store.record_sending(&[ahead_e]).await.unwrap();
+            (sent, ahead)
+        })
+    };
+    // Let the writers land first where they can (the old statement's window).
+    let writers = match tokio::time::timeout(std::time::Duration::from_secs(2), writers).await {
+        Ok(done) => {
+            holder.commit().await.unwrap();
+            done.unwrap()
+        }
+        Err(_) => panic!("the writers wait on nothing the test holds"),
+    };
+    let set_aside = reanchor.await.unwrap().unwrap();
+    let _ = writers;
+    assert!(set_aside.contains(&tx(1)), "{set_aside:?}");
+
+    let live_on_lane: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, txid, state::text FROM utxos
+         WHERE txid = ANY($1) AND state NOT IN ('retired', 'spent')",
+    )
+    .bind(vec![tx(1), tx(2), tx(3)])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        live_on_lane.is_empty(),
+        "outputs of transactions that can never be mined stay usable: {live_on_lane:?}"
+    );
+    let on_retired: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT j.id, j.status::text FROM publish_jobs j JOIN utxos x ON x.id = j.utxo_id
+         WHERE j.status IN ('sending', 'sent') AND x.state = 'retired'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        on_retired.is_empty(),
+        "jobs left sending or sent on a coin that can never exist: {on_retired:?}"
+    );
+}

@@ -35,8 +35,8 @@ pub const MAX_UNHELD_RESENDS: u32 = 5;
 /// while recorded `failed`.
 pub const UNHELD_GIVE_UP_AFTER: u32 = 10;
 
-/// Sent jobs' anchors checked for a stranger's spend per run at most (each check may
-/// look through the recent blocks for the spender): the rest wait for the next run.
+/// Block scans for the spender of a sent job's spent anchor per run at most (asking
+/// whether the anchor is spent is not counted): the rest wait for the next run.
 pub const SPENDER_LOOKS_PER_RUN: u32 = 16;
 
 /// A sent transaction the node does not hold.
@@ -176,12 +176,11 @@ impl ConfirmationWatcher {
                         }
                         let look = input
                             .as_ref()
-                            .filter(|(parent, _)| !not_confirmed.contains(parent))
-                            .filter(|_| spender_looks > 0);
-                        if look.is_some() {
-                            spender_looks -= 1;
-                        }
-                        match self.leave_a_spent_anchor(&txid, look).await {
+                            .filter(|(parent, _)| !not_confirmed.contains(parent));
+                        match self
+                            .leave_a_spent_anchor(&txid, look, &mut spender_looks)
+                            .await
+                        {
                             Ok(aside) if !aside.is_empty() => {
                                 acted += aside.len() as u64;
                                 set_aside.extend(aside);
@@ -356,6 +355,9 @@ impl ConfirmationWatcher {
         &self,
         txid: &str,
         input: Option<&(String, u32)>,
+        // Block scans left this run: only a scan is charged (the outpoint question is
+        // cheap), so transactions whose input is unspent never use up the budget.
+        scans_left: &mut u32,
     ) -> Result<Vec<String>, MaintenanceError> {
         let (store, node) = (&*self.store, &*self.deps.node);
         let Some((in_txid, in_vout)) = input else {
@@ -368,6 +370,10 @@ impl ConfirmationWatcher {
         if spent_by.is_none() {
             // A node that does not say who spent it (bitcoind, bcoin): looked for in
             // the recent blocks.
+            if *scans_left == 0 {
+                return Ok(Vec::new());
+            }
+            *scans_left -= 1;
             spent_by = node.spender(in_txid, *in_vout).await?;
         }
         let Some(other) = spent_by else {

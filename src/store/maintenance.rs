@@ -625,13 +625,38 @@ impl JanitorStore for PgStore {
         spent_by: &str,
         reason: &str,
     ) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(REANCHOR_SENT_SQL)
+        // The lane may grow while the statement runs (a child's `sent` adds its change, a
+        // write-ahead takes a lane output); one statement's snapshot would miss what
+        // lands meanwhile. So first lock every job and coin of the lane, again on a fresh
+        // snapshot until nothing new turns up: once they are all held, nothing can join
+        // the lane (joining writes a row we hold), and the statement below, on its own
+        // fresh snapshot in the same transaction, sees the whole lane.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let mut held = -1i64;
+        for _ in 0..LANE_LOCK_ROUNDS {
+            let now: i64 = sqlx::query_scalar(LOCK_LANE_SQL)
+                .bind(txid)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            if now == 0 {
+                // The root is not a sent job (any more): nothing to do.
+                return Ok(Vec::new());
+            }
+            if now == held {
+                break;
+            }
+            held = now;
+        }
+        let set_aside = sqlx::query_scalar(REANCHOR_SENT_SQL)
             .bind(txid)
             .bind(spent_by)
             .bind(reason)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(set_aside)
     }
 
     async fn fail_unsettled(
@@ -823,6 +848,39 @@ impl JanitorStore for PgStore {
         Ok(taken.is_some())
     }
 }
+
+/// Rounds of [`LOCK_LANE_SQL`] at most (a lane grows by a write or two per round while
+/// its rows are being locked; it stops growing once they all are).
+const LANE_LOCK_ROUNDS: usize = 20;
+
+/// Locks the root sent job, every job of its lane (and those waiting on a lane output)
+/// and every output of the lane; answers how many rows it holds (0: no such root).
+const LOCK_LANE_SQL: &str = concat!(
+    lane!(),
+    "root AS (
+                 SELECT id FROM publish_jobs
+                 WHERE txid = $1 AND status = 'sent' AND confirmed_at IS NULL
+                 FOR UPDATE
+             ), jobs AS (
+                 SELECT p.id FROM publish_jobs p
+                 WHERE EXISTS (SELECT 1 FROM root)
+                   AND ((p.txid IN (SELECT txid FROM chain)
+                         AND p.status IN ('sent', 'sending') AND p.confirmed_at IS NULL)
+                        OR (p.status IN ('queued', 'processing_batch')
+                            AND p.anchor_utxo_id IN (SELECT x.id FROM utxos x
+                                                     WHERE x.txid IN (SELECT txid FROM chain))))
+                 ORDER BY p.id
+                 FOR UPDATE OF p
+             ), coins AS (
+                 SELECT x.id FROM utxos x
+                 WHERE EXISTS (SELECT 1 FROM root) AND x.txid IN (SELECT txid FROM chain)
+                 ORDER BY x.id
+                 FOR UPDATE OF x
+             )
+             SELECT CASE WHEN EXISTS (SELECT 1 FROM root)
+                         THEN 1 + (SELECT count(*) FROM jobs) + (SELECT count(*) FROM coins)
+                         ELSE 0 END"
+);
 
 /// A sent job's anchor was spent by a confirmed transaction that is none of its own:
 /// the job's transaction (`$1`) and every one down its lane can never be mined. Their
