@@ -109,7 +109,7 @@ async fn run(jobs: i64, workers: u32) -> anyhow::Result<()> {
     let mut peak_rss = 0;
     let cpu_before = CpuTimes::read();
     let started = Instant::now();
-    let pipeline = raregen::serve::start_pipeline(&settings, store, wallet).await?;
+    let pipeline = raregen::cmd::serve::start_pipeline(&settings, store, wallet).await?;
     loop {
         // From the per-status counters: a count over the table would itself load the run.
         let sent: i64 = sqlx::query_scalar(

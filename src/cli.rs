@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::cmd::{load_test, serve, status, unstick, wallet};
 use crate::config::{LogFormat, Mode, Settings};
-use crate::{load_test, serve, status, store, telemetry, unstick, wallet};
+use crate::{store, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -193,9 +194,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 serve::run(settings).await
             }
             Command::Status { json } => status::run(&settings, json).await,
-            Command::LoadTest(opts) => load_test::main(&settings, opts).await,
+            Command::LoadTest(opts) => load_test::run(&settings, opts).await,
             Command::Unstick { older_than, limit } => {
-                unstick::main(settings, older_than, limit).await
+                unstick::run(settings, older_than, limit).await
             }
             Command::Wallet(command) => run_wallet(settings, command).await,
             Command::Completions { .. } | Command::Man => unreachable!("answered before"),

@@ -5,14 +5,9 @@
 pub mod api;
 pub mod chain;
 pub mod cli;
+pub mod cmd;
 pub mod config;
-pub mod load_test;
-pub mod monitor;
-pub mod serve;
+pub mod identity;
 pub mod shared_limit;
-pub mod status;
 pub mod store;
 pub mod telemetry;
-pub mod unstick;
-pub mod wallet;
-pub mod worker;

@@ -15,8 +15,8 @@ use raregen_actors::{BroadcastOutcome, JanitorStore, Node};
 use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::identity;
 use crate::store::PgStore;
-use crate::worker;
 
 /// How long a command waits for one slot before it gives up.
 pub const SLOT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
@@ -35,8 +35,8 @@ impl SharedLimit {
     /// Takes a lease and a share of the budget. Must run inside an actix System (the
     /// CLI's).
     pub async fn join(settings: &Settings, pool: PgPool) -> anyhow::Result<SharedLimit> {
-        let store = Arc::new(PgStore::new(pool, worker::new_worker_id()).with_mode("cli"));
-        let lease = crate::serve::lease(settings);
+        let store = Arc::new(PgStore::new(pool, identity::new_worker_id()).with_mode("cli"));
+        let lease = crate::cmd::serve::lease(settings);
         // The lease first, so that the others count us from the first share refresh.
         store.heartbeat(lease).await?;
         let tokens = TokenBucket::shared(settings.rate_limit.max, settings.rate_limit.per)

@@ -209,7 +209,7 @@ fn segments(path: &str) -> Vec<String> {
 impl ApiServer {
     /// Binds `api.listen` (port 0 picks a free port) and builds the server.
     pub fn build(settings: &Settings, store: PgStore) -> anyhow::Result<ApiServer> {
-        let _ = crate::monitor::handle();
+        let _ = crate::telemetry::metrics::handle();
         let listener = TcpListener::bind(settings.api.listen)
             .with_context(|| format!("cannot listen on api.listen {}", settings.api.listen))?;
         let addr = listener.local_addr()?;
@@ -317,7 +317,7 @@ async fn healthz() -> HttpResponse {
 async fn metrics() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(crate::monitor::render())
+        .body(crate::telemetry::metrics::render())
 }
 
 /// Ready when the database answers and the migrations are applied.

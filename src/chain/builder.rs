@@ -21,7 +21,7 @@ use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 use raregen_actors::{SignError, SignedTx, Signer, SpendableUtxo};
 
-use super::wallet::WalletKey;
+use super::key::WalletKey;
 use crate::config::AddressType;
 
 /// Longest DER signature with the sighash flag: r of 33 bytes (high bit set, so

@@ -2,8 +2,8 @@
 //! and the node clients.
 
 pub mod builder;
+pub mod key;
 pub mod node;
-pub mod wallet;
 
 pub use builder::TxBuilder;
-pub use wallet::{WalletError, WalletKey};
+pub use key::{WalletError, WalletKey};

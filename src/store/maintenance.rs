@@ -163,7 +163,7 @@ impl JanitorStore for PgStore {
              RETURNING 1",
         )
         .bind(&self.owner)
-        .bind(crate::worker::hostname())
+        .bind(crate::identity::hostname())
         .bind(std::process::id() as i32)
         .bind(self.mode)
         .bind(lease.as_secs_f64())

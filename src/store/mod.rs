@@ -23,7 +23,7 @@ pub use maintenance::{PgNotifier, ANCHOR_KEEP};
 pub use raregen_actors::StoreError;
 pub use report::{
     finished_totals, pool_capacity, recent_batches, BatchSummary, BatchView, LiveGauges,
-    PoolSummary, StatusReport, StatusRow, StuckJob,
+    OldestSending, PoolSummary, StatusReport, StatusRow,
 };
 
 /// The migrations in `migrations/`, compiled into the binary.
@@ -41,11 +41,6 @@ pub fn connect_options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions
         .application_name("raregen")
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
         .disable_statement_logging())
-}
-
-/// A pool that connects on first use (the API answers `/readyz` 503 until it can).
-pub fn lazy_pool(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
-    Ok(pool_options(db).connect_lazy_with(connect_options(db)?))
 }
 
 /// A pool with one connection made now, so a bad URL or a down server is reported at once.

@@ -44,8 +44,9 @@ pub struct PoolSummary {
     pub spent_or_retired_estimate: i64,
 }
 
+/// The job longest in `sending`, as `raregen status` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StuckJob {
+pub struct OldestSending {
     pub id: i64,
     pub txid: Option<String>,
     pub sending_started_at: Option<DateTime<Utc>>,
@@ -57,7 +58,7 @@ pub struct StatusReport {
     pub queue: Vec<StatusRow>,
     pub batches: Vec<BatchSummary>,
     pub pool: PoolSummary,
-    pub oldest_sending: Option<StuckJob>,
+    pub oldest_sending: Option<OldestSending>,
 }
 
 impl StatusReport {
@@ -124,7 +125,7 @@ impl StatusReport {
         .fetch_optional(pool)
         .await
         .map_err(store_error)?
-        .map(|r| StuckJob {
+        .map(|r| OldestSending {
             id: r.get("id"),
             txid: r.get("txid"),
             sending_started_at: r.get("sending_started_at"),

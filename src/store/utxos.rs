@@ -85,16 +85,6 @@ pub async fn insert_utxos(pool: &PgPool, utxos: &[NewUtxo]) -> Result<Vec<bool>,
         .collect())
 }
 
-/// Is this outpoint in the pool already?
-pub async fn utxo_exists(pool: &PgPool, txid: &str, vout: u32) -> Result<bool, StoreError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM utxos WHERE txid = $1 AND vout = $2)")
-        .bind(txid)
-        .bind(vout as i32)
-        .fetch_one(pool)
-        .await
-        .map_err(store_error)
-}
-
 /// Locks the largest available, clean UTXO whose unconfirmed chain is shorter than
 /// `max_depth` (inside the caller's transaction).
 pub async fn lock_largest_available(

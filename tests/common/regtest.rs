@@ -226,5 +226,5 @@ impl Drop for RegtestNode {
 
 /// bcoin's regtest address for `script` (see `raregen::chain::wallet`).
 pub fn bcoin_regtest_address(script: &Script) -> String {
-    raregen::chain::wallet::bcoin_regtest_address(script).expect("a P2WPKH or P2PKH script")
+    raregen::chain::key::bcoin_regtest_address(script).expect("a P2WPKH or P2PKH script")
 }

@@ -18,9 +18,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::api::ApiServer;
 use crate::chain::{node, TxBuilder, WalletError, WalletKey};
 use crate::config::{Mode, Settings};
-use crate::monitor::Sampler;
+use crate::identity;
 use crate::store::{self, PgNotifier, PgStore};
-use crate::worker;
+use crate::telemetry::metrics::Sampler;
 
 /// How long a graceful stop waits for the jobs in flight.
 const GRACE: Duration = Duration::from_secs(20);
@@ -124,7 +124,7 @@ pub async fn start_pipeline(
         settings.chain.fee_rate,
         settings.chain.max_payload_bytes,
     ));
-    crate::wallet::ensure_pool_is_ours(store.pool(), signer.wallet()).await?;
+    crate::cmd::wallet::ensure_pool_is_ours(store.pool(), signer.wallet()).await?;
     let node = node::from_settings(&settings.node)?;
     warn_if_segwit_inactive(settings).await;
     // The lease first: from now on our claims are live.
@@ -151,7 +151,7 @@ pub async fn start_pipeline(
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let pool = store::connect_or_create(&settings.database).await?;
     store::migrate(&pool).await?;
-    let worker_id = worker::new_worker_id();
+    let worker_id = identity::new_worker_id();
     let store = PgStore::new(pool.clone(), worker_id.clone()).with_mode(settings.mode.as_str());
 
     let pipeline = match WalletKey::from_settings(&settings) {

@@ -313,7 +313,7 @@ impl Wallet {
         let hashes = match rpc.call("generatetoaddress", json!([blocks, core])).await {
             Ok(h) => h,
             Err(first) => {
-                let bcoin = crate::chain::wallet::bcoin_regtest_address(self.script())
+                let bcoin = crate::chain::key::bcoin_regtest_address(self.script())
                     .context("the pool's script has no regtest address")?;
                 rpc.call("generatetoaddress", json!([blocks, bcoin]))
                     .await
@@ -437,7 +437,7 @@ pub async fn balance(settings: &Settings, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print!("{}", crate::status::render_pool(&summary));
+        print!("{}", crate::cmd::status::render_pool(&summary));
     }
     Ok(())
 }

@@ -122,7 +122,7 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-pub async fn run(settings: &Settings, opts: LoadTest) -> anyhow::Result<Summary> {
+pub async fn measure(settings: &Settings, opts: LoadTest) -> anyhow::Result<Summary> {
     if opts.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -369,10 +369,10 @@ pub fn render(s: &Summary) -> String {
 
 /// Runs the load test and prints its summary; an error when any job failed or the
 /// timeout passed.
-pub async fn main(settings: &Settings, opts: LoadTest) -> anyhow::Result<()> {
+pub async fn run(settings: &Settings, opts: LoadTest) -> anyhow::Result<()> {
     let json_out = opts.json;
     let timeout = opts.timeout;
-    let s = run(settings, opts).await?;
+    let s = measure(settings, opts).await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -39,7 +39,11 @@ pub struct Unstuck {
 
 /// Re-broadcasts the stored transactions of jobs in `sending` for longer than
 /// `older_than`, at most `limit` of them.
-pub async fn run(settings: &Settings, older_than: Duration, limit: u32) -> anyhow::Result<Unstuck> {
+pub async fn adopt_and_resend(
+    settings: &Settings,
+    older_than: Duration,
+    limit: u32,
+) -> anyhow::Result<Unstuck> {
     let wallet = WalletKey::from_settings(settings)
         .context("unstick needs the wallet key to recognise change outputs")?;
     let signer = TxBuilder::new(
@@ -127,8 +131,8 @@ where
     Ok(call().await?)
 }
 
-pub async fn main(settings: Settings, older_than: Duration, limit: u32) -> anyhow::Result<()> {
-    let done = run(&settings, older_than, limit).await?;
+pub async fn run(settings: Settings, older_than: Duration, limit: u32) -> anyhow::Result<()> {
+    let done = adopt_and_resend(&settings, older_than, limit).await?;
     println!(
         "{} stuck job(s) re-broadcast from their stored bytes: {} sent, {} left dirty for the Janitor",
         done.adopted, done.sent, done.dirty
