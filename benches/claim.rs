@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use raregen::store::{self, PgStore};
-use raregen_actors::JobStore;
+use raregen_actors::ClaimStore;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 

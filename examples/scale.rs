@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use raregen::store::{self, LiveGauges, PgStore, StatusReport};
-use raregen_actors::{JanitorStore, JobStore};
+use raregen_actors::{ClaimStore, LeaseStore, PruneStore};
 use sqlx::{Connection, PgConnection, PgPool};
 
 const DB: &str = "raregen_bench_scale";

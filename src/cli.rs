@@ -167,19 +167,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Migrate => {
                 let pool = store::connect_or_create(&settings.database).await?;
-                if let store::seed::Found::Seed(seed) = store::seed::inspect(&pool).await? {
-                    // The seed's UTXOs carry no script: they are the key's coins.
+                if let store::batch_worker::Found::BatchWorker(seed) =
+                    store::batch_worker::inspect(&pool).await?
+                {
+                    // The UTXOs of RareGen's batch worker carry no script: they are the
+                    // key's coins.
                     let key = crate::chain::WalletKey::from_settings(&settings).context(
                         "this database holds the seed's schema; adopting it needs the wallet \
                          key the seed used (its UTXOs are that key's coins)",
                     )?;
                     let adopted =
-                        store::seed::adopt(&pool, &seed, key.script_pubkey().as_bytes()).await?;
+                        store::batch_worker::adopt(&pool, &seed, key.script_pubkey().as_bytes())
+                            .await?;
                     println!(
                         "adopted the seed's database at {} — {adopted}; the seed's tables are \
                          kept in schema {} (drop it once satisfied)",
                         settings.database.redacted_url(),
-                        store::seed::SEED_SCHEMA
+                        store::batch_worker::ASIDE_SCHEMA
                     );
                     return Ok(());
                 }
@@ -198,7 +202,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Unstick { older_than, limit } => {
                 unstick::run(settings, older_than, limit).await
             }
-            Command::Wallet(command) => run_wallet(settings, command).await,
+            Command::Wallet(command) => wallet::run(settings, command).await,
             Command::Completions { .. } | Command::Man => unreachable!("answered before"),
         }
     })
@@ -227,53 +231,6 @@ fn print_docs(command: &Command) -> std::io::Result<bool> {
         }
         _ => Ok(false),
     }
-}
-
-async fn run_wallet(settings: Settings, command: WalletCommand) -> anyhow::Result<()> {
-    match command {
-        WalletCommand::Address => {
-            println!("{}", wallet::address(&settings)?);
-        }
-        WalletCommand::New => {
-            let (wallet, wif) = crate::chain::WalletKey::generate(
-                settings.chain.network,
-                settings.chain.address_type,
-            );
-            eprintln!("a new key for {}; keep it secret", wallet.address());
-            println!("{}", secrecy::ExposeSecret::expose_secret(&wif));
-        }
-        WalletCommand::Balance { json } => wallet::balance(&settings, json).await?,
-        WalletCommand::Import { outpoints } => {
-            let w = wallet::Wallet::open(settings).await?;
-            let (imported, known, sats) = w.import(&outpoints).await?;
-            println!("imported {imported} UTXO(s), {sats} sats; {known} already in the pool");
-        }
-        WalletCommand::Mine { blocks, import_max } => {
-            let w = wallet::Wallet::open(settings).await?;
-            let done = w.mine(blocks, import_max).await?;
-            println!(
-                "mined {} block(s), height {}; imported {} matured coinbase(s), {} sats",
-                done.blocks, done.height, done.imported, done.sats
-            );
-            if let Some(advice) = done.segwit_advice {
-                println!("warning: {advice}");
-            }
-        }
-        WalletCommand::Split { outputs, amount } => {
-            let w = wallet::Wallet::open(settings).await?;
-            let done = w.split(outputs, amount).await?;
-            println!(
-                "split {}: {} outputs of {} sats, change {}, fee {} sats; unconfirmed depth {}",
-                done.txid,
-                done.outputs,
-                done.amount,
-                done.change.map_or("none".into(), |c| format!("{c} sats")),
-                done.fee,
-                done.depth
-            );
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

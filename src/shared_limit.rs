@@ -11,7 +11,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use raregen_actors::leaser::{Leaser, LeaserConfig, Stop};
 use raregen_actors::rate_limit::TokenBucket;
-use raregen_actors::{BroadcastOutcome, JanitorStore, Node};
+use raregen_actors::{BroadcastOutcome, LeaseStore, Node};
 use sqlx::PgPool;
 
 use crate::config::Settings;

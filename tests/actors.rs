@@ -16,7 +16,7 @@ use raregen_actors::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent
 use raregen_actors::utxo_pool::{
     Forget, PoolConfig, PoolState, PoolStats, Release, Reserve, UtxoPool,
 };
-use raregen_actors::{Fence, JobStore, Retry, Sending, Sent};
+use raregen_actors::{ClaimStore, Fence, Retry, Sending, Sent};
 use sqlx::PgPool;
 
 /// Runs `test` inside an actix system (actors need one).
@@ -102,7 +102,7 @@ fn batch_hands_out_jobs_in_seq_order_and_drains() {
 fn collector_claims_when_the_queue_runs_low_and_stays_bounded() {
     in_system(|pool| async move {
         insert_jobs(&pool, 2_000).await;
-        let store: Arc<dyn JobStore> = Arc::new(PgStore::new(pool.clone(), "actor-test"));
+        let store: Arc<dyn ClaimStore> = Arc::new(PgStore::new(pool.clone(), "actor-test"));
         let batch = Batch::default().start();
         let collector = Collector::new(
             CollectorConfig {

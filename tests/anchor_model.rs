@@ -26,7 +26,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use raregen::store::PgStore;
 use raregen_actors::{
-    ClaimedJob, Fence, JanitorStore, JobStore, Retry, Sending, Sent, StoreError, StoredTx,
+    ClaimStore, ClaimedJob, Fence, LeaseStore, OutcomeStore, RescueStore, Retry, Sending, Sent,
+    SettleStore, StoreError, StoredTx, WatchStore,
 };
 use sqlx::PgPool;
 

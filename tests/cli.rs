@@ -240,7 +240,7 @@ fn a_bad_duration_says_what_a_duration_looks_like() {
 async fn status_json_matches_the_database(pool: PgPool) {
     common::insert_queued(&pool, 12).await;
     let store = raregen::store::PgStore::new(pool.clone(), "cli-test");
-    use raregen_actors::JobStore;
+    use raregen_actors::ClaimStore;
     store.claim_batch(5).await.unwrap().unwrap();
     let url = common::database_url(&pool).await;
     let out = raregen(&url).args(["status", "--json"]).output().unwrap();

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use raregen::store::{PgStore, JOB_COUNTS_SQL};
-use raregen_actors::JanitorStore;
+use raregen_actors::PruneStore;
 use sqlx::PgPool;
 
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);

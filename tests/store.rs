@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use raregen::store::{PgStore, StatusReport};
-use raregen_actors::{Fence, JobStore, Retry, Sending, Sent};
+use raregen_actors::{ClaimStore, Fence, OutcomeStore, Retry, Sending, Sent};
 use sqlx::PgPool;
 
 type Time = chrono::DateTime<Utc>;
@@ -776,7 +776,7 @@ async fn claim_of_500_from_a_million_queued_rows(pool: PgPool) {
 /// adoption of a job whose spend had an unknown outcome.
 #[sqlx::test]
 async fn every_takeover_fences_out_the_holders_before_it(pool: PgPool) {
-    use raregen_actors::JanitorStore;
+    use raregen_actors::{RescueStore, SettleStore};
     use std::time::Duration;
     common::insert_queued(&pool, 1).await;
     let utxos = common::insert_utxos(&pool, 1).await;
@@ -1082,7 +1082,7 @@ fn assert_linear(plan: &serde_json::Value, n: usize, what: &str) {
 /// transactions kept; the lane's coins leave the pool; nothing else moves.
 #[sqlx::test]
 async fn a_sent_job_whose_anchor_a_stranger_spent_goes_back_with_its_lane(pool: PgPool) {
-    use raregen_actors::{ClaimedJob, JanitorStore};
+    use raregen_actors::{ClaimedJob, WatchStore};
     common::insert_queued(&pool, 5).await;
     let utxos = common::insert_utxos(&pool, 2).await;
     let store = PgStore::new(pool.clone(), "w1");
@@ -1265,7 +1265,7 @@ async fn a_sent_job_whose_anchor_a_stranger_spent_goes_back_with_its_lane(pool: 
 /// may still be mined.
 #[sqlx::test]
 async fn a_dirty_coin_is_cleaned_only_while_no_live_job_holds_it(pool: PgPool) {
-    use raregen_actors::JanitorStore;
+    use raregen_actors::SettleStore;
     common::insert_queued(&pool, 1).await;
     let utxos = common::insert_utxos(&pool, 2).await;
     let store = PgStore::new(pool.clone(), "w1");
@@ -1315,7 +1315,7 @@ async fn a_dirty_coin_is_cleaned_only_while_no_live_job_holds_it(pool: PgPool) {
 /// retired coin (found by a read-only review: the statement's snapshot missed both).
 #[sqlx::test]
 async fn a_reanchor_sees_what_the_lane_gained_while_it_waited(pool: PgPool) {
-    use raregen_actors::{ClaimedJob, JanitorStore};
+    use raregen_actors::{ClaimedJob, WatchStore};
     common::insert_queued(&pool, 4).await;
     let utxos = common::insert_utxos(&pool, 1).await;
     let store = PgStore::new(pool.clone(), "w1");

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::batch::{Batch, Depth, Enqueue};
-use crate::ports::{JobStore, JobsNotifier};
+use crate::ports::{ClaimStore, JobsNotifier};
 use crate::stats::names;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct CollectorConfig {
 
 pub struct Collector {
     config: CollectorConfig,
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn ClaimStore>,
     notifier: Option<Arc<dyn JobsNotifier>>,
     batch: Addr<Batch>,
     last_claim: Instant,
@@ -63,7 +63,7 @@ pub struct Collector {
 impl Collector {
     pub fn new(
         config: CollectorConfig,
-        store: Arc<dyn JobStore>,
+        store: Arc<dyn ClaimStore>,
         notifier: Option<Arc<dyn JobsNotifier>>,
         batch: Addr<Batch>,
     ) -> Collector {

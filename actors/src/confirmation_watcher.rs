@@ -18,7 +18,7 @@ use crate::broadcaster::Deps;
 use crate::dirty_settler::first_known;
 use crate::maintenance::{MaintenanceError, Report, Service};
 use crate::ports::{BroadcastOutcome, OutpointState, TxPresence};
-use crate::ports::{Confirmation, JanitorStore};
+use crate::ports::{Confirmation, WatchStore};
 
 /// Sent transactions asked about per run at most.
 pub const CONFIRM_BATCH: u32 = 500;
@@ -64,7 +64,7 @@ impl UnheldTx {
 type Unheld = HashMap<String, UnheldTx>;
 
 pub struct ConfirmationWatcher {
-    pub store: Arc<dyn JanitorStore>,
+    pub store: Arc<dyn WatchStore>,
     pub deps: Arc<Deps>,
     pub stuck_after: Duration,
     /// Confirmations of a stranger's spend of a sent job's anchor before the job leaves
@@ -77,7 +77,7 @@ pub struct ConfirmationWatcher {
 
 impl ConfirmationWatcher {
     pub fn new(
-        store: Arc<dyn JanitorStore>,
+        store: Arc<dyn WatchStore>,
         deps: Arc<Deps>,
         stuck_after: Duration,
     ) -> ConfirmationWatcher {
@@ -412,7 +412,7 @@ impl ConfirmationWatcher {
 /// for the copy it already held). All spend the job's anchor: the one the node holds
 /// is the job's. True when the job was switched to it.
 async fn switch_to_earlier(
-    store: &dyn JanitorStore,
+    store: &dyn WatchStore,
     deps: &Deps,
     txid: &str,
 ) -> Result<bool, MaintenanceError> {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use crate::broadcaster::Deps;
 use crate::maintenance::{MaintenanceError, Report, Service};
-use crate::ports::{DirtyUtxo, JanitorStore, PoolStore, StuckJob};
+use crate::ports::{DirtyUtxo, PoolStore, SettleStore, StuckJob};
 use crate::ports::{OutpointState, TxPresence};
 use crate::recorder::RecordRetry;
 use crate::send::{record_sent, resend_same};
@@ -32,7 +32,7 @@ pub const SETTLE_BATCH: u32 = 1_000;
 pub const MAX_UNSETTLED_ROUNDS: u32 = 10;
 
 pub struct DirtySettler {
-    pub store: Arc<dyn JanitorStore>,
+    pub store: Arc<dyn SettleStore>,
     pub pool_store: Arc<dyn PoolStore>,
     pub deps: Arc<Deps>,
     /// Confirmations a foreign spend of a job's anchor needs before the job re-anchors.
@@ -45,7 +45,7 @@ pub struct DirtySettler {
 
 impl DirtySettler {
     pub fn new(
-        store: Arc<dyn JanitorStore>,
+        store: Arc<dyn SettleStore>,
         pool_store: Arc<dyn PoolStore>,
         deps: Arc<Deps>,
         reanchor_confirmations: u32,
@@ -307,7 +307,7 @@ enum Earlier {
 
 /// Looks for one of the job's earlier transactions on the node.
 async fn earlier_on_node(
-    store: &dyn JanitorStore,
+    store: &dyn SettleStore,
     deps: &Deps,
     job: &StuckJob,
 ) -> Result<Earlier, MaintenanceError> {

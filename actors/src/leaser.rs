@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use crate::ports::JanitorStore;
+use crate::ports::LeaseStore;
 use crate::rate_limit::{LeaseUntil, SharedBy, TokenBucket, SHARE_REFRESH, SHARE_VALID};
 
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ impl LeaserConfig {
 
 pub struct Leaser {
     config: LeaserConfig,
-    store: Arc<dyn JanitorStore>,
+    store: Arc<dyn LeaseStore>,
     tokens: Addr<TokenBucket>,
     beating: bool,
     sharing: bool,
@@ -53,7 +53,7 @@ pub struct Leaser {
 impl Leaser {
     pub fn new(
         config: LeaserConfig,
-        store: Arc<dyn JanitorStore>,
+        store: Arc<dyn LeaseStore>,
         tokens: Addr<TokenBucket>,
     ) -> Leaser {
         Leaser {

@@ -35,9 +35,10 @@ macro_rules! fail_point {
 }
 
 pub use ports::{
-    Anchor, BatchId, ClaimedBatch, ClaimedJob, Confirmation, DirtyUtxo, Fence, JanitorStore, JobId,
-    JobStore, JobsNotifier, PoolStore, Pruned, Recorded, Retry, Sending, SendingRecorded, Sent,
-    StoreError, StoredSplit, StoredTx, StuckJob,
+    Anchor, BatchId, ClaimStore, ClaimedBatch, ClaimedJob, Confirmation, DirtyUtxo, Fence,
+    JanitorStore, JobId, JobStore, JobsNotifier, LeaseStore, OutcomeStore, PoolStore, PruneStore,
+    Pruned, Recorded, RescueStore, Retry, Sending, SendingRecorded, Sent, SettleStore, StoreError,
+    StoredSplit, StoredTx, StuckJob, WatchStore,
 };
 pub use ports::{
     BroadcastOutcome, Node, NodeError, OutpointState, SignError, SignedTx, Signer, SpendableUtxo,

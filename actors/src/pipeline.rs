@@ -12,7 +12,7 @@ use crate::confirmation_watcher::ConfirmationWatcher;
 use crate::dirty_settler::DirtySettler;
 use crate::leaser::{Leaser, LeaserConfig};
 use crate::maintenance::{Maintenance, MaintenanceConfig};
-use crate::ports::{Fence, JanitorStore, JobStore, JobsNotifier, PoolStore};
+use crate::ports::{Fence, JanitorStore, JobStore, JobsNotifier, LeaseStore, PoolStore};
 use crate::ports::{Node, Signer};
 use crate::rate_limit::{TokenBucket, Tokens, TokensLeft};
 use crate::recorder::{Pending, Recorder};
@@ -43,7 +43,7 @@ pub struct Stores {
     pub janitor: Arc<dyn JanitorStore>,
     /// The Leaser's: the same identity, its own connections (it runs on its own
     /// thread, and a saturated pool must not delay a heartbeat).
-    pub leaser: Arc<dyn JanitorStore>,
+    pub leaser: Arc<dyn LeaseStore>,
     pub notifier: Option<Arc<dyn JobsNotifier>>,
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::maintenance::{Report, Service};
-use crate::ports::{JanitorStore, Pruned};
+use crate::ports::{PruneStore, Pruned};
 use crate::stats::names;
 
 /// Batches per run at most (a backlog is worked off over several runs).
@@ -29,7 +29,7 @@ pub struct RetentionConfig {
 }
 
 pub struct Pruner {
-    pub store: Arc<dyn JanitorStore>,
+    pub store: Arc<dyn PruneStore>,
     pub config: RetentionConfig,
 }
 

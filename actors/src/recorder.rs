@@ -19,7 +19,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::ports::SpendableUtxo;
-use crate::ports::{Fence, JobStore, Retry, Sending, Sent, StoreError};
+use crate::ports::{Fence, OutcomeStore, Retry, Sending, Sent, StoreError};
 use crate::stats::names;
 
 /// Longest wait before a partial group is written.
@@ -47,7 +47,7 @@ impl Outcomes {
 }
 
 pub struct Recorder {
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn OutcomeStore>,
     max_attempts: u32,
     /// Write-ahead records gathering, and the groups of them being written.
     ahead: Vec<(Sending, Reply<bool>)>,
@@ -61,7 +61,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(store: Arc<dyn JobStore>, max_attempts: u32) -> Recorder {
+    pub fn new(store: Arc<dyn OutcomeStore>, max_attempts: u32) -> Recorder {
         Recorder {
             store,
             max_attempts,
@@ -139,7 +139,7 @@ impl Recorder {
 /// answered "again shortly" and joins the next group (the same holds for each kind of
 /// outcome below).
 fn write_ahead(
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn OutcomeStore>,
     group: Vec<(Sending, Reply<bool>)>,
 ) -> impl std::future::Future<Output = ()> + 'static {
     let group = one_per_job(group, |(s, _)| s.fence.id, |(_, r)| again(r));
@@ -166,7 +166,7 @@ fn write_ahead(
 
 /// Writes one group of outcomes, kind after kind.
 fn write_outcomes(
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn OutcomeStore>,
     max_attempts: u32,
     mut groups: Outcomes,
 ) -> impl std::future::Future<Output = ()> + 'static {

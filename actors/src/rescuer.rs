@@ -12,14 +12,14 @@ use async_trait::async_trait;
 
 use crate::broadcaster::Deps;
 use crate::maintenance::{Report, Service};
-use crate::ports::JanitorStore;
+use crate::ports::RescueStore;
 use crate::send::resend_same;
 
 /// Stuck jobs adopted per run at most.
 pub const RESCUE_BATCH: u32 = 1_000;
 
 pub struct Rescuer {
-    pub store: Arc<dyn JanitorStore>,
+    pub store: Arc<dyn RescueStore>,
     pub deps: Arc<Deps>,
     pub stuck_after: Duration,
 }

@@ -12,7 +12,7 @@ use raregen_actors::maintenance::MaintenanceConfig;
 use raregen_actors::pipeline::{Pipeline, PipelineConfig, Stores};
 use raregen_actors::pruner::{Pruner, RetentionConfig};
 use raregen_actors::utxo_pool::PoolConfig;
-use raregen_actors::{JanitorStore, JobsNotifier};
+use raregen_actors::{JobsNotifier, LeaseStore};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::ApiServer;

@@ -1,4 +1,5 @@
-//! `raregen status`: the seed's operator queries as tables, or JSON for scripts.
+//! `raregen status`: the operator queries of RareGen's batch worker as tables, or JSON
+//! for scripts.
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 

@@ -1,12 +1,13 @@
-//! `raregen unstick [--older-than 2m]`: the seed's manual recovery made safe.
+//! `raregen unstick [--older-than 2m]`: the manual recovery of RareGen's batch worker,
+//! made safe.
 //!
-//! The seed reset stuck jobs to `queued`, so they were signed again with another UTXO,
-//! and a job whose first transaction had reached the node was published twice. Here a
-//! job stuck in `sending` is adopted (fenced like any claim) and its *stored* bytes
-//! are broadcast again: the txid cannot change. Accepted (or already known) → `sent`;
-//! anything else (refused, unknown, an input problem) → its UTXO is marked dirty for
-//! the Janitor, which asks the node what became of it. Never a new signature: the
-//! first copy's outcome was unknown, and it may still be mined.
+//! The batch worker reset stuck jobs to `queued`, so they were signed again with
+//! another UTXO, and a job whose first transaction had reached the node was published
+//! twice. Here a job stuck in `sending` is adopted (fenced like any claim) and its
+//! *stored* bytes are broadcast again: the txid cannot change. Accepted (or already
+//! known) → `sent`; anything else (refused, unknown, an input problem) → its UTXO is
+//! marked dirty for the Janitor, which asks the node what became of it. Never a new
+//! signature: the first copy's outcome was unknown, and it may still be mined.
 //!
 //! Broadcasts go through the shared rate limit ([`SharedLimit`]): beside running
 //! daemons, all of them together stay under `rate_limit.max` per `rate_limit.per`.
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use raregen_actors::{BroadcastOutcome, JanitorStore, JobStore, Node, Sent, Signer};
+use raregen_actors::{BroadcastOutcome, Node, OutcomeStore, RescueStore, Sent, Signer};
 use serde::Serialize;
 
 use crate::chain::{node, TxBuilder, WalletKey};

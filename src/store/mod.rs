@@ -1,11 +1,16 @@
 //! Postgres: the source of truth. Every state change is one statement for a whole
 //! slice of jobs (`unnest` of arrays), never one query per job.
 
-mod jobs;
+pub mod batch_worker;
+mod claim;
 mod maintenance;
+mod notify;
+mod outcomes;
+mod pool;
 mod report;
-pub mod seed;
+mod submit;
 pub mod utxos;
+mod views;
 
 use std::time::Duration;
 
@@ -15,15 +20,18 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::DatabaseSettings;
-pub use jobs::{
-    compact_job_counts, queue_counts, GroupStatement, InsertOutcome, JobListing, JobState,
-    JobStatus, JobView, NewJob, QueueCounts, JOB_COUNTS_SQL,
-};
-pub use maintenance::{PgNotifier, ANCHOR_KEEP};
+pub use maintenance::ANCHOR_KEEP;
+pub use notify::PgNotifier;
+pub use outcomes::GroupStatement;
 pub use raregen_actors::StoreError;
 pub use report::{
     finished_totals, pool_capacity, recent_batches, BatchSummary, BatchView, LiveGauges,
     OldestSending, PoolSummary, StatusReport, StatusRow,
+};
+pub use submit::{InsertOutcome, NewJob};
+pub use views::{
+    compact_job_counts, queue_counts, JobListing, JobState, JobStatus, JobView, QueueCounts,
+    JOB_COUNTS_SQL,
 };
 
 /// The migrations in `migrations/`, compiled into the binary.
@@ -158,16 +166,16 @@ fn pool_options(db: &DatabaseSettings) -> PgPoolOptions {
 
 /// Applies the embedded migrations; idempotent. Refuses a database that is neither
 /// empty nor raregen's: the seed's is adopted by `raregen migrate` alone
-/// ([`seed::adopt`]), never as a side effect of starting a daemon.
+/// ([`batch_worker::adopt`]), never as a side effect of starting a daemon.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    match seed::inspect(pool).await? {
-        seed::Found::Empty | seed::Found::Raregen => {}
-        seed::Found::Seed(_) => anyhow::bail!(
+    match batch_worker::inspect(pool).await? {
+        batch_worker::Found::Empty | batch_worker::Found::Raregen => {}
+        batch_worker::Found::BatchWorker(_) => anyhow::bail!(
             "this database holds the seed's schema (RareGen's batch worker): stop the seed's \
              worker, then run `raregen migrate` with the wallet key the seed used, which \
              adopts it (docs/operations.md, \"Migrating from RareGen's batch worker\")"
         ),
-        seed::Found::Foreign(why) => anyhow::bail!(
+        batch_worker::Found::Foreign(why) => anyhow::bail!(
             "refusing to apply raregen's migrations to this database: {why}; point \
              DATABASE_URL / database.url at an empty database or at raregen's own"
         ),

@@ -1,4 +1,4 @@
-//! The operator's view: the seed's runbook queries, as data for `raregen status`.
+//! The operator's view: RareGen's batch-worker runbook queries, as data for `raregen status`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -63,74 +63,53 @@ pub struct StatusReport {
 
 impl StatusReport {
     pub async fn load(pool: &PgPool) -> Result<StatusReport, StoreError> {
-        // The seed's "Check Queue Status", at the same cost at any table size: counts
+        // The batch worker's "Check Queue Status", at the same cost at any table size: counts
         // from `job_counts`, batches only for the jobs in flight (a small set read
-        // through its partial index; the seed's query over the whole table still runs
+        // through its partial index; the batch worker's query over the whole table still runs
         // as written, see docs/operations.md).
-        let queue = sqlx::query(
-            "WITH counts AS (
-                 SELECT status, sum(n)::bigint AS count FROM job_counts
-                 GROUP BY status HAVING sum(n) <> 0
-             ), live AS (
-                 SELECT status, COUNT(DISTINCT processing_batch_id) AS batches
-                 FROM publish_jobs WHERE status IN ('processing_batch', 'sending')
-                 GROUP BY status
-             )
-             SELECT c.status, c.count, COALESCE(l.batches, 0) AS batches
-             FROM counts c LEFT JOIN live l USING (status) ORDER BY c.status",
-        )
-        .fetch_all(pool)
-        .await
-        .map_err(store_error)?
-        .into_iter()
-        .map(|r| StatusRow {
-            status: r.get("status"),
-            count: r.get("count"),
-            batches: r.get("batches"),
-        })
-        .collect();
+        let queue = sqlx::query(include_str!("sql/report/queue.sql"))
+            .fetch_all(pool)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|r| StatusRow {
+                status: r.get("status"),
+                count: r.get("count"),
+                batches: r.get("batches"),
+            })
+            .collect();
 
-        // The seed's "Check Batch Details", from the batches' own rows (a claim numbers
+        // The batch worker's "Check Batch Details", from the batches' own rows (a claim numbers
         // its jobs 1..size; the records count them sent or failed): ten rows read by
-        // key, where the seed's query groups the whole job table.
-        let batches = sqlx::query(
-            "SELECT id AS processing_batch_id, size::bigint AS jobs, 1 AS first_seq,
-                    size AS last_seq, created_at AS created,
-                    sent::bigint AS sent, failed::bigint AS failed
-             FROM batches ORDER BY id DESC LIMIT 10",
-        )
-        .fetch_all(pool)
-        .await
-        .map_err(store_error)?
-        .into_iter()
-        .map(|r| BatchSummary {
-            processing_batch_id: r.get("processing_batch_id"),
-            jobs: r.get("jobs"),
-            first_seq: r.get("first_seq"),
-            last_seq: r.get("last_seq"),
-            created: r.get("created"),
-            sent: r.get("sent"),
-            failed: r.get("failed"),
-        })
-        .collect();
+        // key, where the batch worker's query groups the whole job table.
+        let batches = sqlx::query(include_str!("sql/report/batches.sql"))
+            .fetch_all(pool)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|r| BatchSummary {
+                processing_batch_id: r.get("processing_batch_id"),
+                jobs: r.get("jobs"),
+                first_seq: r.get("first_seq"),
+                last_seq: r.get("last_seq"),
+                created: r.get("created"),
+                sent: r.get("sent"),
+                failed: r.get("failed"),
+            })
+            .collect();
 
         let pool_summary = PoolSummary::load(pool).await?;
 
-        let oldest_sending = sqlx::query(
-            "SELECT id, txid, sending_started_at,
-                    EXTRACT(EPOCH FROM now() - sending_started_at)::float8 AS age
-             FROM publish_jobs WHERE status = 'sending'
-             ORDER BY sending_started_at NULLS FIRST LIMIT 1",
-        )
-        .fetch_optional(pool)
-        .await
-        .map_err(store_error)?
-        .map(|r| OldestSending {
-            id: r.get("id"),
-            txid: r.get("txid"),
-            sending_started_at: r.get("sending_started_at"),
-            age_seconds: r.get::<Option<f64>, _>("age").unwrap_or(0.0),
-        });
+        let oldest_sending = sqlx::query(include_str!("sql/report/oldest_sending.sql"))
+            .fetch_optional(pool)
+            .await
+            .map_err(store_error)?
+            .map(|r| OldestSending {
+                id: r.get("id"),
+                txid: r.get("txid"),
+                sending_started_at: r.get("sending_started_at"),
+                age_seconds: r.get::<Option<f64>, _>("age").unwrap_or(0.0),
+            });
 
         Ok(StatusReport {
             queue,
@@ -159,22 +138,10 @@ impl PoolSummary {
     }
 
     pub async fn load(pool: &PgPool) -> Result<PoolSummary, StoreError> {
-        let r = sqlx::query(
-            "SELECT
-                count(*) FILTER (WHERE state = 'available' AND NOT dirty) AS available,
-                COALESCE(sum(satoshis) FILTER (WHERE state = 'available' AND NOT dirty), 0)::bigint AS available_sats,
-                count(*) FILTER (WHERE state IN ('reserved', 'spending') AND NOT dirty) AS reserved,
-                COALESCE(sum(satoshis) FILTER (WHERE state IN ('reserved', 'spending') AND NOT dirty), 0)::bigint AS reserved_sats,
-                count(*) FILTER (WHERE dirty AND state IN ('available', 'reserved', 'spending')) AS dirty,
-                COALESCE(sum(satoshis) FILTER (WHERE dirty AND state IN ('available', 'reserved', 'spending')), 0)::bigint AS dirty_sats,
-                count(*) FILTER (WHERE state = 'pending') AS pending,
-                (SELECT GREATEST(reltuples, 0)::bigint FROM pg_class
-                 WHERE oid = 'utxos_finished_idx'::regclass) AS finished
-             FROM utxos WHERE state IN ('pending', 'available', 'reserved', 'spending')",
-        )
-        .fetch_one(pool)
-        .await
-        .map_err(store_error)?;
+        let r = sqlx::query(include_str!("sql/report/pool_summary.sql"))
+            .fetch_one(pool)
+            .await
+            .map_err(store_error)?;
         Ok(PoolSummary {
             available: r.get("available"),
             available_sats: r.get("available_sats"),
@@ -206,20 +173,10 @@ pub struct LiveGauges {
 impl LiveGauges {
     pub async fn load(pool: &PgPool) -> Result<LiveGauges, StoreError> {
         let queue = super::queue_counts(pool).await?;
-        let r = sqlx::query(
-            "SELECT
-                count(*) FILTER (WHERE state = 'available' AND NOT dirty) AS available,
-                COALESCE(sum(satoshis) FILTER (WHERE state = 'available' AND NOT dirty), 0)::bigint AS available_sats,
-                count(*) FILTER (WHERE state IN ('reserved', 'spending') AND NOT dirty) AS reserved,
-                count(*) FILTER (WHERE dirty AND state <> 'pending') AS dirty,
-                count(*) FILTER (WHERE state = 'pending') AS pending,
-                (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(sending_started_at)), 0)::float8
-                 FROM publish_jobs WHERE status = 'sending') AS oldest
-             FROM utxos WHERE state IN ('pending', 'available', 'reserved', 'spending')",
-        )
-        .fetch_one(pool)
-        .await
-        .map_err(store_error)?;
+        let r = sqlx::query(include_str!("sql/report/live_gauges.sql"))
+            .fetch_one(pool)
+            .await
+            .map_err(store_error)?;
         Ok(LiveGauges {
             queue,
             utxo_available: r.get("available"),
@@ -263,16 +220,10 @@ pub async fn recent_batches(pool: &PgPool, limit: i64) -> Result<Vec<BatchView>,
 /// Jobs that ever reached `sent` and `failed` (those the Pruner removed included): the
 /// rate chart's samples.
 pub async fn finished_totals(pool: &PgPool) -> Result<(i64, i64), StoreError> {
-    sqlx::query_as(
-        "SELECT COALESCE(sum(n) FILTER (WHERE status = 'sent'), 0)::bigint,
-                COALESCE(sum(n) FILTER (WHERE status = 'failed'), 0)::bigint
-         FROM (SELECT status, n FROM job_counts WHERE status IN ('sent', 'failed')
-               UNION ALL
-               SELECT status, n FROM job_counts_removed) totals",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(store_error)
+    sqlx::query_as(include_str!("sql/report/finished_totals.sql"))
+        .fetch_one(pool)
+        .await
+        .map_err(store_error)
 }
 
 /// Transactions the pool's available clean coins can fund before the next confirmation

@@ -20,19 +20,12 @@ pub struct NewUtxo {
 /// `script`, by script: (script, count, sats), the most numerous first.
 pub async fn foreign_utxos(pool: &PgPool, script: &[u8]) -> Result<ForeignCoins, StoreError> {
     // The five scripts paid most, with the totals over every script (not only those).
-    let rows: Vec<(Vec<u8>, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT script_pubkey, count(*), coalesce(sum(satoshis), 0)::bigint,
-                sum(count(*)) OVER ()::bigint, sum(coalesce(sum(satoshis), 0)) OVER ()::bigint,
-                count(*) OVER ()
-         FROM utxos
-         WHERE state IN ('pending', 'available', 'reserved', 'spending')
-           AND script_pubkey <> $1
-         GROUP BY script_pubkey ORDER BY count(*) DESC LIMIT 5",
-    )
-    .bind(script)
-    .fetch_all(pool)
-    .await
-    .map_err(store_error)?;
+    let rows: Vec<(Vec<u8>, i64, i64, i64, i64, i64)> =
+        sqlx::query_as(include_str!("sql/utxos/foreign_utxos.sql"))
+            .bind(script)
+            .fetch_all(pool)
+            .await
+            .map_err(store_error)?;
     let (coins, sats, scripts) = rows.first().map_or((0, 0, 0), |r| (r.3, r.4, r.5));
     Ok(ForeignCoins {
         coins,
@@ -63,21 +56,16 @@ pub async fn insert_utxos(pool: &PgPool, utxos: &[NewUtxo]) -> Result<Vec<bool>,
     let scripts: Vec<&[u8]> = utxos.iter().map(|u| u.script_pubkey.as_slice()).collect();
     let depths: Vec<i32> = utxos.iter().map(|u| u.unconfirmed_depth as i32).collect();
     let coinbase: Vec<bool> = utxos.iter().map(|u| u.coinbase).collect();
-    let inserted: Vec<(String, i32)> = sqlx::query_as(
-        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey, unconfirmed_depth, coinbase)
-         SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::int[], $6::bool[])
-         ON CONFLICT (txid, vout) DO NOTHING
-         RETURNING txid, vout",
-    )
-    .bind(&txids)
-    .bind(&vouts)
-    .bind(&sats)
-    .bind(&scripts)
-    .bind(&depths)
-    .bind(&coinbase)
-    .fetch_all(pool)
-    .await
-    .map_err(store_error)?;
+    let inserted: Vec<(String, i32)> = sqlx::query_as(include_str!("sql/utxos/insert_utxos.sql"))
+        .bind(&txids)
+        .bind(&vouts)
+        .bind(&sats)
+        .bind(&scripts)
+        .bind(&depths)
+        .bind(&coinbase)
+        .fetch_all(pool)
+        .await
+        .map_err(store_error)?;
     let inserted: std::collections::HashSet<(String, i32)> = inserted.into_iter().collect();
     Ok(utxos
         .iter()
@@ -91,17 +79,11 @@ pub async fn lock_largest_available(
     conn: &mut PgConnection,
     max_depth: u32,
 ) -> Result<Option<SpendableUtxo>, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, txid, vout, satoshis, unconfirmed_depth FROM utxos
-         WHERE state = 'available' AND NOT dirty AND unconfirmed_depth < $1
-         ORDER BY satoshis DESC, id
-         LIMIT 1
-         FOR UPDATE SKIP LOCKED",
-    )
-    .bind(max_depth as i32)
-    .fetch_optional(conn)
-    .await
-    .map_err(store_error)?;
+    let row = sqlx::query(include_str!("sql/utxos/lock_largest_available.sql"))
+        .bind(max_depth as i32)
+        .fetch_optional(conn)
+        .await
+        .map_err(store_error)?;
     Ok(row.map(|r| SpendableUtxo {
         id: r.get("id"),
         txid: r.get("txid"),
@@ -150,19 +132,15 @@ pub async fn store_split(
         vouts.push(vout as i32);
         values.push(change as i64);
     }
-    sqlx::query(
-        "INSERT INTO utxos (txid, vout, satoshis, script_pubkey, state, unconfirmed_depth)
-         SELECT $1, v.vout, v.sats, $3, 'pending', $4
-         FROM unnest($2::int[], $5::bigint[]) AS v(vout, sats)",
-    )
-    .bind(&signed.txid)
-    .bind(&vouts)
-    .bind(script_pubkey)
-    .bind(input.unconfirmed_depth as i32 + 1)
-    .bind(&values)
-    .execute(&mut *conn)
-    .await
-    .map_err(store_error)?;
+    sqlx::query(include_str!("sql/utxos/store_split.sql"))
+        .bind(&signed.txid)
+        .bind(&vouts)
+        .bind(script_pubkey)
+        .bind(input.unconfirmed_depth as i32 + 1)
+        .bind(&values)
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
     Ok(id)
 }
 

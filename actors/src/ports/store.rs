@@ -200,14 +200,19 @@ pub enum StoreError {
     Other(String),
 }
 
-/// The job queue, as the actors see it. Every method is one round trip for the whole
-/// slice it is given, and each returns the ids whose fence held (the others belong to
-/// somebody else now and were left alone).
+/// The claim, as the Collector sees it.
 #[async_trait]
-pub trait JobStore: Send + Sync + 'static {
+pub trait ClaimStore: Send + Sync + 'static {
     /// Claims up to `max` queued jobs whose time has come (highest priority first, then
     /// oldest) into a new batch, numbered 1..=n. `None` when nothing is queued.
     async fn claim_batch(&self, max: u32) -> Result<Option<ClaimedBatch>, StoreError>;
+}
+
+/// The outcomes of claimed jobs, as the Recorder sees them. Every method is one round
+/// trip for the whole slice it is given, and each returns the ids whose fence held (the
+/// others belong to somebody else now and were left alone).
+#[async_trait]
+pub trait OutcomeStore: Send + Sync + 'static {
     /// Write-ahead: stores signed transactions, moves their jobs to `sending` and their
     /// UTXOs to `spending`. A job whose UTXO was taken meanwhile is left out. Idempotent:
     /// the same record again is accepted.
@@ -227,6 +232,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// Hands claimed jobs that hold no stored transaction back to the queue (shutdown).
     async fn release_claims(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError>;
 }
+
+/// The job queue: the claim and the outcomes (what the pipeline is given).
+pub trait JobStore: ClaimStore + OutcomeStore {}
+impl<T: ClaimStore + OutcomeStore + ?Sized> JobStore for T {}
 
 /// The UTXO pool's table, as the UtxoPool actor sees it.
 #[async_trait]
@@ -260,9 +269,9 @@ pub trait PoolStore: Send + Sync + 'static {
     async fn unfinished_splits(&self) -> Result<Vec<StoredSplit>, StoreError>;
 }
 
-/// What the Janitor needs: leases, recovery, reconciliation with the node.
+/// This process's lease, as the Leaser sees it (and the pipeline, at its stop).
 #[async_trait]
-pub trait JanitorStore: Send + Sync + 'static {
+pub trait LeaseStore: Send + Sync + 'static {
     /// Registers or refreshes this process's lease.
     async fn heartbeat(&self, lease: Duration) -> Result<(), StoreError>;
     /// Marks this process stopped (its lease ends now).
@@ -271,16 +280,16 @@ pub trait JanitorStore: Send + Sync + 'static {
     /// whose lease is live or ended less than `ended_within` ago. They share the node's
     /// rate limit.
     async fn live_pipelines(&self, ended_within: Duration) -> Result<u32, StoreError>;
+}
+
+/// Recovery of claims whose owner died or lost them, as the Rescuer sees it (and `raregen unstick`).
+#[async_trait]
+pub trait RescueStore: Send + Sync + 'static {
     /// Takes back the claims of processes whose lease ran out: jobs without a stored
     /// transaction go back to the queue; jobs with one wait for `adopt_stuck`.
     async fn reclaim_dead(&self) -> Result<u64, StoreError>;
-    /// Retention: deletes (or archives) up to `limit` finished jobs whose `keep` has
-    /// passed — `sent` and confirmed more than `keep` ago, `failed` more than `keep`
-    /// ago — and the batches, splits and spent UTXOs of the same age that nothing
-    /// live refers to. Each kind is one statement: a crash between them loses nothing.
-    async fn prune(&self, keep: Duration, archive: bool, limit: u32) -> Result<Pruned, StoreError>;
     /// Jobs with a stored transaction in `sending` (or put back in `processing_batch`
-    /// by the seed's manual unstick) for longer than `older_than`, or held by a dead
+    /// by the batch worker's manual unstick) for longer than `older_than`, or held by a dead
     /// process: adopted by this process and returned for a re-broadcast of the same bytes.
     /// `held`: jobs this process's pipeline holds in memory (a broadcaster is on them,
     /// however long it waits for a slot): never taken from it.
@@ -295,6 +304,21 @@ pub trait JanitorStore: Send + Sync + 'static {
     /// in flight in memory): lost, back to the queue. A job that merely waits (for a
     /// slot, a UTXO, a broadcaster) is held, however long it waits.
     async fn requeue_lost(&self, older_than: Duration, held: &[JobId]) -> Result<u64, StoreError>;
+}
+
+/// Retention, as the Pruner sees it.
+#[async_trait]
+pub trait PruneStore: Send + Sync + 'static {
+    /// Retention: deletes (or archives) up to `limit` finished jobs whose `keep` has
+    /// passed — `sent` and confirmed more than `keep` ago, `failed` more than `keep`
+    /// ago — and the batches, splits and spent UTXOs of the same age that nothing
+    /// live refers to. Each kind is one statement: a crash between them loses nothing.
+    async fn prune(&self, keep: Duration, archive: bool, limit: u32) -> Result<Pruned, StoreError>;
+}
+
+/// Dirty UTXOs (a spend whose outcome is unknown), as the DirtySettler sees them.
+#[async_trait]
+pub trait SettleStore: Send + Sync + 'static {
     /// Dirty UTXOs (their jobs adopted), at most `limit`.
     async fn dirty_utxos(&self, limit: u32) -> Result<Vec<DirtyUtxo>, StoreError>;
     /// The node says the outpoint is unspent and our transaction unknown: clean again,
@@ -303,12 +327,35 @@ pub trait JanitorStore: Send + Sync + 'static {
     async fn utxo_clean(&self, id: i64) -> Result<Option<SpendableUtxo>, StoreError>;
     /// The outpoint was spent by somebody else: gone for good.
     async fn utxo_retire(&self, id: i64) -> Result<(), StoreError>;
+    /// A `sending` job whose transaction never settled (the Janitor gave up on it):
+    /// `failed` with `reason`, its stored transaction kept for the record; its UTXO
+    /// released to the pool (`release`, returned) or retired.
+    async fn fail_unsettled(
+        &self,
+        job: Fence,
+        reason: &str,
+        release: bool,
+    ) -> Result<Option<SpendableUtxo>, StoreError>;
+    /// The job's earlier transactions (refused once, kept in its history): (txid, raw).
+    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// One of the job's earlier transactions turned out to be on the node after all: it
+    /// becomes the job's transaction again (the one on the row goes to the history), so
+    /// that the job is recorded `sent` with the transaction that can be mined. Fenced;
+    /// `false` when the fence no longer holds.
+    async fn take_up_earlier(&self, job: Fence, txid: &str) -> Result<bool, StoreError>;
+}
+
+/// Sent transactions and their confirmations, as the ConfirmationWatcher sees them.
+#[async_trait]
+pub trait WatchStore: Send + Sync + 'static {
     /// Sent transactions (jobs and splits) with no confirmation yet, parents first.
     async fn unconfirmed(
         &self,
         limit: u32,
         settled: Duration,
     ) -> Result<Vec<Unconfirmed>, StoreError>;
+    /// Records confirmations: jobs' and splits' `confirmed_at`, outputs' depth 0.
+    async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError>;
     /// A sent job whose transaction the node accepted and then never held (and whose
     /// coin the node says is unspent): `failed` with `reason`, and with it every job
     /// whose transaction spends its outputs, down the lane (none of them can be
@@ -322,7 +369,7 @@ pub trait JanitorStore: Send + Sync + 'static {
     /// of them as its anchor) go back to the queue without an anchor, under a new
     /// fencing token; their transactions are kept in their history; the lane's outputs
     /// leave the pool; the first coin is recorded spent by `spent_by`. A job adopted
-    /// from the seed in flight fails instead (the spend may be the seed's own
+    /// from the batch worker in flight fails instead (the spend may be the batch worker's own
     /// transaction of it). Returns the txids set aside (the lane's, root first).
     async fn reanchor_sent(
         &self,
@@ -330,24 +377,6 @@ pub trait JanitorStore: Send + Sync + 'static {
         spent_by: &str,
         reason: &str,
     ) -> Result<Vec<String>, StoreError>;
-    /// A `sending` job whose transaction never settled (the Janitor gave up on it):
-    /// `failed` with `reason`, its stored transaction kept for the record; its UTXO
-    /// released to the pool (`release`, returned) or retired.
-    async fn fail_unsettled(
-        &self,
-        job: Fence,
-        reason: &str,
-        release: bool,
-    ) -> Result<Option<SpendableUtxo>, StoreError>;
-    /// Records confirmations: jobs' and splits' `confirmed_at`, outputs' depth 0.
-    async fn record_confirmations(&self, confirmed: &[Confirmation]) -> Result<(), StoreError>;
-    /// The job's earlier transactions (refused once, kept in its history): (txid, raw).
-    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    /// One of the job's earlier transactions turned out to be on the node after all: it
-    /// becomes the job's transaction again (the one on the row goes to the history), so
-    /// that the job is recorded `sent` with the transaction that can be mined. Fenced;
-    /// `false` when the fence no longer holds.
-    async fn take_up_earlier(&self, job: Fence, txid: &str) -> Result<bool, StoreError>;
     /// The earlier transactions of the `sent` job whose transaction is `txid`.
     async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// A `sent` job's transaction `txid` is not on the node and its earlier transaction
@@ -363,6 +392,14 @@ pub trait JanitorStore: Send + Sync + 'static {
         earlier: &str,
         change: Option<(u32, u64)>,
     ) -> Result<bool, StoreError>;
+}
+
+/// Everything the maintenance services need: what the pipeline is given, and hands each
+/// service as the one port it uses.
+pub trait JanitorStore: LeaseStore + RescueStore + PruneStore + SettleStore + WatchStore {}
+impl<T: LeaseStore + RescueStore + PruneStore + SettleStore + WatchStore + ?Sized> JanitorStore
+    for T
+{
 }
 
 /// Wakes the single-mode Collector when jobs are inserted (Postgres `LISTEN/NOTIFY`).

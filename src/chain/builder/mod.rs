@@ -1,33 +1,25 @@
-//! Builds and signs raregen's two kinds of transaction with rust-bitcoin:
+//! Builds raregen's two kinds of transaction with rust-bitcoin, and prices them:
 //!
 //! - publish: one pool UTXO in; out: `OP_RETURN <payload>` and change to the pool;
 //! - split: one pool UTXO in; out: N equal pool outputs and change.
 //!
 //! The fee is the transaction's real virtual size × `chain.fee_rate` (rounded up).
-//! Change under the dust limit is left to the fee. Signing follows BIP143 for P2WPKH
-//! (the sighash commits to the value of the output being spent) and the legacy
-//! algorithm for P2PKH. One ECDSA signature per transaction (RFC 6979 nonces, low-S):
-//! nothing else in here costs more than a few microseconds.
+//! Change under the dust limit is left to the fee. The signature is made in `sign.rs`.
+
+mod sign;
 
 use std::str::FromStr;
 
 use bitcoin::absolute::LockTime;
-use bitcoin::ecdsa::Signature;
-use bitcoin::hashes::Hash;
-use bitcoin::script::{Builder, PushBytesBuf};
-use bitcoin::secp256k1::{All, Message, Secp256k1};
-use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::script::PushBytesBuf;
+use bitcoin::secp256k1::{All, Secp256k1};
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 use raregen_actors::{SignError, SignedTx, Signer, SpendableUtxo};
 
 use super::key::WalletKey;
-use crate::config::AddressType;
+use sign::MAX_SIG_LEN;
 
-/// Longest DER signature with the sighash flag: r of 33 bytes (high bit set, so
-/// padded), s of at most 32 (libsecp256k1 always produces low-S), 6 bytes of DER
-/// framing, 1 byte of sighash type.
-const MAX_SIG_LEN: usize = 72;
 /// Most outputs in one split transaction.
 pub const MAX_SPLIT_OUTPUTS: u32 = 2_000;
 
@@ -197,55 +189,6 @@ impl TxBuilder {
             change: with_change.then_some((change_vout as u32, change)),
         })
     }
-
-    /// Puts an unlocking script (or witness) with `sig` of the right shape in place.
-    fn fill_unlock(&self, tx: &mut Transaction, sig: &[u8]) {
-        let pk = self.wallet.public_key();
-        match self.wallet.address_type() {
-            AddressType::P2wpkh => {
-                let mut w = Witness::new();
-                w.push(sig);
-                w.push(pk.to_bytes());
-                tx.input[0].witness = w;
-                tx.input[0].script_sig = ScriptBuf::new();
-            }
-            AddressType::P2pkh => {
-                let sig = PushBytesBuf::try_from(sig.to_vec()).expect("a signature fits a push");
-                tx.input[0].script_sig = Builder::new()
-                    .push_slice(sig)
-                    .push_slice(pk.to_bytes())
-                    .into_script();
-                tx.input[0].witness = Witness::new();
-            }
-        }
-    }
-
-    fn sign(&self, tx: &mut Transaction, input_value: u64) -> Result<(), SignError> {
-        let script = self.wallet.script_pubkey();
-        let sighash_type = EcdsaSighashType::All;
-        let digest: [u8; 32] = {
-            let mut cache = SighashCache::new(&*tx);
-            match self.wallet.address_type() {
-                AddressType::P2wpkh => cache
-                    .p2wpkh_signature_hash(0, script, Amount::from_sat(input_value), sighash_type)
-                    .map_err(|e| SignError::Invalid(e.to_string()))?
-                    .to_byte_array(),
-                AddressType::P2pkh => cache
-                    .legacy_signature_hash(0, script, sighash_type.to_u32())
-                    .map_err(|e| SignError::Invalid(e.to_string()))?
-                    .to_byte_array(),
-            }
-        };
-        let signature = self
-            .secp
-            .sign_ecdsa(&Message::from_digest(digest), self.wallet.secret_key());
-        let sig = Signature {
-            signature,
-            sighash_type,
-        };
-        self.fill_unlock(tx, &sig.to_vec());
-        Ok(())
-    }
 }
 
 fn fee_for(vsize: u64, fee_rate: f64) -> u64 {
@@ -289,9 +232,11 @@ impl Signer for TxBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Network;
+    use crate::config::{AddressType, Network};
     use bitcoin::consensus::encode::deserialize;
-    use bitcoin::secp256k1::ecdsa;
+    use bitcoin::hashes::Hash;
+    use bitcoin::secp256k1::{ecdsa, Message};
+    use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 
     fn builder(address_type: AddressType, fee_rate: f64) -> TxBuilder {
         let (wallet, _) = WalletKey::generate(Network::Regtest, address_type);

@@ -1,10 +1,5 @@
-//! `raregen load-test --count N`: submits N jobs through the HTTP API (bulk requests,
-//! several at a time), follows them until each is `sent` or `failed` (or the timeout
-//! passes), and reports throughput and latency. It replaces the seed's
-//! `test-batch-load.sh`.
-//!
-//! Every job carries an idempotency key made of the run's id and its index, so a bulk
-//! request retried after a lost answer never submits a job twice.
+//! The load test's run: submits the jobs, follows them until they finish (or the
+//! timeout passes), with a progress bar or a line every 5 s, and measures it all.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -15,62 +10,12 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::StatusCode;
-use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::{LoadTest, Summary};
 use crate::api::MAX_BULK_JOBS;
 use crate::config::Settings;
 use crate::store::JobState;
-
-/// `raregen load-test`'s options (the command line's, as clap reads them).
-#[derive(Debug, Clone, clap::Args)]
-pub struct LoadTest {
-    /// Jobs to submit.
-    #[arg(long, value_name = "N")]
-    pub count: u64,
-    /// The API's base URL (default: http:// + api.listen).
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// Jobs per bulk request (at most 10000).
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    pub bulk_size: usize,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub concurrency: usize,
-    /// Give up waiting after this long (humantime: 90s, 10m).
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-    /// Pad each payload to at least this many bytes.
-    #[arg(long, default_value_t = 0, value_name = "BYTES")]
-    pub payload_bytes: usize,
-    /// Print the summary as JSON (and no progress).
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// What a run measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub run: String,
-    pub submitted: u64,
-    pub sent: u64,
-    pub failed: u64,
-    /// Jobs neither sent nor failed when the run ended (the timeout passed).
-    pub unfinished: u64,
-    pub submit_seconds: f64,
-    pub submit_rate: f64,
-    /// Seconds from the first submission to the last job finished.
-    pub total_seconds: f64,
-    /// Sent jobs per second between the first and the last `sent_at`.
-    pub broadcast_rate: f64,
-    pub latency_p50: Option<f64>,
-    pub latency_p95: Option<f64>,
-    pub latency_p99: Option<f64>,
-    pub latency_max: Option<f64>,
-    /// Failed jobs by their last error.
-    pub failures: BTreeMap<String, u64>,
-    pub timed_out: bool,
-}
 
 struct Client {
     http: reqwest::Client,
@@ -122,6 +67,7 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// Runs the load test `opts` describes against the API and measures it.
 pub async fn measure(settings: &Settings, opts: LoadTest) -> anyhow::Result<Summary> {
     if opts.count == 0 {
         bail!("--count must be at least 1");
@@ -324,72 +270,6 @@ fn progress_bar(count: u64, quiet: bool) -> ProgressBar {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
-}
-
-/// The summary as an operator reads it.
-pub fn render(s: &Summary) -> String {
-    let secs = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.3} s", v));
-    // The run's id only matters to find its jobs again: say so.
-    let keys = match s.submitted {
-        0 => String::new(),
-        1 => format!(" (job idempotency key {}-0)", s.run),
-        n => format!(" (job idempotency keys {}-0 to -{})", s.run, n - 1),
-    };
-    let mut out = format!(
-        "load-test run {}{keys}\n\
-         jobs:        {} submitted, {} sent, {} failed, {} unfinished\n\
-         submission:  {:.2} s ({:.0} jobs/s)\n\
-         broadcast:   {:.1} jobs/s sustained (first to last sent), {:.1} s in all\n\
-         latency:     p50 {}  p95 {}  p99 {}  max {} (submission to sent)\n",
-        s.run,
-        s.submitted,
-        s.sent,
-        s.failed,
-        s.unfinished,
-        s.submit_seconds,
-        s.submit_rate,
-        s.broadcast_rate,
-        s.total_seconds,
-        secs(s.latency_p50),
-        secs(s.latency_p95),
-        secs(s.latency_p99),
-        secs(s.latency_max),
-    );
-    if !s.failures.is_empty() {
-        out.push_str("failures:\n");
-        for (reason, n) in &s.failures {
-            out.push_str(&format!("  {n:>6}  {reason}\n"));
-        }
-    }
-    if s.timed_out {
-        out.push_str("timed out: jobs were still unfinished\n");
-    }
-    out
-}
-
-/// Runs the load test and prints its summary; an error when any job failed or the
-/// timeout passed.
-pub async fn run(settings: &Settings, opts: LoadTest) -> anyhow::Result<()> {
-    let json_out = opts.json;
-    let timeout = opts.timeout;
-    let s = measure(settings, opts).await?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
-        print!("{}", render(&s));
-    }
-    if s.timed_out {
-        bail!(
-            "{} of {} jobs unfinished after {}",
-            s.unfinished,
-            s.submitted,
-            humantime::format_duration(timeout)
-        );
-    }
-    if s.failed > 0 {
-        bail!("{} of {} jobs failed", s.failed, s.submitted);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

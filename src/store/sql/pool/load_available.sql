@@ -1,0 +1,4 @@
+SELECT id, txid, vout, satoshis, unconfirmed_depth FROM utxos
+WHERE state = 'available' AND NOT dirty AND unconfirmed_depth < $1
+ORDER BY unconfirmed_depth, satoshis DESC
+LIMIT $2
