@@ -81,7 +81,7 @@ async fn a_foreign_database_is_refused_and_left_alone() {
     let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
     assert!(
-        out.contains("neither raregen's schema nor the seed's") && out.contains("orders"),
+        out.contains("neither raregen's schema nor RareGen's batch worker's") && out.contains("orders"),
         "{out}"
     );
     let err = raregen::store::migrate(&db.pool).await.unwrap_err();

@@ -899,7 +899,7 @@ async fn a_job_adopted_in_flight_from_the_seed_is_never_re_anchored(pool: PgPool
             .3
             .as_deref()
             .unwrap()
-            .contains("adopted from the seed"),
+            .contains("adopted from the batch worker"),
         "{:?}",
         rows[0].3
     );

@@ -171,8 +171,8 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     match batch_worker::inspect(pool).await? {
         batch_worker::Found::Empty | batch_worker::Found::Raregen => {}
         batch_worker::Found::BatchWorker(_) => anyhow::bail!(
-            "this database holds the seed's schema (RareGen's batch worker): stop the seed's \
-             worker, then run `raregen migrate` with the wallet key the seed used, which \
+            "this database holds the schema of RareGen's batch worker: stop the batch \
+             worker, then run `raregen migrate` with the wallet key it used, which \
              adopts it (docs/operations.md, \"Migrating from RareGen's batch worker\")"
         ),
         batch_worker::Found::Foreign(why) => anyhow::bail!(

@@ -104,7 +104,7 @@ pub async fn inspect(pool: &PgPool) -> anyhow::Result<Found> {
     if jobs.is_empty() || utxos.is_empty() {
         let shown: Vec<&str> = tables.iter().take(8).map(String::as_str).collect();
         return Ok(Found::Foreign(format!(
-            "it holds tables ({}{}) but neither raregen's schema nor the batch worker's \
+            "it holds tables ({}{}) but neither raregen's schema nor RareGen's batch worker's \
              (publish_jobs and utxos)",
             shown.join(", "),
             if tables.len() > shown.len() {
