@@ -1,9 +1,9 @@
 //! Each actor's contract, message by message, with the actors started in-process
 //! against a real Postgres (a fresh database per test).
 
-mod common;
+mod support;
 
-use common::FreshDb;
+use support::FreshDb;
 use std::sync::Arc;
 use std::time::Duration;
 

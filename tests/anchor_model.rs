@@ -17,9 +17,9 @@
 //! - the history (`job_transactions`) names the outpoint each transaction spends;
 //! - no statement fails (constraint violations, unique indexes) except by fencing.
 
-mod common;
+mod support;
 
-use common::FreshDb;
+use support::FreshDb;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

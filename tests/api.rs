@@ -1,9 +1,9 @@
 //! The HTTP API against a real Postgres: submission, lookup, bulk, idempotency, auth,
 //! and every kind of bad input (a 4xx with the JSON error shape, and nothing stored).
 
-mod common;
+mod support;
 
-use common::{spawn_app, spawn_app_with};
+use support::{spawn_app, spawn_app_with};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -85,7 +85,7 @@ async fn queue_counts_every_state(pool: PgPool) {
         body,
         json!({"queued": 0, "processing_batch": 0, "sending": 0, "sent": 0, "failed": 0})
     );
-    common::insert_queued(&app.pool, 3).await;
+    support::insert_queued(&app.pool, 3).await;
     sqlx::query("UPDATE publish_jobs SET status = 'failed', last_error = 'x' WHERE id = (SELECT min(id) FROM publish_jobs)")
         .execute(&app.pool)
         .await

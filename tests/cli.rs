@@ -1,7 +1,7 @@
 //! The binary as an operator runs it: `migrate`, `serve` until SIGTERM, `status`,
 //! and start-up errors as one line on stderr.
 
-mod common;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 
 #[sqlx::test(migrations = false)]
 async fn migrate_is_idempotent(pool: PgPool) {
-    let url = common::database_url(&pool).await;
+    let url = support::database_url(&pool).await;
     for _ in 0..2 {
         let out = raregen(&url).arg("migrate").output().unwrap();
         assert!(
@@ -55,10 +55,10 @@ async fn migrate_is_idempotent(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn serve_accepts_jobs_and_stops_cleanly_on_sigterm_and_sigint(pool: PgPool) {
-    let url = common::database_url(&pool).await;
+    let url = support::database_url(&pool).await;
     let env = vec![("DATABASE_URL".to_owned(), url)];
     for signal in ["-TERM", "-INT"] {
-        let mut daemon = common::e2e::Daemon::start(&env, &["--mode", "single"]);
+        let mut daemon = support::e2e::Daemon::start(&env, &["--mode", "single"]);
         let client = reqwest::Client::new();
         let resp = client
             .post(format!("{}/v1/jobs", daemon.base))
@@ -78,7 +78,7 @@ async fn serve_accepts_jobs_and_stops_cleanly_on_sigterm_and_sigint(pool: PgPool
         assert!(status.success(), "{signal}: exit status {status:?}");
     }
     assert_eq!(
-        common::job_count(&pool).await,
+        support::job_count(&pool).await,
         2,
         "serve applied the migrations and stored the jobs"
     );
@@ -238,11 +238,11 @@ fn a_bad_duration_says_what_a_duration_looks_like() {
 
 #[sqlx::test]
 async fn status_json_matches_the_database(pool: PgPool) {
-    common::insert_queued(&pool, 12).await;
+    support::insert_queued(&pool, 12).await;
     let store = raregen::store::PgStore::new(pool.clone(), "cli-test");
     use raregen_actors::ClaimStore;
     store.claim_batch(5).await.unwrap().unwrap();
-    let url = common::database_url(&pool).await;
+    let url = support::database_url(&pool).await;
     let out = raregen(&url).args(["status", "--json"]).output().unwrap();
     assert!(
         out.status.success(),

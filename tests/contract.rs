@@ -3,12 +3,12 @@
 //! request stores nothing, undocumented methods answered 405, the bearer scheme
 //! enforced. Thousands of generated requests per run.
 
-mod common;
+mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::spawn_app_with;
+use support::spawn_app_with;
 use sqlx::PgPool;
 
 const KEY: &str = "contract-test-key";

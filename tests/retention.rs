@@ -3,7 +3,7 @@
 //! nothing live; spent UTXOs go with their jobs; the per-status counters stay exact; a
 //! daemon killed in the middle of a pruning run loses nothing and the next run goes on.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -195,7 +195,7 @@ async fn archiving_moves_the_same_jobs_whole(pool: PgPool) {
 /// finishes the work.
 #[sqlx::test(migrations = false)]
 async fn a_daemon_killed_mid_pruning_loses_nothing(pool: PgPool) {
-    let url = common::database_url(&pool).await;
+    let url = support::database_url(&pool).await;
     let env = |slow: bool| {
         let mut env = vec![
             ("DATABASE_URL".to_owned(), url.clone()),
@@ -211,7 +211,7 @@ async fn a_daemon_killed_mid_pruning_loses_nothing(pool: PgPool) {
         env
     };
     // The first start migrates; the history goes in while it runs.
-    let mut daemon = common::e2e::Daemon::start(&env(true), &["--mode", "batch"]);
+    let mut daemon = support::e2e::Daemon::start(&env(true), &["--mode", "batch"]);
     let expired = history(&pool).await;
     let all = ids(&pool, "SELECT id FROM publish_jobs").await;
     let started = Instant::now();
@@ -233,7 +233,7 @@ async fn a_daemon_killed_mid_pruning_loses_nothing(pool: PgPool) {
     );
     assert!(gone.is_subset(&expired), "only expired jobs go: {gone:?}");
     assert_counts_exact(&pool).await;
-    let mut daemon = common::e2e::Daemon::start(&env(false), &["--mode", "batch"]);
+    let mut daemon = support::e2e::Daemon::start(&env(false), &["--mode", "batch"]);
     let started = Instant::now();
     loop {
         let left = ids(&pool, "SELECT id FROM publish_jobs").await;
@@ -271,7 +271,7 @@ async fn the_counters_follow_a_truncate_and_a_recount_repairs_them(pool: PgPool)
         .await
         .unwrap();
     assert_counts_exact(&pool).await;
-    common::insert_queued(&pool, 7).await;
+    support::insert_queued(&pool, 7).await;
     sqlx::query("INSERT INTO job_counts (status, n) VALUES ('sent', 1000), ('queued', -3)")
         .execute(&pool)
         .await

@@ -2,15 +2,15 @@
 //! holds RareGen's batch worker schema, and `raregen serve` then publishes every job
 //! that was still to publish once, against bcoin.
 
-mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::e2e::{self, Daemon};
-use common::regtest::RegtestNode;
-use common::FreshDb;
+use support::e2e::{self, Daemon};
+use support::regtest::RegtestNode;
+use support::FreshDb;
 use raregen::chain::{TxBuilder, WalletKey};
 use raregen::config::{AddressType, Network};
 use raregen_actors::ports::{Signer, SpendableUtxo};
@@ -76,7 +76,7 @@ async fn a_foreign_database_is_refused_and_left_alone() {
         .unwrap();
     let env = vec![(
         "DATABASE_URL".to_owned(),
-        common::database_url(&db.pool).await,
+        support::database_url(&db.pool).await,
     )];
     let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
@@ -126,7 +126,7 @@ async fn the_seed_is_adopted_by_migrate_with_the_key_only() {
     assert!(format!("{err:#}").contains("raregen migrate"), "{err:#}");
     let env = vec![(
         "DATABASE_URL".to_owned(),
-        common::database_url(&db.pool).await,
+        support::database_url(&db.pool).await,
     )];
     let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
@@ -332,7 +332,7 @@ async fn the_seeds_database_is_upgraded_in_place_and_published_once(funding: PgP
     )
     .await;
     // Adoption needs the seed's services stopped: no other session on the database.
-    let url = common::database_url(db).await;
+    let url = support::database_url(db).await;
     seed.pool.close().await;
     let (ok, out) = migrate(&env).await;
     assert!(ok, "{out}");

@@ -1,7 +1,7 @@
 //! The Postgres store: the claim, the batched state changes and their fencing, and the
 //! seed's runbook queries verbatim against our schema.
 
-mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 
@@ -31,7 +31,7 @@ async fn statuses(pool: &PgPool) -> HashMap<String, i64> {
 
 #[sqlx::test]
 async fn claim_numbers_a_batch_in_priority_then_age_order(pool: PgPool) {
-    common::insert_queued(&pool, 10).await;
+    support::insert_queued(&pool, 10).await;
     // Job 3 is urgent; job 5 is not due yet.
     sqlx::query("UPDATE publish_jobs SET priority = 5 WHERE payload = 'job-3'")
         .execute(&pool)
@@ -100,7 +100,7 @@ async fn claim_numbers_a_batch_in_priority_then_age_order(pool: PgPool) {
 #[sqlx::test]
 async fn two_concurrent_claimers_never_share_a_job(pool: PgPool) {
     const JOBS: i64 = 20_000;
-    common::insert_queued(&pool, JOBS).await;
+    support::insert_queued(&pool, JOBS).await;
     let claimer = |owner: &'static str| {
         let store = PgStore::new(pool.clone(), owner);
         tokio::spawn(async move {
@@ -149,8 +149,8 @@ async fn two_concurrent_claimers_never_share_a_job(pool: PgPool) {
 
 #[sqlx::test]
 async fn state_changes_are_batched_and_fenced(pool: PgPool) {
-    common::insert_queued(&pool, 6).await;
-    let utxos = common::insert_utxos(&pool, 6).await;
+    support::insert_queued(&pool, 6).await;
+    let utxos = support::insert_utxos(&pool, 6).await;
     let store = PgStore::new(pool.clone(), "owner-a");
     let batch = store.claim_batch(6).await.unwrap().unwrap();
     let fences: Vec<Fence> = batch
@@ -192,7 +192,7 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
     );
     // A UTXO already taken cannot be taken by another job.
     let batch2 = {
-        common::insert_queued(&pool, 1).await;
+        support::insert_queued(&pool, 1).await;
         store.claim_batch(1).await.unwrap().unwrap()
     };
     let thief = Sending {
@@ -384,8 +384,8 @@ async fn state_changes_are_batched_and_fenced(pool: PgPool) {
 /// refusal; it fails at its fifth.
 #[sqlx::test]
 async fn claims_taken_back_are_no_attempts(pool: PgPool) {
-    common::insert_queued(&pool, 1).await;
-    let utxos = common::insert_utxos(&pool, 1).await;
+    support::insert_queued(&pool, 1).await;
+    let utxos = support::insert_utxos(&pool, 1).await;
     let store = PgStore::new(pool.clone(), "w1");
     let claim = || async {
         sqlx::query("UPDATE publish_jobs SET next_attempt_at = now()")
@@ -440,8 +440,8 @@ async fn claims_taken_back_are_no_attempts(pool: PgPool) {
 /// frees the job from it; a job that fails for good gives it back to the pool.
 #[sqlx::test]
 async fn a_job_signs_on_its_anchor_and_nothing_else(pool: PgPool) {
-    common::insert_queued(&pool, 1).await;
-    let utxos = common::insert_utxos(&pool, 2).await;
+    support::insert_queued(&pool, 1).await;
+    let utxos = support::insert_utxos(&pool, 2).await;
     let store = PgStore::new(pool.clone(), "w1");
     let now_due = "UPDATE publish_jobs SET next_attempt_at = now()";
     let claim = || async {
@@ -576,8 +576,8 @@ async fn a_job_signs_on_its_anchor_and_nothing_else(pool: PgPool) {
 
 #[sqlx::test]
 async fn the_seeds_runbook_queries_run_verbatim(pool: PgPool) {
-    common::insert_queued(&pool, 30).await;
-    let utxos = common::insert_utxos(&pool, 4).await;
+    support::insert_queued(&pool, 30).await;
+    let utxos = support::insert_utxos(&pool, 4).await;
     let store = PgStore::new(pool.clone(), "w");
     let batch = store.claim_batch(10).await.unwrap().unwrap();
     let sending: Vec<Sending> = batch.jobs[..4]
@@ -748,7 +748,7 @@ async fn the_seeds_runbook_queries_run_verbatim(pool: PgPool) {
 #[sqlx::test]
 async fn claim_of_500_from_a_million_queued_rows(pool: PgPool) {
     // Correctness at scale; the time it takes is measured by `cargo bench --bench claim`.
-    common::insert_queued(&pool, 1_000_000).await;
+    support::insert_queued(&pool, 1_000_000).await;
     sqlx::query("VACUUM ANALYZE publish_jobs")
         .execute(&pool)
         .await
@@ -778,8 +778,8 @@ async fn claim_of_500_from_a_million_queued_rows(pool: PgPool) {
 async fn every_takeover_fences_out_the_holders_before_it(pool: PgPool) {
     use raregen_actors::{RescueStore, SettleStore};
     use std::time::Duration;
-    common::insert_queued(&pool, 1).await;
-    let utxos = common::insert_utxos(&pool, 1).await;
+    support::insert_queued(&pool, 1).await;
+    let utxos = support::insert_utxos(&pool, 1).await;
     let a = PgStore::new(pool.clone(), "a");
     let b = PgStore::new(pool.clone(), "b");
     let job = a.claim_batch(1).await.unwrap().unwrap().jobs.remove(0);
@@ -847,8 +847,8 @@ async fn every_takeover_fences_out_the_holders_before_it(pool: PgPool) {
 /// a re-anchor fails the job instead of signing it on another coin.
 #[sqlx::test]
 async fn a_job_adopted_in_flight_from_the_seed_is_never_re_anchored(pool: PgPool) {
-    common::insert_queued(&pool, 2).await;
-    let utxos = common::insert_utxos(&pool, 2).await;
+    support::insert_queued(&pool, 2).await;
+    let utxos = support::insert_utxos(&pool, 2).await;
     let store = PgStore::new(pool.clone(), "w1");
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM publish_jobs ORDER BY id")
         .fetch_all(&pool)
@@ -969,10 +969,10 @@ async fn foreign_coins_are_counted_over_every_script_not_only_the_five_shown(poo
 async fn group_statements_stay_linear_in_the_group_size(pool: PgPool) {
     use raregen::store::GroupStatement;
     const N: usize = 200;
-    common::insert_queued(&pool, 2 * N as i64).await;
+    support::insert_queued(&pool, 2 * N as i64).await;
     // A pool of many coins, as in a day's run (the pipeline-ceiling example has one
     // per job).
-    let utxos = common::insert_utxos(&pool, 20 * N as i64).await;
+    let utxos = support::insert_utxos(&pool, 20 * N as i64).await;
     // Statistics taken at rest, as autovacuum takes them before a run: no UTXO held,
     // no job in flight (the planner then takes the partial indexes for empty).
     sqlx::query("ANALYZE").execute(&pool).await.unwrap();
@@ -1083,8 +1083,8 @@ fn assert_linear(plan: &serde_json::Value, n: usize, what: &str) {
 #[sqlx::test]
 async fn a_sent_job_whose_anchor_a_stranger_spent_goes_back_with_its_lane(pool: PgPool) {
     use raregen_actors::{ClaimedJob, WatchStore};
-    common::insert_queued(&pool, 5).await;
-    let utxos = common::insert_utxos(&pool, 2).await;
+    support::insert_queued(&pool, 5).await;
+    let utxos = support::insert_utxos(&pool, 2).await;
     let store = PgStore::new(pool.clone(), "w1");
     let jobs = store.claim_batch(5).await.unwrap().unwrap().jobs;
     let (a, b, c, d, e) = (&jobs[0], &jobs[1], &jobs[2], &jobs[3], &jobs[4]);
@@ -1266,8 +1266,8 @@ async fn a_sent_job_whose_anchor_a_stranger_spent_goes_back_with_its_lane(pool: 
 #[sqlx::test]
 async fn a_dirty_coin_is_cleaned_only_while_no_live_job_holds_it(pool: PgPool) {
     use raregen_actors::SettleStore;
-    common::insert_queued(&pool, 1).await;
-    let utxos = common::insert_utxos(&pool, 2).await;
+    support::insert_queued(&pool, 1).await;
+    let utxos = support::insert_utxos(&pool, 2).await;
     let store = PgStore::new(pool.clone(), "w1");
     let job = store.claim_batch(1).await.unwrap().unwrap().jobs.remove(0);
     let fence = Fence {
@@ -1316,8 +1316,8 @@ async fn a_dirty_coin_is_cleaned_only_while_no_live_job_holds_it(pool: PgPool) {
 #[sqlx::test]
 async fn a_reanchor_sees_what_the_lane_gained_while_it_waited(pool: PgPool) {
     use raregen_actors::{ClaimedJob, WatchStore};
-    common::insert_queued(&pool, 4).await;
-    let utxos = common::insert_utxos(&pool, 1).await;
+    support::insert_queued(&pool, 4).await;
+    let utxos = support::insert_utxos(&pool, 1).await;
     let store = PgStore::new(pool.clone(), "w1");
     let jobs = store.claim_batch(4).await.unwrap().unwrap().jobs;
     let (a, b, c, e) = (

@@ -2,14 +2,12 @@
 //! its own cluster (initdb / pg_ctl, as the `postgres` user) so that restarting it
 //! disturbs no other test.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::e2e::{self, Daemon};
-use common::regtest::RegtestNode;
+use crate::support::e2e::{self, Daemon};
+use crate::support::regtest::RegtestNode;
 use secrecy::ExposeSecret;
 
 struct PrivateCluster {

@@ -4,16 +4,14 @@
 //!
 //! `promtool` comes from Debian's `prometheus` package (scripts/test installs it).
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::e2e::{self, Daemon};
-use common::regtest::{free_port, RegtestNode};
+use crate::support::e2e::{self, Daemon};
+use crate::support::regtest::{free_port, RegtestNode};
 use serde_json::Value;
 use sqlx::PgPool;
 

@@ -6,13 +6,11 @@
 //! The failpoints need the `failpoints` feature (scripts/test turns it on).
 #![cfg(feature = "failpoints")]
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::e2e::{self, Daemon, Proxy};
-use common::regtest::{free_port, RegtestNode};
+use crate::support::e2e::{self, Daemon, Proxy};
+use crate::support::regtest::{free_port, RegtestNode};
 use sqlx::PgPool;
 
 /// Fast recovery for tests: leases of 3 s, stuck after 2 s.

@@ -1,13 +1,11 @@
 //! The pipeline end to end: `raregen serve` against Postgres and a bcoin regtest node,
 //! with a proxy at the node's door counting broadcasts.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::e2e::{self, Daemon, Proxy};
-use common::regtest::RegtestNode;
+use crate::support::e2e::{self, Daemon, Proxy};
+use crate::support::regtest::RegtestNode;
 use raregen::chain::WalletKey;
 use raregen::config::{AddressType, Network};
 use sqlx::PgPool;

@@ -1,11 +1,9 @@
 //! `raregen wallet …` as an operator runs it, against a real regtest node: the address,
 //! every refusal of `wallet import`, `wallet split`, `wallet balance`.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 
-use common::regtest::RegtestNode;
+use crate::support::regtest::RegtestNode;
 use raregen::chain::WalletKey;
 use raregen::config::{AddressType, Network};
 use secrecy::ExposeSecret;
@@ -113,7 +111,7 @@ async fn wallet_import_refuses_what_it_cannot_spend(pool: PgPool) {
     let (wallet, wif) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let mut env = node.env();
-    env.push(("DATABASE_URL".into(), common::database_url(&pool).await));
+    env.push(("DATABASE_URL".into(), crate::support::database_url(&pool).await));
     env.push(("RAREGEN_WALLET_KEY".into(), wif.expose_secret().to_owned()));
     let cli = Cli { env };
 
@@ -223,7 +221,7 @@ async fn wallet_import_refuses_what_it_cannot_spend(pool: PgPool) {
 
 #[sqlx::test]
 async fn wallet_commands_explain_missing_pieces(pool: PgPool) {
-    let db = common::database_url(&pool).await;
+    let db = crate::support::database_url(&pool).await;
     let no_key = Cli {
         env: vec![("DATABASE_URL".into(), db.clone())],
     };
@@ -296,7 +294,7 @@ async fn wallet_commands_explain_missing_pieces(pool: PgPool) {
 #[sqlx::test]
 async fn a_foreign_pool_or_an_inactive_segwit_is_said_at_once(pool: PgPool) {
     let node = RegtestNode::start().await;
-    let db = common::database_url(&pool).await;
+    let db = crate::support::database_url(&pool).await;
     let (first, first_wif) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let (second, second_wif) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let with = |wif: &secrecy::SecretString| {

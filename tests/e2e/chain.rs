@@ -1,14 +1,12 @@
 //! raregen against a real Bitcoin node (bcoin in regtest, started by
 //! `scripts/regtest-node`): fund the pool, split, publish, and ask the node.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bitcoin::consensus::encode::deserialize;
 use bitcoin::Transaction;
-use common::regtest::RegtestNode;
+use crate::support::regtest::RegtestNode;
 use raregen::chain::WalletKey;
 use raregen::cmd::wallet::Wallet;
 use raregen::config::{AddressType, Network};
@@ -40,7 +38,7 @@ async fn setup(pool: &PgPool, address_type: AddressType) -> Setup {
     let key_file =
         KeyFile(std::env::temp_dir().join(format!("raregen-wif-{}", rand::random::<u64>())));
     std::fs::write(&key_file.0, wif.expose_secret()).unwrap();
-    let db = common::database_url(pool).await;
+    let db = crate::support::database_url(pool).await;
     let mut env: Vec<(String, String)> = node.env();
     env.push((
         "RAREGEN__CHAIN__WALLET_KEY_FILE".into(),
@@ -55,10 +53,10 @@ async fn setup(pool: &PgPool, address_type: AddressType) -> Setup {
     ));
     env.push(("DATABASE_URL".into(), db));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let settings = common::settings(&env);
+    let settings = crate::support::settings(&env);
     let mut wallet = Wallet::open(settings).await.unwrap();
     // These tests run outside an actix System: no shared limiter (the CLI's splits go
-    // through it; tests/pipeline.rs runs them beside a daemon).
+    // through it; tests/e2e/pipeline.rs runs them beside a daemon).
     wallet.shared_limit = false;
     Setup {
         node,
