@@ -1,7 +1,9 @@
 //! Build + sign of one publish transaction (one input, OP_RETURN + change), for both
 //! address types. Run: `cargo bench --bench build_tx`.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
 use raregen::chain::{TxBuilder, WalletKey};
 use raregen::config::{AddressType, Network};
 use raregen_actors::SpendableUtxo;

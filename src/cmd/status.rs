@@ -19,7 +19,7 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t.load_style(UTF8_BORDERS_ONLY).set_header(header.to_vec());
     t
 }
 
