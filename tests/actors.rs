@@ -3,9 +3,9 @@
 
 mod support;
 
-use support::FreshDb;
 use std::sync::Arc;
 use std::time::Duration;
+use support::FreshDb;
 
 use actix::prelude::*;
 use raregen::store::PgStore;

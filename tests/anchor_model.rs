@@ -19,9 +19,9 @@
 
 mod support;
 
-use support::FreshDb;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use support::FreshDb;
 
 use proptest::prelude::*;
 use raregen::store::PgStore;

@@ -3,9 +3,9 @@
 
 mod support;
 
-use support::{spawn_app, spawn_app_with};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use support::{spawn_app, spawn_app_with};
 
 async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();

@@ -8,8 +8,8 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::spawn_app_with;
 use sqlx::PgPool;
+use support::spawn_app_with;
 
 const KEY: &str = "contract-test-key";
 

@@ -8,13 +8,13 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::e2e::{self, Daemon};
-use support::regtest::RegtestNode;
-use support::FreshDb;
 use raregen::chain::{TxBuilder, WalletKey};
 use raregen::config::{AddressType, Network};
 use raregen_actors::ports::{Signer, SpendableUtxo};
 use sqlx::PgPool;
+use support::e2e::{self, Daemon};
+use support::regtest::RegtestNode;
+use support::FreshDb;
 
 const SEED_SCHEMA: &str = include_str!("fixtures/seed_schema.sql");
 
@@ -81,7 +81,8 @@ async fn a_foreign_database_is_refused_and_left_alone() {
     let (ok, out) = migrate(&env).await;
     assert!(!ok, "{out}");
     assert!(
-        out.contains("neither raregen's schema nor RareGen's batch worker's") && out.contains("orders"),
+        out.contains("neither raregen's schema nor RareGen's batch worker's")
+            && out.contains("orders"),
         "{out}"
     );
     let err = raregen::store::migrate(&db.pool).await.unwrap_err();

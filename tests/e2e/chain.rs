@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::regtest::RegtestNode;
 use bitcoin::consensus::encode::deserialize;
 use bitcoin::Transaction;
-use crate::support::regtest::RegtestNode;
 use raregen::chain::WalletKey;
 use raregen::cmd::wallet::Wallet;
 use raregen::config::{AddressType, Network};

@@ -111,7 +111,10 @@ async fn wallet_import_refuses_what_it_cannot_spend(pool: PgPool) {
     let (wallet, wif) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let mut env = node.env();
-    env.push(("DATABASE_URL".into(), crate::support::database_url(&pool).await));
+    env.push((
+        "DATABASE_URL".into(),
+        crate::support::database_url(&pool).await,
+    ));
     env.push(("RAREGEN_WALLET_KEY".into(), wif.expose_secret().to_owned()));
     let cli = Cli { env };
 
