@@ -10,38 +10,21 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use raregen::store::{self, PgStore};
 use raregen_actors::ClaimStore;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection};
 
 const ROWS: i64 = 1_000_000;
 const BATCH: u32 = 500;
 const DB: &str = "raregen_bench_claim";
 
-fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, _) = url
-        .rsplit_once('/')
-        .expect("DATABASE_URL has a database name");
-    format!("{base}/{db}")
-}
+#[path = "../tests/support/db.rs"]
+mod db;
 
 async fn setup() -> PgStore {
-    let url = server_url();
-    let mut admin = PgConnection::connect(&url).await.expect("Postgres answers");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .execute(&mut admin)
+    let url = db::create_empty(&db::server_url(), DB)
         .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {DB}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+        .expect("Postgres answers");
     let pool = PgPoolOptions::new()
         .max_connections(4)
-        .connect(&with_database(&url, DB))
+        .connect(&url)
         .await
         .unwrap();
     store::migrate(&pool).await.unwrap();
@@ -90,11 +73,7 @@ fn claim(c: &mut Criterion) {
     group.finish();
     rt.block_on(async {
         store.pool().close().await;
-        let mut admin = PgConnection::connect(&server_url()).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        db::drop_database(&db::server_url(), DB).await.unwrap();
     });
 }
 

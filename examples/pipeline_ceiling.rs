@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use raregen::config::{AddressType, Network, Settings};
 use raregen::store::{self, PgStore};
-use sqlx::{Connection, PgConnection};
+
+#[path = "../tests/support/db.rs"]
+mod db;
 
 const DB: &str = "raregen_bench_pipeline";
 
@@ -41,19 +43,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(jobs: i64, workers: u32) -> anyhow::Result<()> {
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut admin = PgConnection::connect(&server).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {DB}"))
-        .execute(&mut admin)
-        .await?;
-    let url = format!(
-        "{}/{DB}",
-        server.rsplit_once('/').expect("a database in the URL").0
-    );
+    let url = db::create_empty(&db::server_url(), DB).await?;
 
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let sink_url = format!("http://{}", listener.local_addr()?);
@@ -142,9 +132,7 @@ async fn run(jobs: i64, workers: u32) -> anyhow::Result<()> {
         rss_kib("VmHWM") / 1024
     );
     pool.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    db::drop_database(&db::server_url(), DB).await?;
     Ok(())
 }
 

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use raregen::store::{self, LiveGauges, PgStore, StatusReport};
 use raregen_actors::{ClaimStore, LeaseStore, PruneStore};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
+
+#[path = "../tests/support/db.rs"]
+mod db;
 
 const DB: &str = "raregen_bench_scale";
 const CHUNK: i64 = 1_000_000;
@@ -40,16 +43,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(finished: i64, queued: i64) -> anyhow::Result<()> {
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut admin = PgConnection::connect(&server).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {DB}"))
-        .execute(&mut admin)
-        .await?;
-    let url = format!("{}/{DB}", server.rsplit_once('/').expect("a database").0);
+    let url = db::create_empty(&db::server_url(), DB).await?;
     let pool = PgPool::connect(&url).await?;
     store::migrate(&pool).await?;
 
@@ -136,12 +130,8 @@ async fn run(finished: i64, queued: i64) -> anyhow::Result<()> {
         },
     )
     .await;
-    drop(admin);
-    let mut admin = PgConnection::connect(&server).await?;
     pool.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    db::drop_database(&db::server_url(), DB).await?;
     Ok(())
 }
 

@@ -406,7 +406,7 @@ impl World {
     async fn check(&self, ops: &[Op]) {
         // The per-status counters (deltas written by triggers in every statement, folded
         // now and then) are exact.
-        if ops.len() % 3 == 0 {
+        if ops.len().is_multiple_of(3) {
             raregen::store::compact_job_counts(&self.pool)
                 .await
                 .unwrap();

@@ -267,7 +267,7 @@ impl Sampler {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if last_db.map_or(true, |t| t.elapsed() >= refresh) {
+                if last_db.is_none_or(|t| t.elapsed() >= refresh) {
                     last_db = Some(Instant::now());
                     refresh_db(&pool).await;
                 }

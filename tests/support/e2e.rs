@@ -507,7 +507,9 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
                 );
             }
         }
-        if (every > 0 && n % every == 0) || n <= state.late.first_late.load(Ordering::SeqCst) {
+        if (every > 0 && n.is_multiple_of(every))
+            || n <= state.late.first_late.load(Ordering::SeqCst)
+        {
             let late = state.late.clone();
             let mut delay = Duration::from_millis(late.delay_ms.load(Ordering::SeqCst));
             let to = Duration::from_millis(late.spread_to_ms.load(Ordering::SeqCst));
@@ -526,7 +528,7 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
                 late.pending.fetch_sub(1, Ordering::SeqCst);
             });
             let refuse = if state.late.mixed.load(Ordering::SeqCst) {
-                (n / every) % 2 == 0
+                (n / every).is_multiple_of(2)
             } else {
                 state.late.refuse.load(Ordering::SeqCst)
             };
@@ -539,7 +541,7 @@ async fn forward(state: web::Data<ProxyState>, req: HttpRequest, body: web::Byte
         }
         state.arrivals.lock().unwrap().push(Instant::now());
         let hang = state.late.hang_every.load(Ordering::SeqCst);
-        if hang > 0 && n % hang == 0 {
+        if hang > 0 && n.is_multiple_of(hang) {
             state.late.hung.fetch_add(1, Ordering::SeqCst);
             let _ = out.send().await;
             let ms = state.late.hang_ms.load(Ordering::SeqCst);

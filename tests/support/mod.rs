@@ -3,13 +3,14 @@
 //! spawned on port 0 against it.
 #![allow(dead_code)]
 
+pub mod db;
 pub mod e2e;
 pub mod regtest;
 
 use raregen::api::ApiServer;
 use raregen::config::Settings;
 use raregen::store::PgStore;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 pub struct TestApp {
     pub base: String,
@@ -149,25 +150,13 @@ impl FreshDb {
     pub async fn empty() -> FreshDb {
         let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
         let name = format!("raregen_test_{:016x}", rand::random::<u64>());
-        let mut admin = PgConnection::connect(&server).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        let url = db::create_empty(&server, &name).await.unwrap();
         let pool = PgPool::connect(&url).await.unwrap();
         FreshDb { pool, name, server }
     }
 
     pub async fn drop_db(self) {
         self.pool.close().await;
-        let mut admin = PgConnection::connect(&self.server).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+        db::drop_database(&self.server, &self.name).await.unwrap();
     }
 }
