@@ -5,4 +5,14 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batch;
+mod broadcaster;
 mod collector;
+mod confirmation_watcher;
+mod dirty_settler;
+mod leaser;
+mod pruner;
+mod recorder;
+mod rescuer;
+mod token_bucket;
+mod utxo_pool;

@@ -271,14 +271,22 @@ impl OutcomeStore for MemStore {
     async fn mark_dirty(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError> {
         let mut s = self.gate()?;
         s.outcome_calls.push(("dirty", jobs.len()));
-        let held: Vec<Fence> = jobs.iter().filter(|f| Self::holds(&s, f)).copied().collect();
+        let held: Vec<Fence> = jobs
+            .iter()
+            .filter(|f| Self::holds(&s, f))
+            .copied()
+            .collect();
         s.dirty.extend(held.iter().copied());
         Ok(held.iter().map(|f| f.id).collect())
     }
 
     async fn release_claims(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError> {
         let mut s = self.gate()?;
-        let held: Vec<Fence> = jobs.iter().filter(|f| Self::holds(&s, f)).copied().collect();
+        let held: Vec<Fence> = jobs
+            .iter()
+            .filter(|f| Self::holds(&s, f))
+            .copied()
+            .collect();
         s.released.extend(held.iter().copied());
         Ok(held.iter().map(|f| f.id).collect())
     }
@@ -354,7 +362,11 @@ impl PoolStore for MemStore {
     async fn unfinished_splits(&self) -> Result<Vec<StoredSplit>, StoreError> {
         let s = self.gate()?;
         let done: HashSet<i64> = s.split_outcomes.iter().map(|(id, _)| *id).collect();
-        Ok(s.splits.iter().filter(|x| !done.contains(&x.id)).cloned().collect())
+        Ok(s.splits
+            .iter()
+            .filter(|x| !done.contains(&x.id))
+            .cloned()
+            .collect())
     }
 }
 
@@ -408,7 +420,12 @@ impl RescueStore for MemStore {
 
 #[async_trait]
 impl PruneStore for MemStore {
-    async fn prune(&self, _keep: Duration, _archive: bool, _limit: u32) -> Result<Pruned, StoreError> {
+    async fn prune(
+        &self,
+        _keep: Duration,
+        _archive: bool,
+        _limit: u32,
+    ) -> Result<Pruned, StoreError> {
         let mut s = self.gate()?;
         s.prune_calls += 1;
         Ok(s.prune_answers.pop_front().unwrap_or_default())
@@ -446,7 +463,9 @@ impl SettleStore for MemStore {
         reason: &str,
         release: bool,
     ) -> Result<Option<SpendableUtxo>, StoreError> {
-        self.gate()?.unsettled.push((job, reason.to_owned(), release));
+        self.gate()?
+            .unsettled
+            .push((job, reason.to_owned(), release));
         Ok(None)
     }
 
@@ -506,7 +525,12 @@ impl WatchStore for MemStore {
     }
 
     async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(self.gate()?.earlier_of_sent.get(txid).cloned().unwrap_or_default())
+        Ok(self
+            .gate()?
+            .earlier_of_sent
+            .get(txid)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn switch_sent(
@@ -635,7 +659,12 @@ impl FakeSigner {
 
     pub fn txid_for(utxo: &SpendableUtxo, payload: &[u8], replacing: u32) -> String {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in utxo.txid.bytes().chain(utxo.vout.to_le_bytes()).chain(payload.iter().copied()) {
+        for b in utxo
+            .txid
+            .bytes()
+            .chain(utxo.vout.to_le_bytes())
+            .chain(payload.iter().copied())
+        {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         format!("{h:016x}{:016x}{:032x}", utxo.id, replacing)
@@ -674,7 +703,12 @@ impl Signer for FakeSigner {
         })
     }
 
-    fn split(&self, utxo: &SpendableUtxo, outputs: u32, amount: u64) -> Result<SignedTx, SignError> {
+    fn split(
+        &self,
+        utxo: &SpendableUtxo,
+        outputs: u32,
+        amount: u64,
+    ) -> Result<SignedTx, SignError> {
         let need = u64::from(outputs) * amount + Self::FEE;
         if utxo.satoshis < need {
             return Err(SignError::InsufficientFunds {
