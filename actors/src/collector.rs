@@ -139,9 +139,12 @@ impl Collector {
                             act.claims += 1;
                             // A full batch: more may be waiting, look again at once. A short
                             // one (or none): the queue was drained; wait for a notification
-                            // or the interval. (Single mode asks until it finds none.)
-                            act.maybe_queued = full || act.arrivals != arrivals_before;
-                            if full || act.config.mode == CollectMode::Single {
+                            // or the interval. (Single mode asks until it finds none, and
+                            // again at once for a wake that came while it asked: the claim's
+                            // snapshot may predate that job.)
+                            let woken = act.arrivals != arrivals_before;
+                            act.maybe_queued = full || woken;
+                            if full || (woken && act.config.mode == CollectMode::Single) {
                                 act.tick(ctx);
                             }
                         }

@@ -274,7 +274,6 @@ fn a_single_collector_claims_one_job_at_a_time_until_none_is_left() {
 /// "Claims one job at a time until none is left": once a claim finds the queue empty,
 /// a single-mode collector waits for a notification or its interval.
 #[test]
-#[ignore = "bug: an idle single-mode Collector claims in a tight loop (a claim that finds nothing re-ticks at once), hammering the store"]
 fn an_idle_single_collector_stops_asking_once_the_queue_is_empty() {
     in_system(|| async {
         let store = MemStore::new();
