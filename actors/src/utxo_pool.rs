@@ -48,7 +48,15 @@ pub struct UtxoPool {
     starved: u64,
     /// A reload from the database is under way.
     refilling: bool,
+    /// The inputs of the last few splits: a reload whose snapshot was taken before a
+    /// split's write-ahead committed still lists its input as available, and must not
+    /// bring it back (the pool would split it again, and the store refuse it). A few
+    /// cover every reload still in flight: one reload and one split run at a time.
+    split_inputs: VecDeque<i64>,
 }
+
+/// How many split inputs [`UtxoPool`] remembers (see `split_inputs`).
+const SPLIT_INPUTS_KEPT: usize = 8;
 
 impl UtxoPool {
     pub fn new(
@@ -71,6 +79,7 @@ impl UtxoPool {
             splitting: false,
             starved: 0,
             refilling: false,
+            split_inputs: VecDeque::with_capacity(SPLIT_INPUTS_KEPT),
         }
     }
 
@@ -130,7 +139,9 @@ impl UtxoPool {
                 match res {
                     Ok(utxos) => {
                         for u in utxos {
-                            if !act.reserved.contains_key(&u.id) {
+                            if !act.reserved.contains_key(&u.id)
+                                && !act.split_inputs.contains(&u.id)
+                            {
                                 act.add(u);
                             }
                         }
@@ -196,6 +207,10 @@ impl UtxoPool {
             }
         };
         self.splitting = true;
+        if self.split_inputs.len() == SPLIT_INPUTS_KEPT {
+            self.split_inputs.pop_front();
+        }
+        self.split_inputs.push_back(input.id);
         let store = self.store.clone();
         let node = self.node.clone();
         let tokens = self.tokens.clone();

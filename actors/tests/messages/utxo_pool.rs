@@ -473,7 +473,6 @@ fn only_one_split_at_a_time() {
 /// runs beside the split (the pool found empty: the same tick starts both) must not
 /// bring it back, or the pool splits it a second time.
 #[test]
-#[ignore = "bug: a tick that starts a reload and a split together re-indexes the split's input (the reload reads it before the split's write-ahead), and the pool later tries to split that coin again"]
 fn a_reload_beside_a_split_does_not_bring_back_the_coin_being_split() {
     in_system(|| async {
         let store = MemStore::new();
