@@ -25,8 +25,10 @@ pub const SHARE_VALID: Duration = Duration::from_secs(2);
 pub struct TokenBucket {
     limiter: WindowLimiter,
     per: Duration,
-    /// Each waiter is sent, with its slot, the end of the lease it is granted under.
-    waiting: VecDeque<oneshot::Sender<Option<Instant>>>,
+    /// Each waiter is sent its slot: a [`Grant`], which gives the slot back when it is
+    /// dropped, wherever that happens (by its holder, or unread in the channel of a
+    /// waiter that gave up just then).
+    waiting: VecDeque<oneshot::Sender<Grant>>,
     timer: Option<SpawnHandle>,
     /// Processes sharing the budget, once known ([`SharedBy`]).
     sharing: Option<u32>,
@@ -120,10 +122,13 @@ impl TokenBucket {
                 break;
             }
             let waiter = self.waiting.pop_front().expect("not empty");
-            let lease = self.needs_lease.then_some(self.lease_until).flatten();
-            if waiter.send(lease).is_err() {
-                self.limiter.complete(now);
-            }
+            let grant = Grant {
+                bucket: Some(ctx.address()),
+                lease_until: self.needs_lease.then_some(self.lease_until).flatten(),
+            };
+            // A waiter gone meanwhile: the grant comes back and is dropped, which
+            // gives the slot back (as any grant's drop does).
+            drop(waiter.send(grant));
         }
         if !self.waiting.is_empty() && self.timer.is_none() {
             if let Some(at) = self.limiter.next_free(now) {
@@ -187,6 +192,14 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Nothing granted (the limiter stopped or restarted first).
+    fn none() -> Grant {
+        Grant {
+            bucket: None,
+            lease_until: None,
+        }
+    }
+
     /// False when the limiter stopped before granting: no broadcast may follow.
     pub fn is_granted(&self) -> bool {
         self.bucket.is_some()
@@ -211,10 +224,20 @@ impl LeaseCheck for Option<Instant> {
 /// Waits for a slot: the only way to get one. Fails closed: while the limiter does not
 /// answer (stopped, restarting, its mailbox full) nothing is granted and the caller
 /// waits, so no broadcast ever goes out without a slot.
+///
+/// The caller waits on a channel of its own ([`AcquireInto`]): a caller that gives up
+/// (its future dropped: a timeout, a stopped broadcaster) is seen as gone at once, is
+/// no longer counted among the waiters, and takes no slot.
 pub async fn acquire(tokens: &Addr<TokenBucket>) -> Grant {
     let mut wait = Duration::from_millis(100);
     loop {
-        match tokens.send(Acquire).await {
+        let (tx, rx) = oneshot::channel();
+        let answer = match tokens.send(AcquireInto(tx)).await {
+            // Dropped unanswered: the limiter stopped or restarted before granting.
+            Ok(()) => Ok(rx.await.unwrap_or_else(|_| Grant::none())),
+            Err(e) => Err(e),
+        };
+        match answer {
             Ok(grant) if grant.usable_now() => return grant,
             Ok(grant) if grant.is_granted() => {
                 // The lease ended between the grant and now (a starved process): the
@@ -238,10 +261,18 @@ impl Drop for Grant {
     }
 }
 
-/// Wait for a slot to broadcast once; answers when one is free.
+/// Wait for a slot to broadcast once; answers when one is free. A waiter stays counted
+/// until it is answered, even when its asker gave up (actix keeps the answer's channel
+/// open): [`acquire`], through [`AcquireInto`], is the way that notices.
 #[derive(Message)]
 #[rtype(result = "Grant")]
 pub struct Acquire;
+
+/// Queue for a slot, answered on the given channel: a waiter whose receiver is dropped
+/// is gone (see [`acquire`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AcquireInto(pub oneshot::Sender<Grant>);
 
 /// A granted broadcast completed (sent by [`Grant`]'s drop).
 #[derive(Message)]
@@ -271,45 +302,47 @@ pub struct Tokens {
     pub waiters: usize,
 }
 
+/// `token-bucket-acquire=N*off->1*return->off` (the `failpoints` feature): the limiter
+/// stops at the N+1-th request (the tests' way to show that it fails closed).
+fn failpoint_stops(ctx: &mut Context<TokenBucket>) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        let fail = (|| {
+            fail::fail_point!("token-bucket-acquire", |_| true);
+            false
+        })();
+        if fail {
+            tracing::warn!("failpoint token-bucket-acquire: rate limiter stopping");
+            ctx.stop();
+            return true;
+        }
+    }
+    let _ = ctx;
+    false
+}
+
 impl Handler<Acquire> for TokenBucket {
     type Result = ResponseFuture<Grant>;
 
     fn handle(&mut self, _: Acquire, ctx: &mut Context<Self>) -> Self::Result {
-        #[cfg(feature = "failpoints")]
-        {
-            // `token-bucket-acquire=N*off->1*return->off`: the limiter fails at the
-            // N+1-th request (the tests' way to show that it fails closed).
-            let fail = (|| {
-                fail::fail_point!("token-bucket-acquire", |_| true);
-                false
-            })();
-            if fail {
-                tracing::warn!("failpoint token-bucket-acquire: rate limiter stopping");
-                ctx.stop();
-                return Box::pin(async {
-                    Grant {
-                        bucket: None,
-                        lease_until: None,
-                    }
-                });
-            }
-        }
         let (tx, rx) = oneshot::channel();
-        self.waiting.push_back(tx);
-        self.serve(ctx);
-        let me = ctx.address();
-        Box::pin(async move {
-            match rx.await {
-                Ok(lease_until) => Grant {
-                    bucket: Some(me),
-                    lease_until,
-                },
-                Err(_) => Grant {
-                    bucket: None,
-                    lease_until: None,
-                },
-            }
-        })
+        if !failpoint_stops(ctx) {
+            self.waiting.push_back(tx);
+            self.serve(ctx);
+        }
+        // Unanswered (the limiter stopped or restarted): nothing granted.
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Grant::none()) })
+    }
+}
+
+impl Handler<AcquireInto> for TokenBucket {
+    type Result = ();
+
+    fn handle(&mut self, msg: AcquireInto, ctx: &mut Context<Self>) {
+        if !failpoint_stops(ctx) {
+            self.waiting.push_back(msg.0);
+            self.serve(ctx);
+        }
     }
 }
 
