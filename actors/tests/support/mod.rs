@@ -234,9 +234,16 @@ impl OutcomeStore for MemStore {
             if let Some((vout, sats)) = j.change {
                 s.next_coin += 1;
                 let id = 1_000_000 + s.next_coin;
+                // The change is an output of the job's stored transaction.
+                let txid = s
+                    .sending
+                    .iter()
+                    .rev()
+                    .find(|w| w.fence.id == j.fence.id)
+                    .map_or_else(|| format!("change-of-{}", j.fence.id), |w| w.txid.clone());
                 out.utxos.push(SpendableUtxo {
                     id,
-                    txid: format!("change-of-{}", j.fence.id),
+                    txid,
                     vout,
                     satoshis: sats,
                     unconfirmed_depth: 1,
