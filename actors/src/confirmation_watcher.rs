@@ -18,7 +18,7 @@ use crate::broadcaster::Deps;
 use crate::dirty_settler::first_known;
 use crate::maintenance::{MaintenanceError, Report, Service};
 use crate::ports::{BroadcastOutcome, OutpointState, TxPresence};
-use crate::ports::{Confirmation, WatchStore};
+use crate::ports::{Confirmation, EarlierTx, WatchStore};
 
 /// Sent transactions asked about per run at most.
 pub const CONFIRM_BATCH: u32 = 500;
@@ -383,7 +383,7 @@ impl ConfirmationWatcher {
             return Ok(Vec::new());
         }
         let earlier = store.earlier_of_sent(txid).await?;
-        if earlier.iter().any(|(t, _)| *t == other) {
+        if earlier.iter().any(|e| e.txid == other) {
             // One of the job's own: the node shows its spend before the transaction.
             return Ok(Vec::new());
         }
@@ -417,7 +417,11 @@ async fn switch_to_earlier(
     txid: &str,
 ) -> Result<bool, MaintenanceError> {
     let earlier = store.earlier_of_sent(txid).await?;
-    let Some((earlier, raw_tx)) = first_known(deps, earlier).await? else {
+    let Some(EarlierTx {
+        txid: earlier,
+        raw_tx,
+    }) = first_known(deps, earlier).await?
+    else {
         return Ok(false);
     };
     let change = deps.signer.change_of(&raw_tx);

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use crate::broadcaster::Deps;
 use crate::maintenance::{MaintenanceError, Report, Service};
-use crate::ports::{DirtyUtxo, PoolStore, SettleStore, StuckJob};
+use crate::ports::{DirtyUtxo, EarlierTx, PoolStore, SettleStore, StuckJob};
 use crate::ports::{OutpointState, TxPresence};
 use crate::recorder::RecordRetry;
 use crate::send::{record_sent, resend_same};
@@ -166,7 +166,9 @@ impl DirtySettler {
                 // Spent by one of the job's earlier transactions (the node shows the spend
                 // before it shows the transaction, or an index lags): that one is the job's.
                 let earlier = store.earlier_transactions(job.fence.id).await?;
-                if let Some((txid, raw_tx)) = earlier.into_iter().find(|(t, _)| t == other) {
+                if let Some(EarlierTx { txid, raw_tx }) =
+                    earlier.into_iter().find(|e| e.txid == *other)
+                {
                     if store.take_up_earlier(job.fence, &txid).await? {
                         tracing::warn!(job = job.fence.id, %txid, replaced = %job.txid, "dirty settler: an earlier transaction of the job is on the node; the job is sent with it");
                         let earlier = StuckJob {
@@ -229,11 +231,7 @@ impl DirtySettler {
                     .lock()
                     .expect("unsettled")
                     .remove(&(d.id, job.txid.clone()));
-                match store.fail_unsettled(job.fence, &reason, unspent).await {
-                    Ok(Some(utxo)) => deps.pool.do_send(Add(vec![utxo])),
-                    Ok(None) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                store.fail_unsettled(job.fence, &reason, unspent).await?;
                 tracing::error!(job = job.fence.id, txid = %job.txid, reason, "dirty settler: job failed");
                 return Ok(());
             }
@@ -312,7 +310,7 @@ async fn earlier_on_node(
     job: &StuckJob,
 ) -> Result<Earlier, MaintenanceError> {
     let earlier = store.earlier_transactions(job.fence.id).await?;
-    let Some((txid, raw_tx)) = first_known(deps, earlier).await? else {
+    let Some(EarlierTx { txid, raw_tx }) = first_known(deps, earlier).await? else {
         return Ok(Earlier::None);
     };
     if !store.take_up_earlier(job.fence, &txid).await? {
@@ -329,12 +327,12 @@ async fn earlier_on_node(
 /// The first of `transactions` (txid, raw) the node holds (mempool or chain).
 pub(crate) async fn first_known(
     deps: &Deps,
-    transactions: Vec<(String, Vec<u8>)>,
-) -> Result<Option<(String, Vec<u8>)>, MaintenanceError> {
-    for (txid, raw_tx) in transactions {
-        let presence = deps.node.tx_presence(&txid).await?;
+    transactions: Vec<EarlierTx>,
+) -> Result<Option<EarlierTx>, MaintenanceError> {
+    for tx in transactions {
+        let presence = deps.node.tx_presence(&tx.txid).await?;
         if !matches!(presence, TxPresence::Unknown) {
-            return Ok(Some((txid, raw_tx)));
+            return Ok(Some(tx));
         }
     }
     Ok(None)

@@ -160,6 +160,14 @@ pub struct Confirmation {
     pub block_hash: Option<String>,
 }
 
+/// A transaction signed for a job before its current one (refused once, kept in the
+/// job's history): all spend the job's anchor, so at most one can be mined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierTx {
+    pub txid: String,
+    pub raw_tx: Vec<u8>,
+}
+
 /// A split stored by the pool, waiting for its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSplit {
@@ -328,16 +336,18 @@ pub trait SettleStore: Send + Sync + 'static {
     /// The outpoint was spent by somebody else: gone for good.
     async fn utxo_retire(&self, id: i64) -> Result<(), StoreError>;
     /// A `sending` job whose transaction never settled (the Janitor gave up on it):
-    /// `failed` with `reason`, its stored transaction kept for the record; its UTXO
-    /// released to the pool (`release`, returned) or retired.
+    /// `failed` with `reason`, its stored transaction kept for the record. Its coin,
+    /// when the node says it is `unspent`, stays the failed job's anchor (reserved to
+    /// it, never another job's: a copy of the job's transaction may still be mined);
+    /// otherwise it is retired.
     async fn fail_unsettled(
         &self,
         job: Fence,
         reason: &str,
-        release: bool,
-    ) -> Result<Option<SpendableUtxo>, StoreError>;
-    /// The job's earlier transactions (refused once, kept in its history): (txid, raw).
-    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+        unspent: bool,
+    ) -> Result<(), StoreError>;
+    /// The job's earlier transactions (refused once, kept in its history), oldest first.
+    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<EarlierTx>, StoreError>;
     /// One of the job's earlier transactions turned out to be on the node after all: it
     /// becomes the job's transaction again (the one on the row goes to the history), so
     /// that the job is recorded `sent` with the transaction that can be mined. Fenced;
@@ -378,7 +388,7 @@ pub trait WatchStore: Send + Sync + 'static {
         reason: &str,
     ) -> Result<Vec<String>, StoreError>;
     /// The earlier transactions of the `sent` job whose transaction is `txid`.
-    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<EarlierTx>, StoreError>;
     /// A `sent` job's transaction `txid` is not on the node and its earlier transaction
     /// `earlier` is (a node that answered before it verified dropped the replacement
     /// for the copy it already held): the job is recorded with `earlier`, whose change

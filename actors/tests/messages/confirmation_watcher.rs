@@ -143,8 +143,8 @@ fn an_earlier_transaction_of_the_job_the_node_holds_becomes_the_jobs() {
             s.earlier_of_sent.insert(
                 "latest".into(),
                 vec![
-                    ("gone".into(), b"gone|bytes".to_vec()),
-                    ("earlier".into(), b"earlier|bytes".to_vec()),
+                    earlier_tx("gone", b"gone|bytes"),
+                    earlier_tx("earlier", b"earlier|bytes"),
                 ],
             );
         }
@@ -258,7 +258,7 @@ impl WatchStore for Lane {
         Ok(lane)
     }
 
-    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<EarlierTx>, StoreError> {
         self.0.earlier_of_sent(txid).await
     }
 

@@ -176,7 +176,7 @@ fn an_earlier_transaction_of_the_job_the_node_holds_is_taken_up() {
             let mut s = w.store.state();
             s.dirty_coins.push(dirty(Some(job)));
             s.earlier
-                .insert(1, vec![("earlier".into(), b"earlier|job-1".to_vec())]);
+                .insert(1, vec![earlier_tx("earlier", b"earlier|job-1")]);
         }
         w.node
             .state()
@@ -203,7 +203,7 @@ fn a_coin_spent_by_an_earlier_transaction_of_the_job_takes_that_one_up() {
             let mut s = w.store.state();
             s.dirty_coins.push(dirty(Some(job)));
             s.earlier
-                .insert(1, vec![("earlier".into(), b"earlier|job-1".to_vec())]);
+                .insert(1, vec![earlier_tx("earlier", b"earlier|job-1")]);
         }
         // The node shows the spend before it shows the transaction.
         w.node

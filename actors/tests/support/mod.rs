@@ -69,6 +69,14 @@ pub fn coin(id: i64, sats: u64) -> SpendableUtxo {
     }
 }
 
+/// An earlier transaction of a job.
+pub fn earlier_tx(txid: &str, raw_tx: &[u8]) -> EarlierTx {
+    EarlierTx {
+        txid: txid.to_owned(),
+        raw_tx: raw_tx.to_vec(),
+    }
+}
+
 pub fn fence(id: JobId, attempts: i32) -> Fence {
     Fence { id, attempts }
 }
@@ -124,7 +132,7 @@ pub struct StoreState {
     pub cleaned: Vec<i64>,
     pub retired: Vec<i64>,
     pub unsettled: Vec<(Fence, String, bool)>,
-    pub earlier: HashMap<JobId, Vec<(String, Vec<u8>)>>,
+    pub earlier: HashMap<JobId, Vec<EarlierTx>>,
     pub taken_up: Vec<(Fence, String)>,
     // Sent, waiting for a block.
     pub unconfirmed: Vec<Unconfirmed>,
@@ -132,7 +140,7 @@ pub struct StoreState {
     pub unheld: Vec<(String, String)>,
     pub reanchored: Vec<(String, String)>,
     pub switched: Vec<(String, String)>,
-    pub earlier_of_sent: HashMap<String, Vec<(String, Vec<u8>)>>,
+    pub earlier_of_sent: HashMap<String, Vec<EarlierTx>>,
     /// Calls that fail with [`away`] before answering again (any method).
     pub fail_next: u32,
 }
@@ -468,15 +476,15 @@ impl SettleStore for MemStore {
         &self,
         job: Fence,
         reason: &str,
-        release: bool,
-    ) -> Result<Option<SpendableUtxo>, StoreError> {
+        unspent: bool,
+    ) -> Result<(), StoreError> {
         self.gate()?
             .unsettled
-            .push((job, reason.to_owned(), release));
-        Ok(None)
+            .push((job, reason.to_owned(), unspent));
+        Ok(())
     }
 
-    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<EarlierTx>, StoreError> {
         Ok(self.gate()?.earlier.get(&job).cloned().unwrap_or_default())
     }
 
@@ -531,7 +539,7 @@ impl WatchStore for MemStore {
         Ok(vec![txid.to_owned()])
     }
 
-    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<EarlierTx>, StoreError> {
         Ok(self
             .gate()?
             .earlier_of_sent

@@ -53,5 +53,12 @@ pub(crate) fn utxo_from(r: &sqlx::postgres::PgRow) -> SpendableUtxo {
 }
 
 /// The claims of a process are live while its lease runs and it has not stopped.
+/// `(txid, raw_tx)` rows of `job_transactions`, as the ports name them.
+pub(super) fn earlier_txs(rows: Vec<(String, Vec<u8>)>) -> Vec<raregen_actors::ports::EarlierTx> {
+    rows.into_iter()
+        .map(|(txid, raw_tx)| raregen_actors::ports::EarlierTx { txid, raw_tx })
+        .collect()
+}
+
 pub(super) const LIVE_OWNER: &str = "EXISTS (SELECT 1 FROM workers w
                                   WHERE w.id = j.owner AND w.lease_until > now() AND w.stopped_at IS NULL)";

@@ -83,28 +83,29 @@ impl SettleStore for PgStore {
         &self,
         job: Fence,
         reason: &str,
-        release: bool,
-    ) -> Result<Option<SpendableUtxo>, StoreError> {
-        let row = sqlx::query(include_str!("sql/settle/fail_unsettled.sql"))
+        unspent: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(include_str!("sql/settle/fail_unsettled.sql"))
             .bind(job.id)
             .bind(job.attempts)
             .bind(reason)
             .bind(&self.owner)
-            .bind(release)
-            .fetch_optional(&self.pool)
+            .bind(unspent)
+            .execute(&self.pool)
             .await
             .map_err(store_error)?;
-        Ok(available_utxo(row))
+        Ok(())
     }
 
-    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        sqlx::query_as(
+    async fn earlier_transactions(&self, job: JobId) -> Result<Vec<EarlierTx>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT txid, raw_tx FROM job_transactions WHERE job_id = $1 ORDER BY created_at",
         )
         .bind(job)
         .fetch_all(&self.pool)
         .await
-        .map_err(store_error)
+        .map_err(store_error)?;
+        Ok(earlier_txs(rows))
     }
 
     async fn take_up_earlier(&self, job: Fence, txid: &str) -> Result<bool, StoreError> {

@@ -7,6 +7,7 @@ use raregen_actors::ports::*;
 use sqlx::Row;
 
 use super::super::{store_error, PgStore};
+use super::earlier_txs;
 
 #[async_trait]
 impl WatchStore for PgStore {
@@ -114,12 +115,14 @@ impl WatchStore for PgStore {
         Ok(set_aside)
     }
 
-    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        sqlx::query_as(include_str!("sql/watch/earlier_of_sent.sql"))
-            .bind(txid)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)
+    async fn earlier_of_sent(&self, txid: &str) -> Result<Vec<EarlierTx>, StoreError> {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as(include_str!("sql/watch/earlier_of_sent.sql"))
+                .bind(txid)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+        Ok(earlier_txs(rows))
     }
 
     async fn switch_sent(
