@@ -3,6 +3,7 @@
 //! (how many processes share it, and the lease it is used under).
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -46,10 +47,15 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// The whole budget, for this process alone.
+    /// The whole budget, for this process alone (a `max` of 0 counts as 1; the
+    /// configuration refuses it).
     pub fn new(max: u32, per: Duration) -> TokenBucket {
         TokenBucket {
-            limiter: WindowLimiter::new(max, per, Instant::now()),
+            limiter: WindowLimiter::new(
+                NonZeroU32::new(max).unwrap_or(NonZeroU32::MIN),
+                per,
+                Instant::now(),
+            ),
             per,
             waiting: VecDeque::new(),
             timer: None,

@@ -14,6 +14,7 @@
 //! node: 99.8% of the configured rate).
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,15 +50,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 impl WindowLimiter {
-    pub fn new(max: u32, per: Duration, now: Instant) -> WindowLimiter {
+    /// At most `max` broadcasts in any `per`.
+    pub fn new(max: NonZeroU32, per: Duration, now: Instant) -> WindowLimiter {
+        let max = max.get();
         WindowLimiter {
-            max: max.max(1),
+            max,
             per,
-            limit: max.max(1),
-            share: max.max(1),
+            limit: max,
+            share: max,
             open: 0,
             completed: VecDeque::with_capacity(max as usize),
-            spacing: per / max.max(1) / 2,
+            spacing: per / max / 2,
             last_grant: None,
             paused_until: None,
             backoff: FIRST_BACKOFF,
@@ -244,6 +247,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).expect("a budget")
+    }
     use crate::rate_limit::SHARE_REFRESH;
 
     /// A deterministic pseudo-random sequence.
@@ -269,7 +276,7 @@ mod tests {
         seed: u64,
     ) -> Vec<Instant> {
         let start = Instant::now();
-        let mut l = WindowLimiter::new(max, per, start);
+        let mut l = WindowLimiter::new(nz(max), per, start);
         let mut rng = Rng(seed);
         let mut now = start;
         // (completion time, arrival time) of broadcasts in flight.
@@ -349,7 +356,7 @@ mod tests {
         // and the next wait until `per` after those completed.
         let start = Instant::now();
         let per = Duration::from_secs(3);
-        let mut l = WindowLimiter::new(500, per, start);
+        let mut l = WindowLimiter::new(nz(500), per, start);
         let mut now = start;
         let mut grants = Vec::new();
         while grants.len() < 500 {
@@ -374,7 +381,7 @@ mod tests {
     fn rate_limited_pauses_shrinks_and_recovers() {
         let start = Instant::now();
         let per = Duration::from_secs(1);
-        let mut l = WindowLimiter::new(100, per, start);
+        let mut l = WindowLimiter::new(nz(100), per, start);
         assert!(l.try_grant(start));
         l.complete(start);
         l.rate_limited(start, Some(Duration::from_secs(5)), 0.0);
@@ -415,7 +422,7 @@ mod tests {
     #[test]
     fn tokens_left_counts_open_and_recent_slots() {
         let start = Instant::now();
-        let mut l = WindowLimiter::new(10, Duration::from_secs(1), start);
+        let mut l = WindowLimiter::new(nz(10), Duration::from_secs(1), start);
         // Grants are spaced by half the average interval: 50 ms here.
         let step = Duration::from_millis(50);
         for i in 0..4 {
@@ -436,7 +443,7 @@ mod tests {
     fn a_share_caps_the_grants_and_a_newcomer_waits() {
         let start = Instant::now();
         let per = Duration::from_secs(1);
-        let mut l = WindowLimiter::new(10, per, start);
+        let mut l = WindowLimiter::new(nz(10), per, start);
         // No share yet (a shared bucket before the Janitor's first count): nothing.
         l.set_share(0, None);
         assert!(!l.try_grant(start));
@@ -458,14 +465,14 @@ mod tests {
             "spacing follows the share"
         );
         // Joining others: not before the given instant, then the whole share.
-        let mut l = WindowLimiter::new(10, per, start);
+        let mut l = WindowLimiter::new(nz(10), per, start);
         let join = start + Duration::from_secs(3);
         l.set_share(10, Some(join));
         assert!(!l.try_grant(start + Duration::from_secs(2)));
         assert_eq!(l.next_free(start), Some(join));
         assert!(l.try_grant(join));
         // Shrinking below the slots already taken: no grant until they are under it.
-        let mut l = WindowLimiter::new(10, per, start);
+        let mut l = WindowLimiter::new(nz(10), per, start);
         let step = Duration::from_millis(50);
         for i in 0..4 {
             assert!(l.try_grant(start + step * i));
@@ -485,8 +492,8 @@ mod tests {
         let start = Instant::now();
         let per = Duration::from_secs(3);
         let max = 500;
-        let mut a = WindowLimiter::new(max, per, start);
-        let mut b = WindowLimiter::new(max, per, start);
+        let mut a = WindowLimiter::new(nz(max), per, start);
+        let mut b = WindowLimiter::new(nz(max), per, start);
         b.set_share(0, None);
         let mut times = Vec::new();
         let joins = start + Duration::from_millis(4_500);
