@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use raregen_actors::ports::*;
+use raregen_actors::ports::{
+    Anchor, ClaimStore, ClaimedBatch, ClaimedJob, SpendableUtxo, StoreError, StoredTx,
+};
 use sqlx::Row;
 
 use super::{store_error, PgStore};

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use raregen_actors::ports::*;
+use raregen_actors::ports::{
+    Fence, JobId, OutcomeStore, Recorded, Retry, Sending, SendingRecorded, Sent, SpendableUtxo,
+    StoreError,
+};
 use sqlx::postgres::{PgArguments, Postgres};
 use sqlx::query::Query;
 use sqlx::Row;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use raregen_actors::ports::*;
+use raregen_actors::ports::{JobId, StoreError};
 use sqlx::Row;
 
 use super::{store_error, PgStore};

@@ -1,7 +1,7 @@
 //! The API's view of jobs: one job, jobs by state, progress by id, counts per state.
 
 use chrono::{DateTime, Utc};
-use raregen_actors::ports::*;
+use raregen_actors::ports::{JobId, StoreError};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 

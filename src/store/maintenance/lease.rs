@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use raregen_actors::ports::*;
+use raregen_actors::ports::{LeaseStore, StoreError};
 
 use super::super::{store_error, PgStore};
 

@@ -1,7 +1,9 @@
 //! Dirty coins (a spend whose outcome is unknown) settled by what the node says: clean again, retired, or the job failed; a job's earlier transactions taken up when the node holds one.
 
 use async_trait::async_trait;
-use raregen_actors::ports::*;
+use raregen_actors::ports::{
+    DirtyUtxo, EarlierTx, Fence, JobId, SettleStore, StoreError, StuckJob,
+};
 use sqlx::Row;
 
 use super::super::{store_error, PgStore};
