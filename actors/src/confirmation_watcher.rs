@@ -63,6 +63,50 @@ impl UnheldTx {
 
 type Unheld = HashMap<String, UnheldTx>;
 
+/// The block scans for spent anchors' spenders, shared out over the runs: each run
+/// scans at most [`SPENDER_LOOKS_PER_RUN`], and a transaction whose scan found nothing
+/// waits its turn (one scan per `every` runs, `every` sized so that all that need a
+/// scan get one before anyone gets a second), so that the same fruitless ones never
+/// take the whole budget.
+#[derive(Debug, Default)]
+struct SpenderScans {
+    run: u64,
+    /// The run of each transaction's last fruitless scan (only those still waiting).
+    last: HashMap<String, u64>,
+    /// Transactions that needed a scan in the last run (scanned or waiting).
+    wanted_last_run: usize,
+}
+
+/// One run's share of the scans.
+struct ScanBudget {
+    scans: SpenderScans,
+    left: u32,
+    every: u64,
+    wanted: HashMap<String, u64>,
+}
+
+impl ScanBudget {
+    /// May `txid`'s spender be scanned for now? (Counts it as wanting a scan.)
+    fn take(&mut self, txid: &str) -> bool {
+        let run = self.scans.run;
+        let last = self.scans.last.get(txid).copied();
+        self.wanted.insert(txid.to_owned(), last.unwrap_or(0));
+        if last.is_some_and(|r| run - r < self.every) || self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        self.wanted.insert(txid.to_owned(), run);
+        true
+    }
+
+    /// The run ends: what waits is remembered, the rest forgotten.
+    fn finish(mut self) -> SpenderScans {
+        self.scans.wanted_last_run = self.wanted.len();
+        self.scans.last = self.wanted.into_iter().filter(|(_, r)| *r > 0).collect();
+        self.scans
+    }
+}
+
 pub struct ConfirmationWatcher {
     pub store: Arc<dyn WatchStore>,
     pub deps: Arc<Deps>,
@@ -73,6 +117,7 @@ pub struct ConfirmationWatcher {
     /// Lost on a restart: the counts start again, so a give-up comes later, never
     /// sooner.
     unheld: Mutex<Unheld>,
+    spender_scans: Mutex<SpenderScans>,
 }
 
 impl ConfirmationWatcher {
@@ -87,6 +132,7 @@ impl ConfirmationWatcher {
             stuck_after,
             reanchor_confirmations: 1,
             unheld: Mutex::default(),
+            spender_scans: Mutex::default(),
         }
     }
 
@@ -149,7 +195,20 @@ impl ConfirmationWatcher {
             .filter(|(_, p)| !matches!(p, Ok(TxPresence::Confirmed { .. })))
             .map(|(u, _)| u.txid.clone())
             .collect();
-        let mut spender_looks = SPENDER_LOOKS_PER_RUN;
+        // Taken for the run (a guard is not held across the node's answers), put back
+        // at its end.
+        let mut scans = std::mem::take(&mut *self.spender_scans.lock().expect("scans"));
+        scans.run += 1;
+        let every = scans
+            .wanted_last_run
+            .div_ceil(SPENDER_LOOKS_PER_RUN as usize)
+            .max(1) as u64;
+        let mut spender_looks = ScanBudget {
+            scans,
+            left: SPENDER_LOOKS_PER_RUN,
+            every,
+            wanted: HashMap::new(),
+        };
         for (u, presence) in answers {
             let crate::ports::Unconfirmed {
                 txid,
@@ -283,6 +342,7 @@ impl ConfirmationWatcher {
                 Ok(_) => {}
                 Err(e) => {
                     *unheld.lock().expect("unheld") = previously;
+                    *self.spender_scans.lock().expect("scans") = spender_looks.finish();
                     return Err(e.into());
                 }
             }
@@ -290,6 +350,7 @@ impl ConfirmationWatcher {
         if !confirmed.is_empty() {
             if let Err(e) = store.record_confirmations(&confirmed).await {
                 *unheld.lock().expect("unheld") = previously;
+                *self.spender_scans.lock().expect("scans") = spender_looks.finish();
                 return Err(e.into());
             }
         }
@@ -339,6 +400,7 @@ impl ConfirmationWatcher {
             tracing::warn!(%txid, ?outcome, "confirmation watcher: re-sent a transaction the node no longer had");
         }
         *unheld.lock().expect("unheld") = still_unheld;
+        *self.spender_scans.lock().expect("scans") = spender_looks.finish();
         Ok(acted + confirmed.len() as u64)
     }
 }
@@ -355,9 +417,9 @@ impl ConfirmationWatcher {
         &self,
         txid: &str,
         input: Option<&(String, u32)>,
-        // Block scans left this run: only a scan is charged (the outpoint question is
+        // This run's block scans: only a scan is charged (the outpoint question is
         // cheap), so transactions whose input is unspent never use up the budget.
-        scans_left: &mut u32,
+        scans: &mut ScanBudget,
     ) -> Result<Vec<String>, MaintenanceError> {
         let (store, node) = (&*self.store, &*self.deps.node);
         let Some((in_txid, in_vout)) = input else {
@@ -370,10 +432,9 @@ impl ConfirmationWatcher {
         if spent_by.is_none() {
             // A node that does not say who spent it (bitcoind, bcoin): looked for in
             // the recent blocks.
-            if *scans_left == 0 {
+            if !scans.take(txid) {
                 return Ok(Vec::new());
             }
-            *scans_left -= 1;
             spent_by = node.spender(in_txid, *in_vout).await?;
         }
         let Some(other) = spent_by else {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use raregen_actors::confirmation_watcher::{ConfirmationWatcher, MAX_UNHELD_RESENDS};
+use raregen_actors::confirmation_watcher::{
+    ConfirmationWatcher, MAX_UNHELD_RESENDS, SPENDER_LOOKS_PER_RUN,
+};
 use raregen_actors::maintenance::{Report, Service};
 use raregen_actors::ports::*;
 
@@ -452,5 +454,53 @@ fn a_node_away_records_nothing_and_sends_nothing() {
         );
         assert!(w.store.state().confirmations.is_empty());
         assert_eq!(w.node.broadcasts(), 0);
+    });
+}
+
+/// The block scans for a spent anchor's spender are bounded per run, and shared out:
+/// transactions whose spender no scan finds do not take the whole budget run after
+/// run. Forty dropped transactions whose anchors are spent by nobody the node names;
+/// the last one's spender is a confirmed stranger: it is found, and its job
+/// re-anchored, within the runs it takes to scan each once.
+#[test]
+fn the_spender_scans_go_round_every_transaction_that_needs_one() {
+    in_system(|| async {
+        let w = setup();
+        let n: usize = 40;
+        {
+            let mut s = w.store.state();
+            let mut node = w.node.state();
+            for i in 0..n {
+                let parent = format!("{i:064x}");
+                s.unconfirmed.push(Unconfirmed {
+                    input: Some((parent.clone(), 0)),
+                    ..sent_tx(&format!("dropped-{i}"), true)
+                });
+                node.outpoints
+                    .insert((parent, 0), OutpointState::Gone { spent_by: None });
+            }
+            node.spenders
+                .insert((format!("{:064x}", n - 1), 0), "stranger".into());
+            node.presence.insert("stranger".into(), confirmed(1));
+        }
+        let watcher = watcher(&w, STUCK_AFTER);
+        let runs = n.div_ceil(SPENDER_LOOKS_PER_RUN as usize) + 1;
+        for run in 1..=runs {
+            let before = w.node.state().spender_asks.len();
+            watcher.run().await;
+            let scans = w.node.state().spender_asks.len() - before;
+            assert!(
+                scans <= SPENDER_LOOKS_PER_RUN as usize,
+                "run {run}: {scans} block scans"
+            );
+            if !w.store.state().reanchored.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(
+            w.store.state().reanchored,
+            vec![(format!("dropped-{}", n - 1), "stranger".to_owned())],
+            "the last transaction's spender was never looked for within {runs} runs"
+        );
     });
 }

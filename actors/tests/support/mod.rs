@@ -578,6 +578,8 @@ pub struct NodeState {
     /// Queries that fail as if the node were away, before answering again.
     pub away_for: u32,
     pub presence_asks: Vec<String>,
+    /// Every `spender` asked (a block scan on a real node).
+    pub spender_asks: Vec<(String, u32)>,
 }
 
 /// A node that answers from a script.
@@ -658,7 +660,8 @@ impl Node for FakeNode {
     }
 
     async fn spender(&self, txid: &str, vout: u32) -> Result<Option<String>, NodeError> {
-        let s = self.query()?;
+        let mut s = self.query()?;
+        s.spender_asks.push((txid.to_owned(), vout));
         Ok(s.spenders.get(&(txid.to_owned(), vout)).cloned())
     }
 }
