@@ -1441,3 +1441,80 @@ async fn a_reanchor_sees_what_the_lane_gained_while_it_waited(pool: PgPool) {
         "jobs left sending or sent on a coin that can never exist: {on_retired:?}"
     );
 }
+
+/// Cleaning a dirty coin is fenced by what holds it, and so is what it releases: a job
+/// adopted from RareGen's batch worker in flight, held (`next_attempt_at = infinity`)
+/// on that coin as its anchor, is let go only when the coin is cleaned. While a live
+/// job still sends on the coin (its outcome unknown), neither happens.
+#[sqlx::test]
+async fn a_coin_still_held_is_not_cleaned_and_releases_no_held_job(pool: PgPool) {
+    use raregen_actors::SettleStore;
+    support::insert_queued(&pool, 2).await;
+    let utxos = support::insert_utxos(&pool, 1).await;
+    let coin = utxos[0];
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM publish_jobs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    // The first job sends on the coin, its outcome unknown (the coin dirty); the second
+    // waits, held, with the coin as its anchor.
+    sqlx::query(
+        "UPDATE utxos SET state = 'spending', dirty = TRUE, reserved_by = $2,
+                spent_by_txid = repeat('a', 64)
+         WHERE id = $1",
+    )
+    .bind(coin)
+    .bind(ids[0])
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE publish_jobs SET status = 'sending', owner = 'w1', utxo_id = $2,
+                anchor_utxo_id = $2, txid = repeat('a', 64), raw_tx = '\\x00'::bytea,
+                sending_started_at = now()
+         WHERE id = $1",
+    )
+    .bind(ids[0])
+    .bind(coin)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE publish_jobs SET anchor_utxo_id = $2, next_attempt_at = 'infinity' WHERE id = $1",
+    )
+    .bind(ids[1])
+    .bind(coin)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = PgStore::new(pool.clone(), "w1");
+    assert_eq!(
+        store.utxo_clean(coin).await.unwrap(),
+        None,
+        "held: not cleaned"
+    );
+    let held: bool =
+        sqlx::query_scalar("SELECT next_attempt_at = 'infinity' FROM publish_jobs WHERE id = $1")
+            .bind(ids[1])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        held,
+        "the held job was released on a coin that was not cleaned"
+    );
+    // Once nothing live holds it, the coin is cleaned and the held job released.
+    sqlx::query("UPDATE publish_jobs SET status = 'failed', owner = NULL WHERE id = $1")
+        .bind(ids[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    store.utxo_clean(coin).await.unwrap();
+    let held: bool =
+        sqlx::query_scalar("SELECT next_attempt_at = 'infinity' FROM publish_jobs WHERE id = $1")
+            .bind(ids[1])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!held, "cleaned: the held job is let go");
+}
