@@ -1,5 +1,7 @@
-//! Each actor's contract, message by message, with the actors started in-process
-//! against a real Postgres (a fresh database per test).
+//! The actors that talk to the store, started in-process against the real Postgres (a
+//! fresh database per test): what their message tests on the in-memory fakes
+//! (actors/tests/messages) cannot show — the claim, the group statements and the pool's
+//! reloads as the real store answers them.
 
 mod support;
 
@@ -9,9 +11,9 @@ use support::FreshDb;
 
 use actix::prelude::*;
 use raregen::store::PgStore;
-use raregen_actors::batch::{next_job, Batch, BatchDepth, Depth, Drain, Enqueue, JobDone};
+use raregen_actors::batch::{next_job, Batch, Depth};
 use raregen_actors::collector::{Claims, CollectMode, Collector, CollectorConfig, StopClaiming};
-use raregen_actors::rate_limit::{max_in_window, Acquire, TokenBucket, Tokens, TokensLeft};
+use raregen_actors::rate_limit::TokenBucket;
 use raregen_actors::recorder::{MarkDirty, RecordRetry, RecordSending, RecordSent, Recorder};
 use raregen_actors::utxo_pool::{
     Forget, PoolConfig, PoolState, PoolStats, Release, Reserve, UtxoPool,
@@ -59,43 +61,6 @@ async fn insert_utxos(pool: &PgPool, n: i64, sats: i64) -> Vec<i64> {
     .fetch_all(pool)
     .await
     .unwrap()
-}
-
-#[test]
-fn batch_hands_out_jobs_in_seq_order_and_drains() {
-    in_system(|pool| async move {
-        insert_jobs(&pool, 7).await;
-        let store = PgStore::new(pool, "actor-test");
-        let claimed = store.claim_batch(7).await.unwrap().unwrap();
-        let batch = Batch::default().start();
-        batch.send(Enqueue(claimed.clone())).await.unwrap();
-        let mut seqs = Vec::new();
-        for _ in 0..4 {
-            let (id, job) = take(&batch).await;
-            assert_eq!(id, claimed.id);
-            seqs.push(job.batch_seq);
-        }
-        assert_eq!(seqs, [1, 2, 3, 4]);
-        assert_eq!(
-            batch.send(Depth).await.unwrap(),
-            BatchDepth {
-                waiting: 3,
-                in_flight: 4,
-                batches: 1
-            }
-        );
-        batch.send(JobDone(claimed.jobs[0].id)).await.unwrap();
-        assert_eq!(batch.send(Depth).await.unwrap().in_flight, 3);
-        let rest = batch.send(Drain).await.unwrap();
-        assert_eq!(
-            rest.iter().map(|j| j.batch_seq).collect::<Vec<_>>(),
-            [5, 6, 7]
-        );
-        assert!(
-            next_job(&batch).await.is_none(),
-            "a drained batch hands out nothing"
-        );
-    });
 }
 
 #[test]
@@ -430,183 +395,6 @@ fn an_empty_utxo_pool_reloads_once_however_many_ask() {
         actix::clock::sleep(Duration::from_millis(400)).await;
         let reloads = store.loads.load(std::sync::atomic::Ordering::SeqCst) - before;
         assert_eq!(reloads, 1, "256 empty answers started {reloads} reloads");
-    });
-}
-
-#[test]
-fn token_bucket_never_grants_more_than_max_per_window() {
-    actix::System::new().block_on(async {
-        let per = Duration::from_millis(300);
-        let bucket = TokenBucket::new(5, per).start();
-        assert_eq!(
-            bucket.send(TokensLeft).await.unwrap(),
-            Tokens {
-                left: 5,
-                budget: 5,
-                waiters: 0
-            }
-        );
-        let mut grants = Vec::new();
-        let mut waiting = Vec::new();
-        for _ in 0..20 {
-            waiting.push(bucket.send(Acquire));
-        }
-        for w in waiting {
-            let grant = w.await.unwrap();
-            grants.push(std::time::Instant::now());
-            drop(grant); // the broadcast "completes" at once
-        }
-        assert!(max_in_window(&grants, per) <= 5, "{grants:?}");
-        let span = *grants.last().unwrap() - grants[0];
-        assert!(
-            span >= per * 3,
-            "20 grants at 5 per {per:?} take at least three windows: {span:?}"
-        );
-    });
-}
-
-/// A limiter that stops grants nothing (fail closed: its waiters are told no, and
-/// `acquire` keeps waiting); its supervisor starts it again, and it grants nothing for
-/// one `per` (it cannot know what was in flight), then resumes under the limit.
-#[test]
-fn a_stopped_token_bucket_grants_nothing_then_resumes_under_the_limit() {
-    use raregen_actors::rate_limit::{acquire, Stop};
-    actix::System::new().block_on(async {
-        let per = Duration::from_millis(400);
-        let bucket = TokenBucket::new(5, per).start_supervised();
-        let mut grants = Vec::new();
-        for _ in 0..3 {
-            drop(acquire(&bucket).await);
-            grants.push(std::time::Instant::now());
-        }
-        // Waiters queued when it stops are told no (an empty grant), not granted.
-        let queued: Vec<_> = (0..10).map(|_| bucket.send(Acquire)).collect();
-        let stopped = std::time::Instant::now();
-        bucket.send(Stop).await.unwrap();
-        let mut refused = 0;
-        for w in queued {
-            match w.await {
-                Ok(grant) if grant.is_granted() => grants.push(std::time::Instant::now()),
-                _ => refused += 1,
-            }
-        }
-        assert!(
-            refused >= 8,
-            "only {refused} of 10 waiters refused by the stop"
-        );
-        // Restarted: nothing for one `per`, then grants again, under the limit.
-        let after: Vec<_> = futures::future::join_all((0..12).map(|_| {
-            let bucket = bucket.clone();
-            async move {
-                drop(acquire(&bucket).await);
-                std::time::Instant::now()
-            }
-        }))
-        .await;
-        let first = *after.iter().min().unwrap();
-        assert!(
-            first >= stopped + per,
-            "granted {:?} after the restart, before one window ({per:?})",
-            first - stopped
-        );
-        grants.extend(after);
-        grants.sort();
-        assert!(max_in_window(&grants, per) <= 5, "{grants:?}");
-    });
-}
-
-/// A shared budget grants only while the count of the processes sharing it is fresh
-/// (`SHARE_VALID` from when it was asked for): a process whose database stops answering
-/// that query must not keep a share that may be too large now; a fresh count resumes.
-#[test]
-fn token_bucket_stale_share_no_grant() {
-    use raregen_actors::rate_limit::{LeaseUntil, SharedBy, SHARE_VALID};
-    actix::System::new().block_on(async {
-        let per = Duration::from_millis(200);
-        let bucket = TokenBucket::shared(100, per).start();
-        let now = tokio::time::Instant::now();
-        bucket.do_send(LeaseUntil {
-            until: now + Duration::from_secs(60),
-            lapsed: false,
-        });
-        bucket
-            .send(SharedBy {
-                processes: 1,
-                asked_at: now,
-            })
-            .await
-            .unwrap();
-        let grant = bucket.send(Acquire).await.unwrap();
-        assert!(grant.is_granted(), "a fresh count grants");
-        drop(grant);
-        tokio::time::sleep_until(now + SHARE_VALID).await;
-        let stale = tokio::time::timeout(Duration::from_millis(500), bucket.send(Acquire)).await;
-        assert!(stale.is_err(), "granted on a stale count");
-        // A waiter queued meanwhile is served by the next fresh count.
-        let waiter = bucket.send(Acquire);
-        let asked = tokio::time::Instant::now();
-        bucket.do_send(SharedBy {
-            processes: 1,
-            asked_at: asked,
-        });
-        let grant = tokio::time::timeout(Duration::from_secs(1), waiter)
-            .await
-            .expect("a fresh count serves the waiter")
-            .unwrap();
-        assert!(grant.is_granted());
-    });
-}
-
-/// A shared budget grants only while this process's lease runs: nothing before the
-/// first lease, nothing once it has ended, and after a lapse nothing until the other
-/// processes have had time to count us again (`SHARE_REFRESH * 2 + per`).
-#[test]
-fn token_bucket_no_lease_no_grant() {
-    use raregen_actors::rate_limit::{LeaseUntil, SharedBy, SHARE_REFRESH};
-    actix::System::new().block_on(async {
-        let per = Duration::from_millis(200);
-        let bucket = TokenBucket::shared(100, per).start();
-        // Counted alone, again and again, as the Leaser does.
-        let counter = bucket.clone();
-        actix::spawn(async move {
-            loop {
-                counter.do_send(SharedBy {
-                    processes: 1,
-                    asked_at: tokio::time::Instant::now(),
-                });
-                tokio::time::sleep(SHARE_REFRESH / 2).await;
-            }
-        });
-        tokio::task::yield_now().await;
-        let no_lease = tokio::time::timeout(Duration::from_millis(300), bucket.send(Acquire)).await;
-        assert!(no_lease.is_err(), "granted before any lease");
-
-        let now = tokio::time::Instant::now();
-        let until = now + Duration::from_millis(400);
-        bucket.do_send(LeaseUntil {
-            until,
-            lapsed: false,
-        });
-        let grant = bucket.send(Acquire).await.unwrap();
-        assert!(grant.is_granted());
-        drop(grant);
-
-        tokio::time::sleep_until(until).await;
-        let lapsed = tokio::time::timeout(Duration::from_millis(300), bucket.send(Acquire)).await;
-        assert!(lapsed.is_err(), "granted after the lease ended");
-
-        let renewed = tokio::time::Instant::now();
-        bucket.do_send(LeaseUntil {
-            until: renewed + Duration::from_secs(30),
-            lapsed: true,
-        });
-        let grant = bucket.send(Acquire).await.unwrap();
-        assert!(grant.is_granted());
-        assert!(
-            renewed.elapsed() >= SHARE_REFRESH * 2 + per - Duration::from_millis(10),
-            "rejoined after {:?}",
-            renewed.elapsed()
-        );
     });
 }
 

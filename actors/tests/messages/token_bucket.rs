@@ -492,3 +492,52 @@ fn a_supervised_bucket_restarts_and_grants_nothing_for_one_per() {
         drop(grant);
     });
 }
+
+/// A limiter that stops grants nothing (fail closed: its waiters are told no, and
+/// `acquire` keeps waiting); its supervisor starts it again, and it grants nothing for
+/// one `per` (it cannot know what was in flight), then resumes under the limit.
+#[test]
+fn a_stopped_token_bucket_grants_nothing_then_resumes_under_the_limit() {
+    actix::System::new().block_on(async {
+        let per = Duration::from_millis(400);
+        let bucket = TokenBucket::new(5, per).start_supervised();
+        let mut grants = Vec::new();
+        for _ in 0..3 {
+            drop(acquire(&bucket).await);
+            grants.push(std::time::Instant::now());
+        }
+        // Waiters queued when it stops are told no (an empty grant), not granted.
+        let queued: Vec<_> = (0..10).map(|_| bucket.send(Acquire)).collect();
+        let stopped = std::time::Instant::now();
+        bucket.send(Stop).await.unwrap();
+        let mut refused = 0;
+        for w in queued {
+            match w.await {
+                Ok(grant) if grant.is_granted() => grants.push(std::time::Instant::now()),
+                _ => refused += 1,
+            }
+        }
+        assert!(
+            refused >= 8,
+            "only {refused} of 10 waiters refused by the stop"
+        );
+        // Restarted: nothing for one `per`, then grants again, under the limit.
+        let after: Vec<_> = futures::future::join_all((0..12).map(|_| {
+            let bucket = bucket.clone();
+            async move {
+                drop(acquire(&bucket).await);
+                std::time::Instant::now()
+            }
+        }))
+        .await;
+        let first = *after.iter().min().unwrap();
+        assert!(
+            first >= stopped + per,
+            "granted {:?} after the restart, before one window ({per:?})",
+            first - stopped
+        );
+        grants.extend(after);
+        grants.sort();
+        assert!(max_in_window(&grants, per) <= 5, "{grants:?}");
+    });
+}
