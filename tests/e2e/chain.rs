@@ -317,7 +317,7 @@ async fn broadcast_outcomes_against_a_real_node(pool: PgPool) {
         OutpointState::Gone { spent_by: None }
     );
     // The node gone: Unknown outcome, and queries fail as unavailable.
-    let mut n = s.node;
+    let n = s.node;
     n.stop();
     match n.client().broadcast(&[0x02, 0x00, 0x00, 0x00]).await {
         BroadcastOutcome::Unknown { reason } => assert!(!reason.is_empty()),

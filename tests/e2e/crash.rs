@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::support::e2e::{self, Daemon, Proxy};
+use crate::support::e2e::{self, Daemon, Scenario};
 use crate::support::regtest::{free_port, RegtestNode};
 use sqlx::PgPool;
 
@@ -19,6 +19,13 @@ const FAST: &[(&str, &str)] = &[
     ("RAREGEN__JANITOR__STUCK_AFTER", "2s"),
     ("RAREGEN__RATE_LIMIT__MAX", "5000"),
     ("RAREGEN__BROADCASTER__WORKERS", "8"),
+];
+
+/// After [`FAST`], for the node-away tests: 50 broadcasts per second, so that the run
+/// is still going when the node goes.
+const SLOW: &[(&str, &str)] = &[
+    ("RAREGEN__RATE_LIMIT__MAX", "50"),
+    ("RAREGEN__RATE_LIMIT__PER", "1s"),
 ];
 
 async fn waits_for<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -37,14 +44,18 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+/// Waits (30 s at most) until 50 jobs are sent: the run is under way.
+async fn some_jobs_sent(pool: &PgPool) {
+    waits_for("some jobs sent", Duration::from_secs(30), || async {
+        e2e::jobs_with_status(pool, "sent").await >= 50
+    })
+    .await;
+}
+
 /// Every job sent, each payload in exactly one transaction on the node, that
 /// transaction the job's txid; no UTXO spent by two stored transactions.
 async fn assert_exactly_once(pool: &PgPool, node: &RegtestNode, jobs: usize) {
-    let splits = count(
-        pool,
-        "SELECT count(*) FROM pool_transactions WHERE status = 'sent'",
-    )
-    .await as usize;
+    let splits = e2e::splits_sent(pool).await as usize;
     e2e::wait_mempool(node, jobs + splits, Duration::from_secs(60)).await;
     let on_node = e2e::mempool_payloads(node).await;
     let mut by_payload: HashMap<Vec<u8>, Vec<String>> = HashMap::new();
@@ -75,6 +86,15 @@ async fn assert_exactly_once(pool: &PgPool, node: &RegtestNode, jobs: usize) {
     assert_eq!(double, 0, "a UTXO spent by two jobs");
 }
 
+/// The closing checks: within `limit` all `jobs` are sent and none failed, `daemon`
+/// stops cleanly, and [`assert_exactly_once`].
+async fn finish_exactly_once(s: &Scenario, daemon: &mut Daemon, jobs: i64, limit: Duration) {
+    let (sent, failed) = e2e::wait_done(&s.pool, limit, daemon).await;
+    assert_eq!((sent, failed), (jobs, 0));
+    assert!(daemon.stop().success());
+    assert_exactly_once(&s.pool, &s.node, jobs as usize).await;
+}
+
 /// Stored transactions (job id → txid) at this moment.
 async fn stored(pool: &PgPool) -> HashMap<i64, String> {
     sqlx::query_as::<_, (i64, String)>("SELECT id, txid FROM publish_jobs WHERE txid IS NOT NULL")
@@ -85,14 +105,16 @@ async fn stored(pool: &PgPool) -> HashMap<i64, String> {
         .collect()
 }
 
+/// A daemon frozen at `failpoint` once the state `until` (a count) shows, and killed;
+/// a second one finishes the run: nothing stored before the kill is signed again.
 async fn killed_at(pool: PgPool, failpoint: &str, until: &str) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
-    let proxy = Proxy::start(&node.url);
-    let env = e2e::serve_env(&pool, &node, &proxy.url, &wif, FAST).await;
-    let mut with_fp = env.clone();
-    with_fp.push(("FAILPOINTS".into(), format!("{failpoint}=1*sleep(60000)")));
-    let mut daemon = Daemon::start(&with_fp, &[]);
+    let s = Scenario::funded(&pool, 100)
+        .proxied()
+        .env(FAST)
+        .start()
+        .await;
+    let freeze = format!("{failpoint}=1*sleep(60000)");
+    let mut daemon = s.serve_with(&[("FAILPOINTS", &freeze)], &[]);
     e2e::submit(&daemon.base, "crash", 200).await;
     // The process freezes at the failpoint; wait until the state is the one to test.
     waits_for(until, Duration::from_secs(60), || async {
@@ -102,9 +124,9 @@ async fn killed_at(pool: PgPool, failpoint: &str, until: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     daemon.kill9();
     let before = stored(&pool).await;
-    let broadcasts_before = proxy.arrivals.lock().unwrap().len();
+    let broadcasts_before = s.proxy().arrivals.lock().unwrap().len();
 
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = s.serve(&[]);
     let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
     assert_eq!((sent, failed), (200, 0));
     assert!(daemon.stop().success());
@@ -120,48 +142,40 @@ async fn killed_at(pool: PgPool, failpoint: &str, until: &str) {
         "{failpoint}: {} stored before the kill, {broadcasts_before} broadcasts before it",
         before.len()
     );
-    assert_exactly_once(&pool, &node, 200).await;
+    assert_exactly_once(&pool, &s.node, 200).await;
 }
+
+/// The states [`killed_at`] waits for.
+const CLAIMED: &str = "SELECT count(*) FROM publish_jobs WHERE status = 'processing_batch'";
+const SENDING: &str = "SELECT count(*) FROM publish_jobs WHERE status = 'sending'";
 
 #[sqlx::test]
 async fn killed_mid_claim(pool: PgPool) {
-    killed_at(
-        pool,
-        "after-claim",
-        "SELECT count(*) FROM publish_jobs WHERE status = 'processing_batch'",
-    )
-    .await;
+    killed_at(pool, "after-claim", CLAIMED).await;
 }
 
 #[sqlx::test]
 async fn killed_between_store_and_broadcast(pool: PgPool) {
-    killed_at(
-        pool,
-        "after-store-before-broadcast",
-        "SELECT count(*) FROM publish_jobs WHERE status = 'sending'",
-    )
-    .await;
+    killed_at(pool, "after-store-before-broadcast", SENDING).await;
 }
 
 #[sqlx::test]
 async fn killed_between_broadcast_and_recording(pool: PgPool) {
-    killed_at(
-        pool,
-        "after-broadcast-before-record",
-        "SELECT count(*) FROM publish_jobs WHERE status = 'sending'",
-    )
-    .await;
+    killed_at(pool, "after-broadcast-before-record", SENDING).await;
 }
 
 #[sqlx::test]
 async fn killed_at_random_moments(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
-    let mut env = e2e::serve_env(&pool, &node, &node.url, &wif, FAST).await;
-    // Slow enough that the kills land mid-run: 100 broadcasts per second.
-    env.push(("RAREGEN__RATE_LIMIT__MAX".into(), "100".into()));
-    env.push(("RAREGEN__RATE_LIMIT__PER".into(), "1s".into()));
-    let mut daemon = Daemon::start(&env, &[]);
+    let s = Scenario::funded(&pool, 100)
+        .env(FAST)
+        // Slow enough that the kills land mid-run: 100 broadcasts per second.
+        .env(&[
+            ("RAREGEN__RATE_LIMIT__MAX", "100"),
+            ("RAREGEN__RATE_LIMIT__PER", "1s"),
+        ])
+        .start()
+        .await;
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "random", 600).await;
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     for round in 0..3 {
@@ -176,7 +190,7 @@ async fn killed_at_random_moments(pool: PgPool) {
             "round {round}: killed after {after:?} with {} stored",
             before.len()
         );
-        daemon = Daemon::start(&env, &[]);
+        daemon = s.serve(&[]);
         let kept = stored(&pool).await;
         for (id, txid) in &before {
             if let Some(now) = kept.get(id) {
@@ -184,64 +198,45 @@ async fn killed_at_random_moments(pool: PgPool) {
             }
         }
     }
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180), &daemon).await;
-    assert_eq!((sent, failed), (600, 0));
-    assert!(daemon.stop().success());
-    assert_exactly_once(&pool, &node, 600).await;
+    finish_exactly_once(&s, &mut daemon, 600, Duration::from_secs(180)).await;
 }
 
 #[sqlx::test]
 async fn a_panicking_broadcaster_is_restarted_and_its_job_completes(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
-    let mut env = e2e::serve_env(&pool, &node, &node.url, &wif, FAST).await;
-    // The first two broadcasters to get there panic once each, after storing.
-    env.push((
-        "FAILPOINTS".into(),
-        "after-store-before-broadcast=2*panic".into(),
-    ));
-    let mut daemon = Daemon::start(&env, &[]);
+    let s = Scenario::funded(&pool, 100)
+        .env(FAST)
+        // The first two broadcasters to get there panic once each, after storing.
+        .env(&[("FAILPOINTS", "after-store-before-broadcast=2*panic")])
+        .start()
+        .await;
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "panic", 100).await;
     let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(60), &daemon).await;
     assert_eq!((sent, failed), (100, 0));
     let log = daemon.log();
     assert_eq!(log.matches("restarting broadcaster").count(), 2, "{log}");
     assert!(daemon.stop().success());
-    assert_exactly_once(&pool, &node, 100).await;
+    assert_exactly_once(&pool, &s.node, 100).await;
 }
 
 #[sqlx::test]
 async fn the_node_away_for_30_seconds(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
-    let proxy = Proxy::start(&node.url);
-    let mut env = e2e::serve_env(&pool, &node, &proxy.url, &wif, FAST).await;
-    env.push(("RAREGEN__RATE_LIMIT__MAX".into(), "50".into()));
-    env.push(("RAREGEN__RATE_LIMIT__PER".into(), "1s".into()));
-    let mut daemon = Daemon::start(&env, &[]);
+    let s = Scenario::funded(&pool, 200)
+        .proxied()
+        .env(FAST)
+        .env(SLOW)
+        .start()
+        .await;
+    let proxy = s.proxy();
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "away", 300).await;
-    waits_for("some jobs sent", Duration::from_secs(30), || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM publish_jobs WHERE status = 'sent'",
-        )
-        .await
-            >= 50
-    })
-    .await;
+    some_jobs_sent(&pool).await;
     proxy.down.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let failed = count(
-        &pool,
-        "SELECT count(*) FROM publish_jobs WHERE status = 'failed'",
-    )
-    .await;
+    let failed = e2e::jobs_with_status(&pool, "failed").await;
     assert_eq!(failed, 0, "no job fails while the node is away");
     proxy.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
-    assert_eq!((sent, failed), (300, 0));
-    assert!(daemon.stop().success());
-    assert_exactly_once(&pool, &node, 300).await;
+    finish_exactly_once(&s, &mut daemon, 300, Duration::from_secs(120)).await;
 }
 
 /// The node itself stopped for 30 s mid-run and started again (bcoin keeps its chain
@@ -256,54 +251,36 @@ async fn the_node_stopped_for_30_seconds_and_started_again(pool: PgPool) {
         std::process::id(),
         rand::random::<u32>()
     ));
-    let mut node = RegtestNode::start_with(dir.clone(), free_port(), true).await;
-    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
-    let mut env = e2e::serve_env(&pool, &node, &node.url, &wif, FAST).await;
-    env.push(("RAREGEN__RATE_LIMIT__MAX".into(), "50".into()));
-    env.push(("RAREGEN__RATE_LIMIT__PER".into(), "1s".into()));
-    env.push(("RAREGEN__NODE__TIMEOUT".into(), "2s".into()));
-    let mut daemon = Daemon::start(&env, &[]);
+    let s = Scenario::funded(&pool, 200)
+        .on_node(RegtestNode::start_with(dir.clone(), free_port(), true).await)
+        .env(FAST)
+        .env(SLOW)
+        .env(&[("RAREGEN__NODE__TIMEOUT", "2s")])
+        .start()
+        .await;
+    let node = &s.node;
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "stopped", 300).await;
-    waits_for("some jobs sent", Duration::from_secs(30), || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM publish_jobs WHERE status = 'sent'",
-        )
-        .await
-            >= 50
-    })
-    .await;
+    some_jobs_sent(&pool).await;
     node.stop();
-    let stopped_at_sent = count(
-        &pool,
-        "SELECT count(*) FROM publish_jobs WHERE status = 'sent'",
-    )
-    .await;
+    let stopped_at_sent = e2e::jobs_with_status(&pool, "sent").await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let failed = count(
-        &pool,
-        "SELECT count(*) FROM publish_jobs WHERE status = 'failed'",
-    )
-    .await;
+    let failed = e2e::jobs_with_status(&pool, "failed").await;
     assert_eq!(failed, 0, "no job fails while the node is down");
     node.start_again().await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180), &daemon).await;
-    assert_eq!((sent, failed), (300, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 300, Duration::from_secs(180))
+        .await;
     // The node lost its mempool with the restart (bcoin answered "ok" to what it then
     // dropped as orphans): the Janitor sends the vanished transactions again, parents
     // first. Wait for that with the daemon running.
-    let splits: i64 = count(
-        &pool,
-        "SELECT count(*) FROM pool_transactions WHERE status = 'sent'",
-    )
-    .await;
-    let waited = e2e::wait_mempool(&node, 300 + splits as usize, Duration::from_secs(120)).await;
+    let splits = e2e::splits_sent(&pool).await;
+    let waited = e2e::wait_mempool(node, 300 + splits as usize, Duration::from_secs(120)).await;
     assert!(daemon.stop().success());
     println!(
         "{stopped_at_sent} sent when the node stopped; all 300 recorded after it came back; \
          the node held them all {waited:?} later"
     );
-    assert_exactly_once(&pool, &node, 300).await;
-    drop(node);
+    assert_exactly_once(&pool, node, 300).await;
+    drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

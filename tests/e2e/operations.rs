@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::e2e::{self, Daemon};
-use crate::support::regtest::{free_port, RegtestNode};
+use crate::support::e2e::{self, Daemon, Scenario};
+use crate::support::regtest::free_port;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -243,12 +243,10 @@ async fn publishing_daemon(
     pool: &PgPool,
     coins: u32,
     overrides: &[(&str, &str)],
-) -> (RegtestNode, Vec<(String, String)>, Daemon) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, pool, coins, 20_000).await;
-    let env = e2e::serve_env(pool, &node, &node.url, &wif, overrides).await;
-    let daemon = Daemon::start(&env, &["--mode", "batch"]);
-    (node, env, daemon)
+) -> (Scenario, Daemon) {
+    let s = Scenario::funded(pool, coins).env(overrides).start().await;
+    let daemon = s.serve(&["--mode", "batch"]);
+    (s, daemon)
 }
 
 /// `raregen load-test --count N --json` against `daemon`: its summary.
@@ -279,9 +277,10 @@ fn load_test(env: &[(String, String)], daemon: &Daemon, count: u32, timeout: &st
 /// scrape, the dashboard, the alerts and `status --json` checked against the database.
 #[sqlx::test]
 async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
-    let (node, env, mut daemon) =
+    let (s, mut daemon) =
         publishing_daemon(&pool, 500, &[("RAREGEN__METRICS__REFRESH", "1s")]).await;
-    let summary = load_test(&env, &daemon, 5000, "4m");
+    let env = &s.env;
+    let summary = load_test(env, &daemon, 5000, "4m");
     println!("load-test summary: {summary:#}");
     assert_eq!(summary["submitted"], 5000);
     assert_eq!(summary["sent"], 5000);
@@ -298,14 +297,7 @@ async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
     );
     assert!(0.0 < p50 && p50 <= p99, "p50 {p50} p99 {p99}");
     // The jobs it counted are the database's.
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM publish_jobs WHERE status = 'sent'"
-        )
-        .await,
-        5000
-    );
+    assert_eq!(e2e::jobs_with_status(&pool, "sent").await, 5000);
 
     // Let the sampler refresh from the database, then scrape.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -365,10 +357,8 @@ async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
         assert!(m.get("raregen_maintenance_errors_total", &label) >= 0.0);
     }
     // However often a job was claimed, its payload is on the node once.
-    assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
-        5000
-    );
+    s.assert_all_published_once(5000, Duration::from_secs(60))
+        .await;
     assert_eq!(
         m.get("raregen_batch_size_bucket", "le=\"+Inf\""),
         m.get("raregen_batch_size_count", "")
@@ -423,7 +413,7 @@ async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
     assert!(named.len() >= 20, "{named:?}");
 
     // `status --json` is the database's view.
-    let out = raregen(&env, &["status", "--json"]);
+    let out = raregen(env, &["status", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     let shown: HashMap<String, i64> = status["queue"]
@@ -451,32 +441,19 @@ async fn load_test_metrics_and_status_after_five_thousand_jobs(pool: PgPool) {
 #[cfg(feature = "failpoints")]
 #[sqlx::test]
 async fn unstick_rebroadcasts_the_stored_bytes(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 10, 20_000).await;
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &node.url,
-        &wif,
+    let s = Scenario::funded(&pool, 10)
         // A Janitor that would not step in during the test.
-        &[("RAREGEN__JANITOR__STUCK_AFTER", "1h")],
-    )
-    .await;
-    let mut with_fp = env.clone();
-    with_fp.push((
-        "FAILPOINTS".into(),
-        "after-store-before-broadcast=1*sleep(60000)".into(),
-    ));
-    let mut daemon = Daemon::start(&with_fp, &[]);
+        .env(&[("RAREGEN__JANITOR__STUCK_AFTER", "1h")])
+        .start()
+        .await;
+    let (node, env) = (&s.node, &s.env);
+    let mut daemon = s.serve_with(
+        &[("FAILPOINTS", "after-store-before-broadcast=1*sleep(60000)")],
+        &[],
+    );
     let ids = e2e::submit(&daemon.base, "stuck", 1).await;
     let started = std::time::Instant::now();
-    while count(
-        &pool,
-        "SELECT count(*) FROM publish_jobs WHERE status = 'sending'",
-    )
-    .await
-        == 0
-    {
+    while e2e::jobs_with_status(&pool, "sending").await == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "{}",
@@ -497,7 +474,7 @@ async fn unstick_rebroadcasts_the_stored_bytes(pool: PgPool) {
     );
 
     // Too young for --older-than 10m: left alone.
-    let out = raregen(&env, &["unstick", "--older-than", "10m"]);
+    let out = raregen(env, &["unstick", "--older-than", "10m"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with("0 stuck job(s)"),
@@ -505,7 +482,7 @@ async fn unstick_rebroadcasts_the_stored_bytes(pool: PgPool) {
         text(&out.stdout)
     );
 
-    let out = raregen(&env, &["unstick", "--older-than", "0s"]);
+    let out = raregen(env, &["unstick", "--older-than", "0s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
     assert!(said.starts_with("1 stuck job(s) re-broadcast"), "{said}");
@@ -640,11 +617,10 @@ fn runbook_blocks() -> Vec<String> {
 async fn the_runbook_commands_run_as_written(pool: PgPool) {
     let blocks = runbook_blocks();
     assert!(blocks.len() >= 10, "{} runnable blocks", blocks.len());
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
-    let mut env = e2e::serve_env(&pool, &node, &node.url, &wif, &[]).await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let s = Scenario::funded(&pool, 100).start().await;
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "runbook", 20).await;
+    let mut env = s.env.clone();
     let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_raregen"))
         .parent()
         .unwrap()
@@ -797,11 +773,10 @@ fn alert_operands(expr: &str) -> Vec<String> {
 /// data through Prometheus's HTTP API: no panel stays blank.
 #[sqlx::test]
 async fn prometheus_finds_data_for_every_panel_and_alert(pool: PgPool) {
-    let (_node, env, daemon) =
-        publishing_daemon(&pool, 200, &[("RAREGEN__METRICS__REFRESH", "1s")]).await;
+    let (s, daemon) = publishing_daemon(&pool, 200, &[("RAREGEN__METRICS__REFRESH", "1s")]).await;
     let prometheus = Prometheus::start(daemon.base.trim_start_matches("http://"));
     prometheus.wait_up().await;
-    let summary = load_test(&env, &daemon, 1500, "3m");
+    let summary = load_test(&s.env, &daemon, 1500, "3m");
     assert_eq!(summary["sent"], 1500);
     // A few scrapes and rule evaluations after the last job.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -896,8 +871,7 @@ async fn api(base: &str, key: &str, path: &str) -> Value {
 #[sqlx::test]
 async fn the_console_shows_what_the_api_says_in_a_real_browser(pool: PgPool) {
     const KEY: &str = "console-test-key";
-    let (_node, _env, daemon) =
-        publishing_daemon(&pool, 200, &[("RAREGEN__API__API_KEY", KEY)]).await;
+    let (_s, daemon) = publishing_daemon(&pool, 200, &[("RAREGEN__API__API_KEY", KEY)]).await;
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for chunk in 0..3 {

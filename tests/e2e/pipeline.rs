@@ -4,42 +4,45 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::support::e2e::{self, Daemon, Proxy};
+use crate::support::e2e::{self, Scenario, ScenarioBuilder};
 use crate::support::regtest::RegtestNode;
 use raregen::chain::WalletKey;
 use raregen::config::{AddressType, Network};
 use sqlx::PgPool;
 
+/// A budget shared by processes (or commands) on one database: 300 broadcasts per 2 s,
+/// maintenance every second.
+const SHARED_LIMIT: &[(&str, &str)] = &[
+    ("RAREGEN__RATE_LIMIT__MAX", "300"),
+    ("RAREGEN__RATE_LIMIT__PER", "2s"),
+    ("RAREGEN__JANITOR__INTERVAL", "1s"),
+];
+
 /// 5,000 jobs in batch mode at 500 broadcasts per 3 s.
 #[sqlx::test]
 async fn five_thousand_jobs_batch_mode_under_the_rate_limit(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 500, 20_000).await;
-    let proxy = Proxy::start(&node.url);
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
+    let s = Scenario::funded(&pool, 500)
+        .proxied()
+        .env(&[
             ("RAREGEN__RATE_LIMIT__MAX", "500"),
             ("RAREGEN__RATE_LIMIT__PER", "3s"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
+        ])
+        .start()
+        .await;
+    let (node, proxy) = (&s.node, s.proxy());
+    let mut daemon = s.serve(&["--mode", "batch"]);
     let ids = e2e::submit(&daemon.base, "job", 5_000).await;
     assert_eq!(ids.len(), 5_000);
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(240), &daemon).await;
-    assert_eq!((sent, failed), (5_000, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 5_000, Duration::from_secs(240))
+        .await;
     assert!(daemon.stop().success());
     let daemon_log = daemon.log();
 
     // Every job's transaction is on the node with its payload; no payload twice. (bcoin
     // answers before it verifies: give its queue a moment.)
-    let waited = e2e::wait_mempool(&node, 5_000 + 1, Duration::from_secs(60)).await;
+    let waited = e2e::wait_mempool(node, 5_000 + 1, Duration::from_secs(60)).await;
     println!("mempool complete {waited:?} after the last job was recorded sent");
-    let on_node = e2e::mempool_payloads(&node).await;
+    let on_node = e2e::mempool_payloads(node).await;
     let by_payload = e2e::txids_by_payload(&on_node);
     let jobs: Vec<(i64, Vec<u8>, String)> =
         sqlx::query_as("SELECT id, payload, txid FROM publish_jobs ORDER BY id")
@@ -105,18 +108,13 @@ async fn five_thousand_jobs_batch_mode_under_the_rate_limit(pool: PgPool) {
 /// Single mode: a lone job is claimed on NOTIFY and broadcast at once.
 #[sqlx::test]
 async fn single_mode_broadcasts_a_lone_job_at_once(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 50, 20_000).await;
-    let proxy = Proxy::start(&node.url);
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[("RAREGEN__COLLECTOR__INTERVAL", "30s")],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &["--mode", "single"]);
+    let s = Scenario::funded(&pool, 50)
+        .proxied()
+        .env(&[("RAREGEN__COLLECTOR__INTERVAL", "30s")])
+        .start()
+        .await;
+    let proxy = s.proxy();
+    let mut daemon = s.serve(&["--mode", "single"]);
     tokio::time::sleep(Duration::from_secs(1)).await; // idle pipeline
     let mut latencies = Vec::new();
     for i in 0..5 {
@@ -174,17 +172,11 @@ async fn claims(base: &str) -> (f64, f64) {
 /// second) is published long before the fallback would have claimed it.
 #[sqlx::test]
 async fn batch_mode_at_rest_makes_no_claims_and_wakes_on_new_jobs(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 50, 20_000).await;
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &node.url,
-        &wif,
-        &[("RAREGEN__COLLECTOR__INTERVAL", "120s")],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
+    let s = Scenario::funded(&pool, 50)
+        .env(&[("RAREGEN__COLLECTOR__INTERVAL", "120s")])
+        .start()
+        .await;
+    let mut daemon = s.serve(&["--mode", "batch"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (before, _) = claims(&daemon.base).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -200,8 +192,8 @@ async fn batch_mode_at_rest_makes_no_claims_and_wakes_on_new_jobs(pool: PgPool) 
         e2e::submit(&daemon.base, &format!("trickle-{i}"), 1).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(40), &daemon).await;
-    assert_eq!((sent, failed), (10, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 10, Duration::from_secs(40))
+        .await;
     let (after, jobs) = claims(&daemon.base).await;
     println!(
         "trickle of 1 job/s: {} claim statements for {jobs} jobs in {:?}",
@@ -213,40 +205,30 @@ async fn batch_mode_at_rest_makes_no_claims_and_wakes_on_new_jobs(pool: PgPool) 
         "published only by the 120 s fallback"
     );
     assert!(daemon.stop().success());
-    e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await;
+    s.assert_published_once(Duration::from_secs(30)).await;
 }
 
 /// One funded UTXO and nothing else: auto-split keeps the broadcasters fed.
 #[sqlx::test]
 async fn auto_split_feeds_the_pool_from_one_utxo(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 0, 0).await;
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &node.url,
-        &wif,
-        &[
+    let s = Scenario::funded(&pool, 0)
+        .env(&[
             ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "200"),
             ("RAREGEN__UTXO_POOL__SPLIT_OUTPUTS", "500"),
             ("RAREGEN__UTXO_POOL__SPLIT_AMOUNT", "20000"),
             ("RAREGEN__RATE_LIMIT__MAX", "2000"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &[]);
+        ])
+        .start()
+        .await;
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "split-fed", 1_000).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(60), &daemon).await;
-    assert_eq!((sent, failed), (1_000, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 1_000, Duration::from_secs(60))
+        .await;
     assert!(daemon.stop().success());
-    let splits: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pool_transactions WHERE status = 'sent'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let splits = e2e::splits_sent(&pool).await;
     assert!(splits >= 1, "the pool split its one UTXO");
-    e2e::wait_mempool(&node, 1_000 + splits as usize, Duration::from_secs(60)).await;
-    let txids: HashSet<String> = e2e::mempool_payloads(&node)
+    e2e::wait_mempool(&s.node, 1_000 + splits as usize, Duration::from_secs(60)).await;
+    let txids: HashSet<String> = e2e::mempool_payloads(&s.node)
         .await
         .into_iter()
         .map(|p| p.0)
@@ -266,29 +248,21 @@ async fn auto_split_feeds_the_pool_from_one_utxo(pool: PgPool) {
 #[sqlx::test]
 async fn a_split_with_an_unknown_outcome_is_sent_again_never_signed_again(pool: PgPool) {
     use std::sync::atomic::Ordering::SeqCst;
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 0, 0).await;
-    let proxy = Proxy::start(&node.url);
-    proxy.late.first_late.store(1, SeqCst);
-    proxy.late.set(0, Duration::from_secs(8));
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+    let s = at_a_lying_door(&pool, 0)
+        .env(&[
             ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "50"),
             ("RAREGEN__UTXO_POOL__SPLIT_OUTPUTS", "200"),
             ("RAREGEN__UTXO_POOL__SPLIT_AMOUNT", "20000"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &[]);
+        ])
+        .start()
+        .await;
+    let proxy = s.proxy();
+    proxy.late.first_late.store(1, SeqCst);
+    proxy.late.set(0, Duration::from_secs(8));
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "split-late", 100).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(90), &daemon).await;
-    assert_eq!((sent, failed), (100, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 100, Duration::from_secs(90))
+        .await;
     proxy.late.drained().await;
     assert_eq!(proxy.late.forwarded.load(SeqCst), 1, "the split went late");
     assert!(daemon.stop().success());
@@ -299,12 +273,10 @@ async fn a_split_with_an_unknown_outcome_is_sent_again_never_signed_again(pool: 
             .unwrap();
     assert_eq!(splits.len(), 1, "one split signed on the coin: {splits:?}");
     assert_eq!(splits[0].1, "sent");
-    let mempool: HashSet<String> = node.mempool().await.into_iter().collect();
+    let mempool: HashSet<String> = s.node.mempool().await.into_iter().collect();
     assert!(mempool.contains(&splits[0].0), "the split is on the node");
-    assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
-        100
-    );
+    s.assert_all_published_once(100, Duration::from_secs(60))
+        .await;
 }
 
 /// A job's anchor spent by a transaction that is none of the job's, confirmed, while the
@@ -318,13 +290,11 @@ async fn a_split_with_an_unknown_outcome_is_sent_again_never_signed_again(pool: 
 #[sqlx::test]
 async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(pool: PgPool) {
     use std::sync::atomic::Ordering::SeqCst;
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 10, 20_000).await;
-    let proxy = Proxy::start(&node.url);
+    let s = one_lane(&pool).start().await;
+    let proxy = s.proxy();
     proxy.late.first_late.store(1, SeqCst);
     proxy.late.set(0, Duration::from_secs(600));
-    let env = one_lane_env(&pool, &node, &proxy, &wif).await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "reanchored", 1).await;
     let started = Instant::now();
     while proxy.late.pending.load(SeqCst) == 0 {
@@ -355,18 +325,13 @@ async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(p
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let foreign = mine_a_strangers_spend(&node, &wif, &anchor).await;
+    let foreign = mine_a_strangers_spend(&s.node, &s.wif, &anchor).await;
     proxy.down.store(false, SeqCst);
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(60), &daemon).await;
-    assert_eq!((sent, failed), (1, 0), "{}", daemon.log());
-    assert!(daemon.stop().success());
+    s.assert_all_sent(&daemon, 1, Duration::from_secs(60)).await;
     // On the node, in one transaction, the job's recorded one (bcoin takes the first
     // transaction sent again and only then finds its coin spent: without the re-anchor
     // the job is recorded `sent` with a transaction that can never be mined).
-    assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await,
-        1
-    );
+    s.finish(&mut daemon, 1, Duration::from_secs(30)).await;
     let (txid, raw_tx): (String, Vec<u8>) = sqlx::query_as("SELECT txid, raw_tx FROM publish_jobs")
         .fetch_one(&pool)
         .await
@@ -381,13 +346,7 @@ async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(p
         outcome.as_deref().unwrap_or_default().contains(&foreign),
         "the job names the spend it re-anchored for: {outcome:?}"
     );
-    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(&raw_tx).unwrap();
-    let spent = tx.input[0].previous_output;
-    assert_ne!(
-        (spent.txid.to_string(), spent.vout),
-        (anchor.0.clone(), anchor.1 as u32),
-        "signed again on another coin"
-    );
+    assert_signed_on_another_coin(&raw_tx, &anchor);
 }
 
 /// A measurement, not a check: the pipeline with the rate limit lifted against the
@@ -396,26 +355,20 @@ async fn an_anchor_spent_by_a_confirmed_foreign_transaction_re_anchors_the_job(p
 #[sqlx::test]
 #[ignore]
 async fn unthrottled_against_regtest(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 500, 20_000).await;
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &node.url,
-        &wif,
-        &[
+    let s = Scenario::funded(&pool, 500)
+        .env(&[
             ("RAREGEN__RATE_LIMIT__MAX", "1000000"),
             ("RAREGEN__RATE_LIMIT__PER", "1s"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &[]);
+        ])
+        .start()
+        .await;
+    let mut daemon = s.serve(&[]);
     let started = Instant::now();
     e2e::submit(&daemon.base, "fast", 5_000).await;
     let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(300), &daemon).await;
     let took = started.elapsed();
     assert_eq!((sent, failed), (5_000, 0));
-    let verified = e2e::wait_mempool(&node, 5_001, Duration::from_secs(120)).await;
+    let verified = e2e::wait_mempool(&s.node, 5_001, Duration::from_secs(120)).await;
     println!(
         "unthrottled: 5000 jobs sent in {:.1} s ({:.0} jobs/s); bcoin had verified them all {:.1} s later",
         took.as_secs_f64(),
@@ -433,42 +386,25 @@ async fn unthrottled_against_regtest(pool: PgPool) {
 /// and every job is on the node exactly once.
 #[sqlx::test]
 async fn two_processes_share_the_rate_limit(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 600, 20_000).await;
-    let proxy = Proxy::start(&node.url);
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__RATE_LIMIT__MAX", "300"),
-            ("RAREGEN__RATE_LIMIT__PER", "2s"),
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-        ],
-    )
-    .await;
-    let sent = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM publish_jobs WHERE status = 'sent'")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
+    let s = Scenario::funded(&pool, 600)
+        .proxied()
+        .env(SHARED_LIMIT)
+        .start()
+        .await;
+    let (node, proxy) = (&s.node, s.proxy());
     // A's Leaser: 16 heartbeats (8 s at one per 500 ms), then one that takes 5 s, with
     // a lease of 3 s.
-    let mut env_a = env.clone();
-    env_a.push((
-        "FAILPOINTS".into(),
-        "leaser-heartbeat=16*off->1*sleep(5000)".into(),
-    ));
-    let mut a = Daemon::start(&env_a, &[]);
+    let mut a = s.serve_with(
+        &[("FAILPOINTS", "leaser-heartbeat=16*off->1*sleep(5000)")],
+        &[],
+    );
     e2e::submit(&a.base, "shared", 3_000).await;
-    while sent(pool.clone()).await < 300 {
+    while e2e::jobs_with_status(&pool, "sent").await < 300 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let t0 = Instant::now();
-    let mut b = Daemon::start(&env, &[]);
-    while sent(pool.clone()).await < 1_800 {
+    let mut b = s.serve(&[]);
+    while e2e::jobs_with_status(&pool, "sent").await < 1_800 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let b_joined_to_stop = t0.elapsed();
@@ -516,9 +452,9 @@ async fn two_processes_share_the_rate_limit(pool: PgPool) {
     );
     assert!(most <= 300, "{most} broadcasts in one 2 s window");
 
-    e2e::wait_mempool(&node, 3_000, Duration::from_secs(60)).await;
+    e2e::wait_mempool(node, 3_000, Duration::from_secs(60)).await;
     let mut payloads: HashMap<Vec<u8>, usize> = HashMap::new();
-    for (_, payload) in e2e::mempool_payloads(&node).await {
+    for (_, payload) in e2e::mempool_payloads(node).await {
         *payloads.entry(payload).or_default() += 1;
     }
     assert_eq!(payloads.len(), 3_000);
@@ -550,13 +486,20 @@ async fn refused_when_sent_again_is_resent_in_bounded_bursts_not_every_run(pool:
 }
 
 async fn unheld_jobs_end_failed(pool: PgPool, refuse_resends: bool) {
-    let node = RegtestNode::start().await;
-    let proxy = Proxy::start(&node.url);
+    let s = Scenario::funded(&pool, 4)
+        .proxied()
+        .env(&[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "2s"),
+            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1"),
+        ])
+        .start()
+        .await;
+    let (node, proxy) = (&s.node, s.proxy());
     proxy
         .late
         .refuse_repeats
         .store(refuse_resends, std::sync::atomic::Ordering::SeqCst);
-    let wif = e2e::funded_wallet(&node, &pool, 4, 20_000).await;
     let (stranger, _) = WalletKey::generate(Network::Regtest, AddressType::P2wpkh);
     let theirs = node.mine_to(stranger.script_pubkey(), 101).await;
     // Unconfirmed depth 0 (the lanes are at 1), so it is handed out first.
@@ -569,19 +512,7 @@ async fn unheld_jobs_end_failed(pool: PgPool, refuse_resends: bool) {
     .execute(&pool)
     .await
     .unwrap();
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "2s"),
-            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &["--mode", "single"]);
+    let mut daemon = s.serve(&["--mode", "single"]);
     for i in 0..10 {
         e2e::submit(&daemon.base, &format!("held-{i}"), 1).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -620,11 +551,7 @@ async fn unheld_jobs_end_failed(pool: PgPool, refuse_resends: bool) {
                 <= unheld * raregen_actors::confirmation_watcher::MAX_UNHELD_RESENDS as i64,
             "{refused} refused re-sends"
         );
-        let failed: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM publish_jobs WHERE status = 'failed'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let failed = e2e::jobs_with_status(&pool, "failed").await;
         assert_eq!(failed, 0, "no job failed on a refusal that may pass");
         println!("{refused} refused re-sends in one burst, then none");
         assert!(daemon.stop().success());
@@ -684,11 +611,7 @@ async fn unheld_jobs_end_failed(pool: PgPool, refuse_resends: bool) {
         .await
         .unwrap();
     assert_eq!(state, "retired");
-    assert!(daemon.stop().success());
-    assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await,
-        sent
-    );
+    s.finish(&mut daemon, sent, Duration::from_secs(30)).await;
 }
 
 /// An outcome that is unknown is never answered with a new signature: the door answers
@@ -698,25 +621,13 @@ async fn unheld_jobs_end_failed(pool: PgPool, refuse_resends: bool) {
 /// when the late copy lands; the same bytes again cannot.
 #[sqlx::test]
 async fn an_unknown_outcome_is_answered_with_the_same_bytes(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
-    let proxy = Proxy::start(&node.url);
+    let s = at_a_lying_door(&pool, 100).start().await;
+    let proxy = s.proxy();
     proxy.late.set(7, Duration::from_secs(6));
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "late", 300).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
-    assert_eq!((sent, failed), (300, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 300, Duration::from_secs(120))
+        .await;
     proxy.late.set(0, Duration::ZERO);
     proxy.late.drained().await;
     let late = proxy
@@ -732,10 +643,8 @@ async fn an_unknown_outcome_is_answered_with_the_same_bytes(pool: PgPool) {
     println!(
         "{late} broadcasts forwarded late; {resigned} jobs claimed or taken over more than once"
     );
-    assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
-        300
-    );
+    s.assert_all_published_once(300, Duration::from_secs(60))
+        .await;
 }
 
 /// A refusal that lies: the door answers every 5th broadcast with a definitive
@@ -748,9 +657,14 @@ async fn an_unknown_outcome_is_answered_with_the_same_bytes(pool: PgPool) {
 /// txid, and every transaction a job ever signed spends the same outpoint.
 #[sqlx::test]
 async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
-    let proxy = Proxy::start(&node.url);
+    let s = at_a_lying_door(&pool, 100)
+        // Every 5th broadcast is refused: a job refused five times in a row is likely
+        // among 300 (about 1 in 10 runs); failing it would be right, but this test is
+        // about publishing once, not about the limit.
+        .env(&[("RAREGEN__BROADCASTER__MAX_ATTEMPTS", "20")])
+        .start()
+        .await;
+    let proxy = s.proxy();
     proxy
         .late
         .refuse
@@ -758,25 +672,10 @@ async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
     proxy
         .late
         .set_spread(5, Duration::from_secs(2), Duration::from_secs(10));
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
-            // Every 5th broadcast is refused: a job refused five times in a row is
-            // likely among 300 (about 1 in 10 runs); failing it would be right, but
-            // this test is about publishing once, not about the limit.
-            ("RAREGEN__BROADCASTER__MAX_ATTEMPTS", "20"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "refused", 300).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180), &daemon).await;
-    assert_eq!((sent, failed), (300, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 300, Duration::from_secs(180))
+        .await;
     proxy.late.set(0, Duration::ZERO);
     proxy.late.drained().await;
     // Give the Janitor a few rounds to settle what the late copies stirred up.
@@ -790,10 +689,8 @@ async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
         late >= 50,
         "the door refused and forwarded {late} broadcasts"
     );
-    assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
-        300
-    );
+    s.assert_all_published_once(300, Duration::from_secs(60))
+        .await;
     // Every transaction of a job spends the job's anchor.
     let earlier = e2e::assert_one_outpoint_per_job(&pool).await;
     assert!(
@@ -821,26 +718,14 @@ async fn a_refused_transaction_that_lands_late_is_published_once(pool: PgPool) {
 #[sqlx::test]
 async fn a_refused_resend_signs_again_on_the_anchor(pool: PgPool) {
     use std::sync::atomic::Ordering::SeqCst;
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 100, 20_000).await;
-    let proxy = Proxy::start(&node.url);
+    let s = at_a_lying_door(&pool, 100).start().await;
+    let proxy = s.proxy();
     proxy.late.refuse_repeats.store(true, SeqCst);
     proxy.late.set(10, Duration::from_secs(30));
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "resend-refused", 100).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
-    assert_eq!((sent, failed), (100, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 100, Duration::from_secs(120))
+        .await;
     proxy.late.set(0, Duration::ZERO);
     proxy.late.drained().await;
     assert!(daemon.stop().success());
@@ -859,10 +744,8 @@ async fn a_refused_resend_signs_again_on_the_anchor(pool: PgPool) {
         resigned >= late as usize,
         "{resigned} jobs signed again\n{log}"
     );
-    assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await,
-        100
-    );
+    s.assert_all_published_once(100, Duration::from_secs(60))
+        .await;
     let earlier = e2e::assert_one_outpoint_per_job(&pool).await;
     assert!(
         earlier >= late as usize,
@@ -878,30 +761,22 @@ async fn a_refused_resend_signs_again_on_the_anchor(pool: PgPool) {
 /// the restart, no window over `max`, every job on the node once.
 #[sqlx::test]
 async fn a_stopped_rate_limiter_stops_broadcasting_and_resumes_under_the_limit(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 200, 20_000).await;
-    let proxy = Proxy::start(&node.url);
-    let mut env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
+    let s = Scenario::funded(&pool, 200)
+        .proxied()
+        .env(&[
             ("RAREGEN__RATE_LIMIT__MAX", "100"),
             ("RAREGEN__RATE_LIMIT__PER", "2s"),
-        ],
-    )
-    .await;
-    env.push((
-        "FAILPOINTS".into(),
-        "token-bucket-acquire=200*off->1*return->off".into(),
-    ));
-    env.push(("RAREGEN__BROADCASTER__WORKERS".into(), "8".into()));
+            ("FAILPOINTS", "token-bucket-acquire=200*off->1*return->off"),
+            ("RAREGEN__BROADCASTER__WORKERS", "8"),
+        ])
+        .start()
+        .await;
+    let proxy = s.proxy();
     let (started, started_wall) = (std::time::Instant::now(), chrono::Utc::now());
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "limited", 400).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(180), &daemon).await;
-    assert_eq!((sent, failed), (400, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 400, Duration::from_secs(180))
+        .await;
     assert!(daemon.stop().success());
     let log = daemon.log();
     assert!(
@@ -937,7 +812,7 @@ async fn a_stopped_rate_limiter_stops_broadcasting_and_resumes_under_the_limit(p
         "{inside} broadcasts reached the door in the window after the limiter restarted"
     );
     println!("{inside} broadcasts in the window after the restart; most in a 2 s window: {most}");
-    e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await;
+    s.assert_published_once(Duration::from_secs(60)).await;
 }
 
 /// A lying node, a chain that moves: in front of bcoin a door that answers every 29th
@@ -949,28 +824,23 @@ async fn a_stopped_rate_limiter_stops_broadcasting_and_resumes_under_the_limit(p
 #[sqlx::test]
 async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
     use std::sync::atomic::Ordering::SeqCst;
-    let node = std::sync::Arc::new(RegtestNode::start().await);
-    let wif = e2e::funded_wallet(&node, &pool, 400, 20_000).await;
-    let proxy = Proxy::start(&node.url);
+    let s = Scenario::funded(&pool, 400)
+        .proxied()
+        .env(&[
+            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+            ("RAREGEN__JANITOR__STUCK_AFTER", "6s"),
+            ("RAREGEN__NODE__TIMEOUT", "2s"),
+        ])
+        .start()
+        .await;
+    let (node, proxy) = (&s.node, s.proxy());
     proxy.late.mixed.store(true, SeqCst);
     proxy.late.hang_every.store(37, SeqCst);
     proxy.late.hang_ms.store(3_000, SeqCst);
     proxy
         .late
         .set_spread(29, Duration::from_secs(5), Duration::from_secs(150));
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "6s"),
-            ("RAREGEN__NODE__TIMEOUT", "2s"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = s.serve(&[]);
     let from_height = node.height().await;
     let mining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let miner = {
@@ -992,8 +862,8 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
         })
     };
     e2e::submit(&daemon.base, "lied-to", 2_000).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(400), &daemon).await;
-    assert_eq!((sent, failed), (2_000, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 2_000, Duration::from_secs(400))
+        .await;
     proxy.late.set(0, Duration::ZERO);
     proxy.late.hang_every.store(0, SeqCst);
     proxy.late.drained().await;
@@ -1026,8 +896,8 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
                 .fetch_all(&pool)
                 .await
                 .unwrap();
-        let mut on_node = e2e::mempool_payloads(&node).await;
-        on_node.extend(e2e::block_payloads(&node, from_height).await);
+        let mut on_node = e2e::mempool_payloads(node).await;
+        on_node.extend(e2e::block_payloads(node, from_height).await);
         let wrong = e2e::wrong_publications(&jobs, &on_node);
         if wrong.is_empty() {
             assert_eq!(
@@ -1068,34 +938,25 @@ async fn a_lying_node_and_new_blocks_publish_every_job_once(pool: PgPool) {
 /// the node's door over the shared `max`.
 #[sqlx::test]
 async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 600, 20_000).await;
-    let proxy = Proxy::start(&node.url);
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__RATE_LIMIT__MAX", "300"),
-            ("RAREGEN__RATE_LIMIT__PER", "2s"),
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
+    let s = Scenario::funded(&pool, 600)
+        .proxied()
+        .env(SHARED_LIMIT)
+        .env(&[
             ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
             // A restarted daemon waits SHARE_REFRESH × 2 + per + node.timeout before
             // its first grant: keep that short.
             ("RAREGEN__NODE__TIMEOUT", "3s"),
-        ],
-    )
-    .await;
-    let mut first_env = env.clone();
-    first_env.push((
-        "FAILPOINTS".into(),
-        "leaser-heartbeat=6*off->1*sleep(5000)".into(),
-    ));
+        ])
+        .start()
+        .await;
+    let proxy = s.proxy();
     let mut daemons = vec![
-        Daemon::start(&first_env, &[]),
-        Daemon::start(&env, &[]),
-        Daemon::start(&env, &[]),
+        s.serve_with(
+            &[("FAILPOINTS", "leaser-heartbeat=6*off->1*sleep(5000)")],
+            &[],
+        ),
+        s.serve(&[]),
+        s.serve(&[]),
     ];
     e2e::submit(&daemons[1].base, "chaos", 5_000).await;
     let seed: u64 = rand::random();
@@ -1109,13 +970,9 @@ async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
     };
     let (mut kills, mut freezes) = (0, 0);
     let started = Instant::now();
-    let sent = |pool: PgPool| async move {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM publish_jobs WHERE status = 'sent'")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
-    while sent(pool.clone()).await < 4_500 && started.elapsed() < Duration::from_secs(90) {
+    while e2e::jobs_with_status(&pool, "sent").await < 4_500
+        && started.elapsed() < Duration::from_secs(90)
+    {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let i = next(3) as usize;
         // The first daemon (whose Leaser stalls) is frozen, never killed, so that its
@@ -1123,7 +980,7 @@ async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
         if next(2) == 0 && i > 0 {
             daemons[i].kill9();
             kills += 1;
-            daemons[i] = Daemon::start(&env, &[]);
+            daemons[i] = s.serve(&[]);
         } else {
             daemons[i].signal("-STOP");
             tokio::time::sleep(Duration::from_millis(1_000 + next(3_000))).await;
@@ -1167,7 +1024,7 @@ async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
         .unwrap();
     println!("most claims of one job: {most_claims}");
     assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(90)).await,
+        s.assert_published_once(Duration::from_secs(90)).await,
         5_000,
         "seed {seed}"
     );
@@ -1179,25 +1036,19 @@ async fn three_daemons_killed_and_frozen_at_random_lose_nothing(pool: PgPool) {
 /// (each claim is an attempt: a re-claimed job would be one step nearer `failed`).
 #[sqlx::test]
 async fn jobs_waiting_for_a_slot_are_not_requeued(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 150, 20_000).await;
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &node.url,
-        &wif,
-        &[
+    let s = Scenario::funded(&pool, 150)
+        .env(&[
             ("RAREGEN__RATE_LIMIT__MAX", "20"),
             ("RAREGEN__RATE_LIMIT__PER", "2s"),
             ("RAREGEN__JANITOR__INTERVAL", "1s"),
             ("RAREGEN__JANITOR__STUCK_AFTER", "2s"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &["--mode", "batch"]);
+        ])
+        .start()
+        .await;
+    let mut daemon = s.serve(&["--mode", "batch"]);
     e2e::submit(&daemon.base, "patient", 120).await;
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
-    assert_eq!((sent, failed), (120, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 120, Duration::from_secs(120))
+        .await;
     assert!(daemon.stop().success());
     let claims: i64 = sqlx::query_scalar("SELECT sum(attempts) FROM publish_jobs")
         .fetch_one(&pool)
@@ -1212,7 +1063,7 @@ async fn jobs_waiting_for_a_slot_are_not_requeued(pool: PgPool) {
         "{}",
         daemon.log()
     );
-    e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await;
+    s.assert_published_once(Duration::from_secs(30)).await;
 }
 
 /// The commands that broadcast outside `serve` join its rate limit: `raregen unstick
@@ -1222,36 +1073,18 @@ async fn jobs_waiting_for_a_slot_are_not_requeued(pool: PgPool) {
 /// 300 broadcasts, and every job is on the node once.
 #[sqlx::test]
 async fn unstick_and_split_beside_a_busy_daemon_stay_under_the_limit(pool: PgPool) {
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 600, 20_000).await;
-    let proxy = Proxy::start(&node.url);
-    let env = e2e::serve_env(
-        &pool,
-        &node,
-        &proxy.url,
-        &wif,
-        &[
-            ("RAREGEN__RATE_LIMIT__MAX", "300"),
-            ("RAREGEN__RATE_LIMIT__PER", "2s"),
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-        ],
-    )
-    .await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let s = Scenario::funded(&pool, 600)
+        .proxied()
+        .env(SHARED_LIMIT)
+        .start()
+        .await;
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "beside", 2_400).await;
-    loop {
-        let sent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM publish_jobs WHERE status = 'sent'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if sent >= 300 {
-            break;
-        }
+    while e2e::jobs_with_status(&pool, "sent").await < 300 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cli = |args: &'static [&'static str]| {
-        let env = env.clone();
+        let env = s.env.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_raregen"))
                 .env_clear()
@@ -1287,18 +1120,18 @@ async fn unstick_and_split_beside_a_busy_daemon_stay_under_the_limit(pool: PgPoo
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(0);
     }
-    let (sent, failed) = e2e::wait_done(&pool, Duration::from_secs(120), &daemon).await;
-    assert_eq!((sent, failed), (2_400, 0), "{}", daemon.log());
+    s.assert_all_sent(&daemon, 2_400, Duration::from_secs(120))
+        .await;
     assert!(daemon.stop().success());
     assert!(unstuck > 0, "unstick took over jobs the daemon was sending");
-    let arrivals = proxy.arrivals.lock().unwrap().clone();
+    let arrivals = s.proxy().arrivals.lock().unwrap().clone();
     let most = e2e::max_in_window(&arrivals, Duration::from_secs(2));
     println!(
         "{} broadcasts ({unstuck} by unstick, 3 splits); most in a 2 s window: {most}",
         arrivals.len()
     );
     assert!(most <= 300, "{most} broadcasts in one 2 s window");
-    e2e::assert_published_once(&pool, &node, Duration::from_secs(60)).await;
+    s.assert_published_once(Duration::from_secs(60)).await;
 }
 
 /// A node that answers "accepted" and drops the transaction (the door swallows it),
@@ -1309,12 +1142,10 @@ async fn unstick_and_split_beside_a_busy_daemon_stay_under_the_limit(pool: PgPoo
 #[sqlx::test]
 async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coin(pool: PgPool) {
     use std::sync::atomic::Ordering::SeqCst;
-    let node = RegtestNode::start().await;
-    let wif = e2e::funded_wallet(&node, &pool, 10, 20_000).await;
-    let proxy = Proxy::start(&node.url);
+    let s = one_lane(&pool).start().await;
+    let (node, proxy) = (&s.node, s.proxy());
     proxy.late.swallow.store(1, SeqCst);
-    let env = one_lane_env(&pool, &node, &proxy, &wif).await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = s.serve(&[]);
     e2e::submit(&daemon.base, "dropped", 1).await;
     let started = Instant::now();
     let (swallowed, anchor): (String, (String, i32, i64)) = loop {
@@ -1342,7 +1173,7 @@ async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coi
         !node.mempool().await.contains(&swallowed),
         "the door dropped it"
     );
-    let foreign = mine_a_strangers_spend(&node, &wif, &anchor).await;
+    let foreign = mine_a_strangers_spend(node, &s.wif, &anchor).await;
     proxy.down.store(false, SeqCst);
     // Recorded sent again, with another transaction.
     loop {
@@ -1361,22 +1192,12 @@ async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coi
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(daemon.stop().success());
-    assert_eq!(
-        e2e::assert_published_once(&pool, &node, Duration::from_secs(30)).await,
-        1
-    );
+    s.finish(&mut daemon, 1, Duration::from_secs(30)).await;
     let raw_tx: Vec<u8> = sqlx::query_scalar("SELECT raw_tx FROM publish_jobs")
         .fetch_one(&pool)
         .await
         .unwrap();
-    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(&raw_tx).unwrap();
-    let spent = tx.input[0].previous_output;
-    assert_ne!(
-        (spent.txid.to_string(), spent.vout),
-        (anchor.0.clone(), anchor.1 as u32),
-        "signed again on another coin"
-    );
+    assert_signed_on_another_coin(&raw_tx, &anchor);
     // The dropped transaction is kept in the job's history, with why it was left.
     let (txid, outcome): (String, Option<String>) =
         sqlx::query_as("SELECT txid, outcome FROM job_transactions")
@@ -1398,26 +1219,30 @@ async fn a_sent_job_whose_anchor_a_stranger_spent_is_signed_again_on_another_coi
     assert_eq!(coin, ("spent".into(), Some(foreign.clone())));
 }
 
-/// `raregen serve` for the re-anchor tests: maintenance every second, `sending` stuck
-/// after 3 s, no auto-split (the first broadcast at the door is the job's).
-async fn one_lane_env(
-    pool: &PgPool,
-    node: &RegtestNode,
-    proxy: &Proxy,
-    wif: &secrecy::SecretString,
-) -> Vec<(String, String)> {
-    e2e::serve_env(
-        pool,
-        node,
-        &proxy.url,
-        wif,
-        &[
-            ("RAREGEN__JANITOR__INTERVAL", "1s"),
-            ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
-            ("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1"),
-        ],
-    )
-    .await
+/// The scenario of the tests whose door lies (they set its [`e2e::Late`]): `lanes`
+/// coins behind a proxy, maintenance every second, `sending` stuck after 3 s.
+fn at_a_lying_door(pool: &PgPool, lanes: u32) -> ScenarioBuilder {
+    Scenario::funded(pool, lanes).proxied().env(&[
+        ("RAREGEN__JANITOR__INTERVAL", "1s"),
+        ("RAREGEN__JANITOR__STUCK_AFTER", "3s"),
+    ])
+}
+
+/// The re-anchor tests' scenario: 10 coins [`at_a_lying_door`], no auto-split (the
+/// first broadcast at the door is the job's).
+fn one_lane(pool: &PgPool) -> ScenarioBuilder {
+    at_a_lying_door(pool, 10).env(&[("RAREGEN__UTXO_POOL__MIN_AVAILABLE", "1")])
+}
+
+/// The job's transaction `raw_tx` spends another coin than `anchor` (txid, vout, sats).
+fn assert_signed_on_another_coin(raw_tx: &[u8], anchor: &(String, i32, i64)) {
+    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(raw_tx).unwrap();
+    let spent = tx.input[0].previous_output;
+    assert_ne!(
+        (spent.txid.to_string(), spent.vout),
+        (anchor.0.clone(), anchor.1 as u32),
+        "signed again on another coin"
+    );
 }
 
 /// A stranger's spend of `anchor` (txid, vout, sats), sent to the node directly and

@@ -140,11 +140,7 @@ async fn postgres_restarted_mid_run() {
         "the daemon saw the restart"
     );
     assert!(daemon.stop().success());
-    let splits: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pool_transactions WHERE status = 'sent'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let splits = e2e::splits_sent(&pool).await;
     e2e::wait_mempool(&node, 600 + splits as usize, Duration::from_secs(60)).await;
     let payloads = e2e::mempool_payloads(&node).await;
     let distinct: std::collections::HashSet<&Vec<u8>> = payloads.iter().map(|p| &p.1).collect();

@@ -1,5 +1,6 @@
 //! End-to-end pieces: a funded wallet on a regtest node, `raregen serve` as a child
-//! process, and a proxy at the node's door that timestamps every broadcast.
+//! process, and a proxy at the node's door that timestamps every broadcast; a
+//! [`Scenario`] puts them together the way most tests start.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -617,4 +618,151 @@ pub async fn serve_env(
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
+}
+
+/// How many jobs are in `status` now.
+pub async fn jobs_with_status(pool: &PgPool, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM publish_jobs WHERE status = $1")
+        .bind(status)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// How many of the pool's own transactions (splits) were sent: each is one more
+/// transaction in the node's mempool beside the jobs'.
+pub async fn splits_sent(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pool_transactions WHERE status = 'sent'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The set-up the end-to-end tests share: a regtest node, a wallet funded on it, a
+/// [`Proxy`] at the node's door if the test wants one, and the environment for
+/// `raregen serve` ([`serve_env`], pointed at the proxy when there is one, with the
+/// test's own keys). Start with [`Scenario::funded`]; start daemons with
+/// [`Scenario::serve`].
+pub struct Scenario {
+    pub pool: PgPool,
+    /// Shared, so that a task the test spawns can use it too (e.g. a miner).
+    pub node: Arc<RegtestNode>,
+    pub wif: SecretString,
+    /// `raregen serve`'s environment.
+    pub env: Vec<(String, String)>,
+    proxy: Option<Proxy>,
+}
+
+/// A [`Scenario`] still to start: [`Scenario::funded`] makes one, the methods below
+/// say what it is to have, and [`ScenarioBuilder::start`] starts it.
+pub struct ScenarioBuilder {
+    pool: PgPool,
+    lanes: u32,
+    node: Option<RegtestNode>,
+    proxy: bool,
+    extra: Vec<(String, String)>,
+}
+
+impl Scenario {
+    /// A scenario on `pool` whose wallet has `lanes` coins of 20,000 sats split from a
+    /// coinbase ([`funded_wallet`]; 0: the one coinbase, not split).
+    pub fn funded(pool: &PgPool, lanes: u32) -> ScenarioBuilder {
+        ScenarioBuilder {
+            pool: pool.clone(),
+            lanes,
+            node: None,
+            proxy: false,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The proxy at the node's door (the scenario was built [`ScenarioBuilder::proxied`]).
+    pub fn proxy(&self) -> &Proxy {
+        self.proxy
+            .as_ref()
+            .expect("a scenario with a proxy (ScenarioBuilder::proxied)")
+    }
+
+    /// `raregen serve ARGS` with the scenario's environment, serving.
+    pub fn serve(&self, args: &[&str]) -> Daemon {
+        Daemon::start(&self.env, args)
+    }
+
+    /// [`Scenario::serve`] with `extra` keys for this daemon only (e.g. `FAILPOINTS`).
+    pub fn serve_with(&self, extra: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Daemon::start(&env, args)
+    }
+
+    /// Waits up to `limit` until no job is open ([`wait_done`]); then all `n` are sent
+    /// and none failed (the daemon's log otherwise).
+    pub async fn assert_all_sent(&self, daemon: &Daemon, n: i64, limit: Duration) {
+        let (sent, failed) = wait_done(&self.pool, limit, daemon).await;
+        assert_eq!((sent, failed), (n, 0), "{}", daemon.log());
+    }
+
+    /// [`assert_published_once`] on the scenario's database and node; the number of
+    /// sent jobs checked.
+    pub async fn assert_published_once(&self, limit: Duration) -> usize {
+        assert_published_once(&self.pool, &self.node, limit).await
+    }
+
+    /// [`assert_published_once`], and it checked `n` sent jobs.
+    pub async fn assert_all_published_once(&self, n: usize, limit: Duration) {
+        assert_eq!(self.assert_published_once(limit).await, n);
+    }
+
+    /// The closing checks: `daemon` stops cleanly, then
+    /// [`Scenario::assert_all_published_once`].
+    pub async fn finish(&self, daemon: &mut Daemon, n: usize, limit: Duration) {
+        assert!(daemon.stop().success());
+        self.assert_all_published_once(n, limit).await;
+    }
+}
+
+impl ScenarioBuilder {
+    /// On `node` rather than a fresh in-memory one (e.g. a persistent node).
+    pub fn on_node(mut self, node: RegtestNode) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// A [`Proxy`] at the node's door: `raregen serve` talks to the node through it.
+    pub fn proxied(mut self) -> Self {
+        self.proxy = true;
+        self
+    }
+
+    /// Keys for `raregen serve`'s environment, after those before (a later key wins).
+    pub fn env(mut self, extra: &[(&str, &str)]) -> Self {
+        self.extra
+            .extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Starts the node (unless given), funds the wallet, starts the proxy and builds the
+    /// environment.
+    pub async fn start(self) -> Scenario {
+        let node = match self.node {
+            Some(node) => node,
+            None => RegtestNode::start().await,
+        };
+        let wif = funded_wallet(&node, &self.pool, self.lanes, 20_000).await;
+        let proxy = self.proxy.then(|| Proxy::start(&node.url));
+        let node_url = proxy.as_ref().map_or(&node.url, |p| &p.url);
+        let extra: Vec<(&str, &str)> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let env = serve_env(&self.pool, &node, node_url, &wif, &extra).await;
+        Scenario {
+            pool: self.pool,
+            node: Arc::new(node),
+            wif,
+            env,
+            proxy,
+        }
+    }
 }

@@ -5,6 +5,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bitcoin::Script;
@@ -13,7 +14,9 @@ use raregen::config::Settings;
 use serde_json::{json, Value};
 
 pub struct RegtestNode {
-    child: Child,
+    /// The bcoin process, behind a lock so that a node shared by a test and a task it
+    /// spawned (`Arc<RegtestNode>`, as in [`super::e2e::Scenario`]) can be stopped.
+    child: Mutex<Child>,
     pub url: String,
     pub password: String,
     pub dir: PathBuf,
@@ -79,10 +82,10 @@ impl RegtestNode {
     pub async fn start_with(dir: PathBuf, port: u16, persistent: bool) -> RegtestNode {
         let password = format!("{:032x}", rand::random::<u128>());
         std::fs::create_dir_all(&dir).unwrap();
-        let child = spawn(&dir, port, persistent, &password);
+        let child = Mutex::new(spawn(&dir, port, persistent, &password));
         let url = format!("http://127.0.0.1:{port}");
         let client = BitcoindClient::new(&Self::settings_for(&url, &password).node).unwrap();
-        let mut node = RegtestNode {
+        let node = RegtestNode {
             child,
             url,
             password,
@@ -103,13 +106,14 @@ impl RegtestNode {
         ])
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&self) {
         let started = Instant::now();
         loop {
             if self.client.call("getblockcount", json!([])).await.is_ok() {
                 return;
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
+            let exited = self.child.lock().unwrap().try_wait().unwrap();
+            if let Some(status) = exited {
                 let log = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
                 panic!("bcoin exited with {status} before answering:\n{log}");
             }
@@ -122,17 +126,18 @@ impl RegtestNode {
     }
 
     /// Stops the node (SIGTERM, then SIGKILL).
-    pub fn stop(&mut self) {
-        let pid = self.child.id() as i32;
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap();
+        let pid = child.id() as i32;
         // The script execs node, so the child is bcoin itself.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
         let started = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
+        while child.try_wait().unwrap().is_none() {
             if started.elapsed() > Duration::from_secs(10) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                let _ = child.kill();
+                let _ = child.wait();
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -140,15 +145,15 @@ impl RegtestNode {
     }
 
     /// Starts the node again on the same port and data folder.
-    pub async fn restart(&mut self) {
+    pub async fn restart(&self) {
         self.stop();
         self.start_again().await;
     }
 
     /// Starts a node stopped with [`RegtestNode::stop`] again (same port, same data
     /// folder: with `persistent`, the same chain and mempool).
-    pub async fn start_again(&mut self) {
-        self.child = spawn(&self.dir, self.port, self.persistent, &self.password);
+    pub async fn start_again(&self) {
+        *self.child.lock().unwrap() = spawn(&self.dir, self.port, self.persistent, &self.password);
         self.wait_ready().await;
     }
 
@@ -216,8 +221,12 @@ impl RegtestNode {
 
 impl Drop for RegtestNode {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self
+            .child
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
         if !self.persistent {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
