@@ -48,15 +48,16 @@ pub struct UtxoPool {
     starved: u64,
     /// A reload from the database is under way.
     refilling: bool,
-    /// The inputs of the last few splits: a reload whose snapshot was taken before a
-    /// split's write-ahead committed still lists its input as available, and must not
-    /// bring it back (the pool would split it again, and the store refuse it). A few
-    /// cover every reload still in flight: one reload and one split run at a time.
-    split_inputs: VecDeque<i64>,
+    /// Reloads started so far (the one in flight, if any, is the last).
+    reloads: u64,
+    /// Split inputs kept out of reloads: a reload whose snapshot may predate a split's
+    /// write-ahead still lists its input as available, and must not bring it back (the
+    /// pool would split it again, and the store refuse it). Each with `None` while its
+    /// split runs, then the number of reloads started by the time it ended: a reload
+    /// started after that reads the store's word on the coin (spent, or available
+    /// again after a failed split) and may bring it back.
+    split_inputs: Vec<(i64, Option<u64>)>,
 }
-
-/// How many split inputs [`UtxoPool`] remembers (see `split_inputs`).
-const SPLIT_INPUTS_KEPT: usize = 8;
 
 impl UtxoPool {
     pub fn new(
@@ -79,7 +80,8 @@ impl UtxoPool {
             splitting: false,
             starved: 0,
             refilling: false,
-            split_inputs: VecDeque::with_capacity(SPLIT_INPUTS_KEPT),
+            reloads: 0,
+            split_inputs: Vec::new(),
         }
     }
 
@@ -120,6 +122,8 @@ impl UtxoPool {
             return;
         }
         self.refilling = true;
+        self.reloads += 1;
+        let reload = self.reloads;
         let store = self.store.clone();
         let max_depth = self.config.max_chain_depth;
         ctx.spawn(
@@ -129,8 +133,18 @@ impl UtxoPool {
                 tokio::time::timeout(RELOAD_TIMEOUT, store.load_available(max_depth, 100_000)).await
             }
             .into_actor(self)
-            .map(|res, act, _| {
+            .map(move |res, act, _| {
                 act.refilling = false;
+                // Kept out of this reload: inputs of splits that ran while it read.
+                let kept_out: HashSet<i64> = act
+                    .split_inputs
+                    .iter()
+                    .filter(|(_, ended)| ended.is_none_or(|e| e >= reload))
+                    .map(|(id, _)| *id)
+                    .collect();
+                // Every later reload starts after these splits ended.
+                act.split_inputs
+                    .retain(|(_, ended)| ended.is_none_or(|e| e > reload));
                 let res = res.unwrap_or_else(|_| {
                     Err(crate::ports::StoreError::Unavailable(format!(
                         "no answer within {RELOAD_TIMEOUT:?}"
@@ -139,9 +153,7 @@ impl UtxoPool {
                 match res {
                     Ok(utxos) => {
                         for u in utxos {
-                            if !act.reserved.contains_key(&u.id)
-                                && !act.split_inputs.contains(&u.id)
-                            {
+                            if !act.reserved.contains_key(&u.id) && !kept_out.contains(&u.id) {
                                 act.add(u);
                             }
                         }
@@ -207,10 +219,8 @@ impl UtxoPool {
             }
         };
         self.splitting = true;
-        if self.split_inputs.len() == SPLIT_INPUTS_KEPT {
-            self.split_inputs.pop_front();
-        }
-        self.split_inputs.push_back(input.id);
+        let input_id = input.id;
+        self.split_inputs.push((input_id, None));
         let store = self.store.clone();
         let node = self.node.clone();
         let tokens = self.tokens.clone();
@@ -224,8 +234,14 @@ impl UtxoPool {
                 publish_split(&*store, &*node, &tokens, &split).await
             }
             .into_actor(self)
-            .map(|res, act, _| {
+            .map(move |res, act, _| {
                 act.splitting = false;
+                let started = act.reloads;
+                for (id, ended) in &mut act.split_inputs {
+                    if *id == input_id && ended.is_none() {
+                        *ended = Some(started);
+                    }
+                }
                 match res {
                     Ok(outputs) => {
                         for u in outputs {
