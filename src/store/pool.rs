@@ -62,14 +62,11 @@ impl PoolStore for PgStore {
 
     async fn split_accepted(&self, split: &StoredSplit) -> Result<Vec<SpendableUtxo>, StoreError> {
         utxos::split_accepted(&self.pool, split).await?;
-        let rows = sqlx::query(
-            "SELECT id, txid, vout, satoshis, unconfirmed_depth FROM utxos
-             WHERE txid = $1 AND state = 'available' AND NOT dirty",
-        )
-        .bind(&split.txid)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let rows = sqlx::query(include_str!("sql/pool/split_accepted.sql"))
+            .bind(&split.txid)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(rows.iter().map(utxo_from).collect())
     }
 

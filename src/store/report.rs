@@ -125,13 +125,11 @@ impl PoolSummary {
     /// over the pool's history: `wallet balance`, not the status report).
     pub async fn load_with_history(pool: &PgPool) -> Result<PoolSummary, StoreError> {
         let mut summary = PoolSummary::load(pool).await?;
-        let (spent, retired): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state = 'spent'), count(*) FILTER (WHERE state = 'retired')
-             FROM utxos WHERE state IN ('spent', 'retired')",
-        )
-        .fetch_one(pool)
-        .await
-        .map_err(store_error)?;
+        let (spent, retired): (i64, i64) =
+            sqlx::query_as(include_str!("sql/report/finished_coins.sql"))
+                .fetch_one(pool)
+                .await
+                .map_err(store_error)?;
         summary.spent = Some(spent);
         summary.retired = Some(retired);
         Ok(summary)
@@ -207,14 +205,11 @@ pub struct BatchView {
 
 /// The last `limit` batches, newest first (read by key: the same cost at any size).
 pub async fn recent_batches(pool: &PgPool, limit: i64) -> Result<Vec<BatchView>, StoreError> {
-    sqlx::query_as(
-        "SELECT id, owner, size, sent, failed, retried, created_at, completed_at
-         FROM batches ORDER BY id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(store_error)
+    sqlx::query_as(include_str!("sql/report/recent_batches.sql"))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(store_error)
 }
 
 /// Jobs that ever reached `sent` and `failed` (those the Pruner removed included): the
@@ -230,12 +225,9 @@ pub async fn finished_totals(pool: &PgPool) -> Result<(i64, i64), StoreError> {
 /// (see `GET /v1/pool`'s `capacity`).
 pub async fn pool_capacity(pool: &PgPool, max_chain_depth: u32) -> Result<i64, StoreError> {
     let max = i32::try_from(max_chain_depth).unwrap_or(i32::MAX);
-    sqlx::query_scalar(
-        "SELECT COALESCE(sum($1 - unconfirmed_depth), 0)::bigint FROM utxos
-         WHERE state = 'available' AND NOT dirty AND unconfirmed_depth < $1",
-    )
-    .bind(max)
-    .fetch_one(pool)
-    .await
-    .map_err(store_error)
+    sqlx::query_scalar(include_str!("sql/report/pool_capacity.sql"))
+        .bind(max)
+        .fetch_one(pool)
+        .await
+        .map_err(store_error)
 }

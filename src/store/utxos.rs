@@ -104,35 +104,29 @@ pub async fn store_split(
     amount: u64,
     script_pubkey: &[u8],
 ) -> Result<i64, StoreError> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO pool_transactions (kind, txid, raw_tx, input_utxo_id, outputs, amount, fee)
-         VALUES ('split', $1, $2, $3, $4, $5, $6) RETURNING id",
-    )
-    .bind(&signed.txid)
-    .bind(&signed.raw_tx)
-    .bind(input.id)
-    .bind(outputs as i32)
-    .bind(amount as i64)
-    .bind(signed.fee as i64)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(store_error)?;
-    sqlx::query(
-        "UPDATE utxos SET state = 'spending', spent_by_txid = $2, updated_at = now()
-         WHERE id = $1 AND state = 'available'",
-    )
-    .bind(input.id)
-    .bind(&signed.txid)
-    .execute(&mut *conn)
-    .await
-    .map_err(store_error)?;
+    let id: i64 = sqlx::query_scalar(include_str!("sql/utxos/split_record.sql"))
+        .bind(&signed.txid)
+        .bind(&signed.raw_tx)
+        .bind(input.id)
+        .bind(outputs as i32)
+        .bind(amount as i64)
+        .bind(signed.fee as i64)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    sqlx::query(include_str!("sql/utxos/split_input.sql"))
+        .bind(input.id)
+        .bind(&signed.txid)
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
     let mut vouts: Vec<i32> = (0..outputs as i32).collect();
     let mut values: Vec<i64> = vec![amount as i64; outputs as usize];
     if let Some((vout, change)) = signed.change {
         vouts.push(vout as i32);
         values.push(change as i64);
     }
-    sqlx::query(include_str!("sql/utxos/store_split.sql"))
+    sqlx::query(include_str!("sql/utxos/split_outputs.sql"))
         .bind(&signed.txid)
         .bind(&vouts)
         .bind(script_pubkey)
@@ -157,15 +151,12 @@ pub async fn split_accepted(pool: &PgPool, split: &StoredSplit) -> Result<(), St
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-    sqlx::query(
-        "UPDATE utxos SET state = 'spent', dirty = FALSE, updated_at = now()
-         WHERE id = $1 AND state = 'spending' AND spent_by_txid = $2",
-    )
-    .bind(split.input_utxo_id)
-    .bind(&split.txid)
-    .execute(&mut *tx)
-    .await
-    .map_err(store_error)?;
+    sqlx::query(include_str!("sql/utxos/split_accepted.sql"))
+        .bind(split.input_utxo_id)
+        .bind(&split.txid)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
     tx.commit().await.map_err(store_error)
 }
 
@@ -189,16 +180,13 @@ pub async fn split_rejected(
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-    sqlx::query(
-        "UPDATE utxos SET state = 'available', spent_by_txid = NULL, dirty = $3, updated_at = now()
-         WHERE id = $1 AND state = 'spending' AND spent_by_txid = $2",
-    )
-    .bind(split.input_utxo_id)
-    .bind(&split.txid)
-    .bind(input_problem)
-    .execute(&mut *tx)
-    .await
-    .map_err(store_error)?;
+    sqlx::query(include_str!("sql/utxos/split_rejected.sql"))
+        .bind(split.input_utxo_id)
+        .bind(&split.txid)
+        .bind(input_problem)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
     tx.commit().await.map_err(store_error)
 }
 
@@ -226,13 +214,10 @@ pub async fn split_unknown(
 
 /// Splits stored but not yet known to be accepted or refused.
 pub async fn unfinished_splits(pool: &PgPool) -> Result<Vec<StoredSplit>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, txid, raw_tx, input_utxo_id FROM pool_transactions
-         WHERE status = 'sending' ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(store_error)?;
+    let rows = sqlx::query(include_str!("sql/utxos/unfinished_splits.sql"))
+        .fetch_all(pool)
+        .await
+        .map_err(store_error)?;
     Ok(rows
         .into_iter()
         .map(|r| StoredSplit {

@@ -98,14 +98,11 @@ pub struct QueueCounts {
 impl PgStore {
     /// The state of each job in `ids` that exists (in id order).
     pub async fn job_states(&self, ids: &[JobId]) -> Result<Vec<JobState>, StoreError> {
-        sqlx::query_as(
-            "SELECT id, status, txid, attempts, last_error, created_at, sent_at, updated_at
-             FROM publish_jobs WHERE id = ANY($1) ORDER BY id",
-        )
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)
+        sqlx::query_as(include_str!("sql/views/job_states.sql"))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)
     }
 
     /// Up to `limit` jobs in one state, each state read through its own index in the
@@ -212,8 +209,7 @@ pub async fn queue_counts(pool: &PgPool) -> Result<QueueCounts, StoreError> {
 }
 
 /// Jobs per status from the deltas (statuses with no job left are not listed).
-pub const JOB_COUNTS_SQL: &str = "SELECT status, sum(n)::bigint FROM job_counts
-                                  GROUP BY status HAVING sum(n) <> 0 ORDER BY status";
+pub const JOB_COUNTS_SQL: &str = include_str!("sql/views/job_counts.sql");
 
 /// Folds `job_counts`' deltas into one row per status (one process at a time; a no-op
 /// when another is folding). The metrics refresh runs it, so readers sum a few rows.

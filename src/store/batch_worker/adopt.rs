@@ -187,13 +187,10 @@ pub async fn adopt(
         .await
         .context("reading the batch worker's payloads")?
         .unwrap_or(true);
-    let bad_coins: Vec<i64> = sqlx::query_scalar(
-        "SELECT id::bigint FROM utxos WHERE NOT (lower(txid) ~ '^[0-9a-f]{64}$')
-            OR vout < 0 OR satoshis <= 0 ORDER BY id LIMIT 10",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .context("checking the batch worker's UTXOs")?;
+    let bad_coins: Vec<i64> = sqlx::query_scalar(include_str!("sql/bad_coins.sql"))
+        .fetch_all(&mut *tx)
+        .await
+        .context("checking the batch worker's UTXOs")?;
     anyhow::ensure!(
         bad_coins.is_empty(),
         "the batch worker's utxos has rows that are no coin (a txid that is not 64 hex digits, a \
