@@ -227,7 +227,8 @@ impl LeaseCheck for Option<Instant> {
     }
 }
 
-/// Waits for a slot: the only way to get one. Fails closed: while the limiter does not
+/// Waits for a slot: the way every broadcast takes one (the bare [`Acquire`] message is
+/// for tests: it does not check the grant's lease). Fails closed: while the limiter does not
 /// answer (stopped, restarting, its mailbox full) nothing is granted and the caller
 /// waits, so no broadcast ever goes out without a slot.
 ///
@@ -267,7 +268,8 @@ impl Drop for Grant {
     }
 }
 
-/// Wait for a slot to broadcast once; answers when one is free. A waiter stays counted
+/// Wait for a slot to broadcast once; answers when one is free. For tests: it skips
+/// [`acquire`]'s check that the lease still runs. A waiter stays counted
 /// until it is answered, even when its asker gave up (actix keeps the answer's channel
 /// open): [`acquire`], through [`AcquireInto`], is the way that notices.
 #[derive(Message)]
