@@ -15,10 +15,15 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::broadcaster::Deps;
-use crate::dirty_settler::first_known;
 use crate::maintenance::{MaintenanceError, Report, Service};
 use crate::ports::{BroadcastOutcome, OutpointState, TxPresence};
-use crate::ports::{Confirmation, EarlierTx, WatchStore};
+use crate::ports::{Confirmation, WatchStore};
+
+mod anchor;
+mod scans;
+
+use anchor::switch_to_earlier;
+use scans::SpenderScans;
 
 /// Sent transactions asked about per run at most.
 pub const CONFIRM_BATCH: u32 = 500;
@@ -62,50 +67,6 @@ impl UnheldTx {
 }
 
 type Unheld = HashMap<String, UnheldTx>;
-
-/// The block scans for spent anchors' spenders, shared out over the runs: each run
-/// scans at most [`SPENDER_LOOKS_PER_RUN`], and a transaction whose scan found nothing
-/// waits its turn (one scan per `every` runs, `every` sized so that all that need a
-/// scan get one before anyone gets a second), so that the same fruitless ones never
-/// take the whole budget.
-#[derive(Debug, Default)]
-struct SpenderScans {
-    run: u64,
-    /// The run of each transaction's last fruitless scan (only those still waiting).
-    last: HashMap<String, u64>,
-    /// Transactions that needed a scan in the last run (scanned or waiting).
-    wanted_last_run: usize,
-}
-
-/// One run's share of the scans.
-struct ScanBudget {
-    scans: SpenderScans,
-    left: u32,
-    every: u64,
-    wanted: HashMap<String, u64>,
-}
-
-impl ScanBudget {
-    /// May `txid`'s spender be scanned for now? (Counts it as wanting a scan.)
-    fn take(&mut self, txid: &str) -> bool {
-        let run = self.scans.run;
-        let last = self.scans.last.get(txid).copied();
-        self.wanted.insert(txid.to_owned(), last.unwrap_or(0));
-        if last.is_some_and(|r| run - r < self.every) || self.left == 0 {
-            return false;
-        }
-        self.left -= 1;
-        self.wanted.insert(txid.to_owned(), run);
-        true
-    }
-
-    /// The run ends: what waits is remembered, the rest forgotten.
-    fn finish(mut self) -> SpenderScans {
-        self.scans.wanted_last_run = self.wanted.len();
-        self.scans.last = self.wanted.into_iter().filter(|(_, r)| *r > 0).collect();
-        self.scans
-    }
-}
 
 pub struct ConfirmationWatcher {
     pub store: Arc<dyn WatchStore>,
@@ -197,18 +158,8 @@ impl ConfirmationWatcher {
             .collect();
         // Taken for the run (a guard is not held across the node's answers), put back
         // at its end.
-        let mut scans = std::mem::take(&mut *self.spender_scans.lock().expect("scans"));
-        scans.run += 1;
-        let every = scans
-            .wanted_last_run
-            .div_ceil(SPENDER_LOOKS_PER_RUN as usize)
-            .max(1) as u64;
-        let mut spender_looks = ScanBudget {
-            scans,
-            left: SPENDER_LOOKS_PER_RUN,
-            every,
-            wanted: HashMap::new(),
-        };
+        let mut spender_looks =
+            std::mem::take(&mut *self.spender_scans.lock().expect("scans")).next_run();
         for (u, presence) in answers {
             let crate::ports::Unconfirmed {
                 txid,
@@ -403,92 +354,4 @@ impl ConfirmationWatcher {
         *self.spender_scans.lock().expect("scans") = spender_looks.finish();
         Ok(acted + confirmed.len() as u64)
     }
-}
-
-impl ConfirmationWatcher {
-    /// A sent job's transaction `txid` is not on the node: if its anchor (`input`) was
-    /// spent by a transaction that is none of the job's own, confirmed at least
-    /// `reanchor_confirmations` deep, none of the job's transactions can ever be mined
-    /// (nor any down its lane): they are set aside and their jobs queued again, to sign
-    /// on fresh coins. Answers the txids set aside (none when the anchor is unspent,
-    /// spent by the job's own transaction, or by a spend not yet confirmed enough: the
-    /// same bytes are sent again meanwhile, as for any transaction the node lost).
-    async fn leave_a_spent_anchor(
-        &self,
-        txid: &str,
-        input: Option<&(String, u32)>,
-        // This run's block scans: only a scan is charged (the outpoint question is
-        // cheap), so transactions whose input is unspent never use up the budget.
-        scans: &mut ScanBudget,
-    ) -> Result<Vec<String>, MaintenanceError> {
-        let (store, node) = (&*self.store, &*self.deps.node);
-        let Some((in_txid, in_vout)) = input else {
-            return Ok(Vec::new());
-        };
-        let mut spent_by = match node.outpoint(in_txid, *in_vout).await? {
-            OutpointState::Unspent { .. } => return Ok(Vec::new()),
-            OutpointState::Gone { spent_by } => spent_by,
-        };
-        if spent_by.is_none() {
-            // A node that does not say who spent it (bitcoind, bcoin): looked for in
-            // the recent blocks.
-            if !scans.take(txid) {
-                return Ok(Vec::new());
-            }
-            spent_by = node.spender(in_txid, *in_vout).await?;
-        }
-        let Some(other) = spent_by else {
-            return Ok(Vec::new());
-        };
-        if other == txid {
-            return Ok(Vec::new());
-        }
-        let earlier = store.earlier_of_sent(txid).await?;
-        if earlier.iter().any(|e| e.txid == other) {
-            // One of the job's own: the node shows its spend before the transaction.
-            return Ok(Vec::new());
-        }
-        let depth = match node.tx_presence(&other).await? {
-            TxPresence::Confirmed { confirmations, .. } => confirmations,
-            _ => 0,
-        };
-        if depth < self.reanchor_confirmations {
-            tracing::info!(%txid, spent_by = %other, confirmations = depth, "confirmation watcher: a sent job's anchor is spent by another transaction; waiting for it to confirm before signing on another coin");
-            return Ok(Vec::new());
-        }
-        let reason = format!(
-            "its transaction {txid} was accepted, then not held, and its anchor was spent by \
-             another transaction ({other}, {depth} confirmations): signing again on another coin"
-        );
-        let aside = store.reanchor_sent(txid, &other, &reason).await?;
-        if !aside.is_empty() {
-            tracing::warn!(%txid, spent_by = %other, transactions = aside.len(), "confirmation watcher: a sent job's anchor was spent by a confirmed stranger; the job and its lane are queued again");
-        }
-        Ok(aside)
-    }
-}
-
-/// A sent job's transaction is not on the node: one of its earlier transactions may
-/// be (a node that answers before it verifies took the replacement, then dropped it
-/// for the copy it already held). All spend the job's anchor: the one the node holds
-/// is the job's. True when the job was switched to it.
-async fn switch_to_earlier(
-    store: &dyn WatchStore,
-    deps: &Deps,
-    txid: &str,
-) -> Result<bool, MaintenanceError> {
-    let earlier = store.earlier_of_sent(txid).await?;
-    let Some(EarlierTx {
-        txid: earlier,
-        raw_tx,
-    }) = first_known(deps, earlier).await?
-    else {
-        return Ok(false);
-    };
-    let change = deps.signer.change_of(&raw_tx);
-    let switched = store.switch_sent(txid, &earlier, change).await?;
-    if switched {
-        tracing::warn!(%txid, %earlier, "confirmation watcher: the node holds an earlier transaction of the job instead of its last one; the job is recorded with it");
-    }
-    Ok(switched)
 }
