@@ -59,7 +59,9 @@ pub struct UtxoPool {
     /// pool would split it again, and the store refuse it). Each with `None` while its
     /// split runs, then the number of reloads started by the time it ended: a reload
     /// started after that reads the store's word on the coin (spent, or available
-    /// again after a failed split) and may bring it back.
+    /// again after a failed split) and may bring it back. An entry lives no longer than
+    /// the reload in flight when its split ended (none in flight: it goes at once), so
+    /// there are at most a few.
     split_inputs: Vec<(i64, Option<u64>)>,
 }
 

@@ -71,11 +71,19 @@ impl UtxoPool {
             .into_actor(self)
             .map(move |res, act, _| {
                 act.splitting = false;
-                let started = act.reloads;
-                for (id, ended) in &mut act.split_inputs {
-                    if *id == input_id && ended.is_none() {
-                        *ended = Some(started);
+                if act.refilling {
+                    // The reload in flight may have read the coin before the split's
+                    // write-ahead: kept out of it (its end forgets the entry).
+                    let started = act.reloads;
+                    for (id, ended) in &mut act.split_inputs {
+                        if *id == input_id && ended.is_none() {
+                            *ended = Some(started);
+                        }
                     }
+                } else {
+                    // No reload in flight: every later one reads the store's word.
+                    act.split_inputs
+                        .retain(|(id, ended)| !(*id == input_id && ended.is_none()));
                 }
                 match res {
                     Ok(outputs) => {
