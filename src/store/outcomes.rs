@@ -302,34 +302,14 @@ impl OutcomeStore for PgStore {
     }
 
     async fn mark_dirty(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-        let attempts: Vec<i32> = jobs.iter().map(|j| j.attempts).collect();
-        sqlx::query_scalar(include_str!("sql/outcomes/mark_dirty.sql"))
-            .bind(&ids)
-            .bind(&attempts)
-            .bind(&self.owner)
-            .fetch_all(&self.pool)
+        self.fenced(include_str!("sql/outcomes/mark_dirty.sql"), jobs)
             .await
-            .map_err(store_error)
     }
 
     async fn release_claims(&self, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-        let attempts: Vec<i32> = jobs.iter().map(|j| j.attempts).collect();
         // Handing back is not an attempt: the count goes back down.
-        sqlx::query_scalar(include_str!("sql/outcomes/release_claims.sql"))
-            .bind(&ids)
-            .bind(&attempts)
-            .bind(&self.owner)
-            .fetch_all(&self.pool)
+        self.fenced(include_str!("sql/outcomes/release_claims.sql"), jobs)
             .await
-            .map_err(store_error)
     }
 }
 
@@ -357,4 +337,23 @@ fn recorded(rows: Vec<sqlx::postgres::PgRow>) -> Recorded {
         }
     }
     out
+}
+
+impl PgStore {
+    /// Runs `sql` over the jobs `jobs` name (binds: their ids, their attempts, this
+    /// process): the ids of those whose fence held.
+    async fn fenced(&self, sql: &'static str, jobs: &[Fence]) -> Result<Vec<JobId>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.attempts).collect();
+        sqlx::query_scalar(sql)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&self.owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)
+    }
 }

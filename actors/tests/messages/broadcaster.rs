@@ -97,14 +97,6 @@ fn spends(txid: &str) -> (i64, u32) {
     )
 }
 
-fn broadcast_bytes(node: &FakeNode) -> Vec<Vec<u8>> {
-    node.state()
-        .broadcasts
-        .iter()
-        .map(|(raw, _)| raw.clone())
-        .collect()
-}
-
 fn sent_fences(store: &MemStore) -> Vec<Fence> {
     store.state().sent.iter().map(|s| s.fence).collect()
 }

@@ -56,14 +56,6 @@ fn confirmed(confirmations: u32) -> TxPresence {
     }
 }
 
-fn broadcast_bytes(node: &FakeNode) -> Vec<Vec<u8>> {
-    node.state()
-        .broadcasts
-        .iter()
-        .map(|(raw, _)| raw.clone())
-        .collect()
-}
-
 #[test]
 fn confirmations_are_recorded_and_nothing_else_is_done() {
     in_system(|| async {

@@ -82,14 +82,6 @@ fn confirmed(confirmations: u32) -> TxPresence {
     }
 }
 
-fn broadcast_bytes(node: &FakeNode) -> Vec<Vec<u8>> {
-    node.state()
-        .broadcasts
-        .iter()
-        .map(|(raw, _)| raw.clone())
-        .collect()
-}
-
 fn sent_fences(store: &MemStore) -> Vec<Fence> {
     store.state().sent.iter().map(|s| s.fence).collect()
 }

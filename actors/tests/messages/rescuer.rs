@@ -49,14 +49,6 @@ fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
     ids
 }
 
-fn broadcast_bytes(node: &FakeNode) -> Vec<Vec<u8>> {
-    node.state()
-        .broadcasts
-        .iter()
-        .map(|(raw, _)| raw.clone())
-        .collect()
-}
-
 #[test]
 fn the_rescuer_passes_every_job_the_pipeline_holds_as_held() {
     in_system(|| async {

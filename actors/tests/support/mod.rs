@@ -582,6 +582,15 @@ pub struct NodeState {
     pub spender_asks: Vec<(String, u32)>,
 }
 
+/// The raw bytes of every broadcast `node` saw, in order.
+pub fn broadcast_bytes(node: &FakeNode) -> Vec<Vec<u8>> {
+    node.state()
+        .broadcasts
+        .iter()
+        .map(|(raw, _)| raw.clone())
+        .collect()
+}
+
 /// A node that answers from a script.
 #[derive(Clone, Default)]
 pub struct FakeNode(Arc<Mutex<NodeState>>);
